@@ -1,0 +1,214 @@
+//! The event bus on RabbitMQ (ARCHITECTURE §5–§6).
+//!
+//! - [`Bus`] owns the one AMQP connection of a process: it connects,
+//!   declares the exchanges, reconnects with backoff after a broker restart,
+//!   and tells readiness whether it is connected.
+//! - [`outbox`]: services write events in their own transaction; the
+//!   [`outbox::Relay`] publishes them with confirms.
+//! - [`consumer`]: a service's durable queue, deduplicated through the inbox,
+//!   ordered by ticket version, acknowledged after commit, dead-lettered with
+//!   its error after bounded retries.
+//!
+//! Names under namespace `ns`: exchange `ns.events` (topic, routing key =
+//! event type), dead-letter exchange `ns.dead` (direct, routing key =
+//! service), queue `ns.<service>` (quorum) and its `ns.<service>.dead`.
+
+pub mod consumer;
+pub mod outbox;
+
+use std::{sync::Arc, time::Duration};
+
+use lapin::{
+    Connection, ConnectionProperties, Event, ExchangeKind,
+    options::ExchangeDeclareOptions,
+    types::FieldTable,
+};
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Secret;
+
+/// The process's connection to RabbitMQ, re-established whenever it drops.
+pub struct Bus {
+    /// Prefix of every exchange and queue name.
+    namespace: String,
+    url: Secret,
+    /// The live connection, `None` while disconnected. Publishers and
+    /// consumers wait on it and start over when it changes.
+    connection: watch::Sender<Option<Arc<Connection>>>,
+}
+
+impl Bus {
+    pub fn new(url: Secret, namespace: impl Into<String>) -> Arc<Self> {
+        Arc::new(Self {
+            namespace: namespace.into(),
+            url,
+            connection: watch::Sender::new(None),
+        })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The topic exchange every event is published to.
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.namespace)
+    }
+
+    /// Where failed messages go, routed by the consuming service's name.
+    pub fn dead_exchange(&self) -> String {
+        format!("{}.dead", self.namespace)
+    }
+
+    pub fn queue(&self, service: &str) -> String {
+        format!("{}.{service}", self.namespace)
+    }
+
+    pub fn dead_queue(&self, service: &str) -> String {
+        format!("{}.{service}.dead", self.namespace)
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connection
+            .borrow()
+            .as_ref()
+            .is_some_and(|connection| connection.status().connected())
+    }
+
+    /// Waits for a live connection; `None` once `cancel` fires.
+    pub async fn connection(&self, cancel: &CancellationToken) -> Option<Arc<Connection>> {
+        let mut receiver = self.connection.subscribe();
+        tokio::select! {
+            _ = cancel.cancelled() => None,
+            connection = receiver.wait_for(|c| c.as_ref().is_some_and(|c| c.status().connected())) => {
+                connection.ok().and_then(|c| c.clone())
+            }
+        }
+    }
+
+    /// Keeps the connection up until `cancel`: connects, declares the
+    /// exchanges, and starts over with backoff whenever the connection fails.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> anyhow::Result<()> {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            let attempt = tokio::select! {
+                _ = cancel.cancelled() => break,
+                attempt = self.connect() => attempt,
+            };
+            let connection = match attempt {
+                Ok(connection) => Arc::new(connection),
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = format!("{error:#}"), ?delay, "cannot reach RabbitMQ; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            };
+            backoff.reset();
+            tracing::info!(namespace = %self.namespace, "connected to RabbitMQ");
+            let mut events = Box::pin(connection.events_listener());
+            self.connection.send_replace(Some(connection.clone()));
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => {
+                        self.connection.send_replace(None);
+                        let _ = connection.close(200, "shutting down".into()).await;
+                        return Ok(());
+                    }
+                    event = events.next() => match event {
+                        Some(Event::Error(error)) if !connection.status().connected() => {
+                            tracing::warn!(%error, "lost the RabbitMQ connection");
+                            break;
+                        }
+                        Some(_) => {}
+                        None => break,
+                    }
+                }
+            }
+            self.connection.send_replace(None);
+        }
+        self.connection.send_replace(None);
+        Ok(())
+    }
+
+    async fn connect(&self) -> anyhow::Result<Connection> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(format!("hotline:{}", self.namespace).into());
+        let connection = Connection::connect(self.url.expose(), properties).await?;
+        let channel = connection.create_channel().await?;
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .exchange_declare(
+                self.events_exchange().into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                self.dead_exchange().into(),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        let _ = channel.close(200, "declared".into()).await;
+        Ok(connection)
+    }
+}
+
+/// Exponential backoff between `min` and `max`.
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Self { min, max, current: min }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.current;
+        self.current = (self.current * 2).min(self.max);
+        delay
+    }
+
+    pub fn reset(&mut self) {
+        self.current = self.min;
+    }
+}
+
+/// Reads a string header of an AMQP message.
+pub fn header_str(headers: Option<&FieldTable>, key: &str) -> Option<String> {
+    use lapin::types::AMQPValue;
+    match headers?.inner().get(key)? {
+        AMQPValue::LongString(value) => Some(String::from_utf8_lossy(value.as_bytes()).into_owned()),
+        AMQPValue::ShortString(value) => Some(value.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Reads an integer header of an AMQP message, whatever its width.
+pub fn header_int(headers: Option<&FieldTable>, key: &str) -> Option<i64> {
+    use lapin::types::AMQPValue;
+    match headers?.inner().get(key)? {
+        AMQPValue::LongLongInt(value) => Some(*value),
+        AMQPValue::LongInt(value) => Some(i64::from(*value)),
+        AMQPValue::LongUInt(value) => Some(i64::from(*value)),
+        AMQPValue::ShortInt(value) => Some(i64::from(*value)),
+        AMQPValue::ShortUInt(value) => Some(i64::from(*value)),
+        AMQPValue::ShortShortInt(value) => Some(i64::from(*value)),
+        AMQPValue::ShortShortUInt(value) => Some(i64::from(*value)),
+        _ => None,
+    }
+}

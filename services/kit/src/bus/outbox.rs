@@ -1,0 +1,288 @@
+//! The transactional outbox: events are rows written in the same transaction
+//! as the change they describe; the [`Relay`] publishes them with publisher
+//! confirms and deletes them only once RabbitMQ has confirmed.
+//!
+//! The relay takes rows by presence (`ORDER BY id ... FOR UPDATE SKIP
+//! LOCKED`), never after a remembered id, so a row whose transaction commits
+//! after a higher id's is still published. A crash between the confirm and
+//! the delete publishes a row twice; consumers deduplicate on the event id.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use hotline_proto::events::v1::{EventEnvelope, event_envelope::Payload};
+use lapin::{
+    BasicProperties, Channel, Confirmation,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+    types::{AMQPValue, FieldTable},
+};
+use prost::Message;
+use sqlx::{PgConnection, PgPool, postgres::PgListener};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{Backoff, Bus};
+use crate::{telemetry, time::timestamp};
+
+/// A new event stamped with a fresh UUIDv7, the time, and the current trace.
+pub fn envelope(
+    event_type: &str,
+    ticket: Option<(Uuid, i64)>,
+    occurred_at: DateTime<Utc>,
+    payload: Payload,
+) -> EventEnvelope {
+    let (traceparent, tracestate) = telemetry::current_trace_context();
+    let (ticket_id, ticket_version) = ticket
+        .map(|(id, version)| (id.to_string(), version))
+        .unwrap_or_default();
+    EventEnvelope {
+        id: Uuid::now_v7().to_string(),
+        r#type: event_type.to_owned(),
+        occurred_at: Some(timestamp(occurred_at)),
+        ticket_id,
+        ticket_version,
+        traceparent,
+        tracestate,
+        payload: Some(payload),
+    }
+}
+
+/// Writes `events` to the outbox inside the caller's transaction.
+pub async fn enqueue(conn: &mut PgConnection, events: &[EventEnvelope]) -> anyhow::Result<()> {
+    let mut ids = Vec::with_capacity(events.len());
+    let mut keys = Vec::with_capacity(events.len());
+    let mut bodies = Vec::with_capacity(events.len());
+    let mut parents = Vec::with_capacity(events.len());
+    let mut states = Vec::with_capacity(events.len());
+    for event in events {
+        ids.push(Uuid::parse_str(&event.id).context("event id is not a UUID")?);
+        keys.push(event.r#type.clone());
+        bodies.push(event.encode_to_vec());
+        parents.push(Some(event.traceparent.clone()).filter(|t| !t.is_empty()));
+        states.push(Some(event.tracestate.clone()).filter(|t| !t.is_empty()));
+    }
+    sqlx::query(
+        "INSERT INTO outbox (event_id, routing_key, envelope, traceparent, tracestate)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::text[], $5::text[])",
+    )
+    .bind(ids)
+    .bind(keys)
+    .bind(bodies)
+    .bind(parents)
+    .bind(states)
+    .execute(conn)
+    .await
+    .context("writing events to the outbox")?;
+    Ok(())
+}
+
+/// Publishes one schema's outbox.
+pub struct Relay {
+    pool: PgPool,
+    /// The `NOTIFY` channel the outbox trigger signals (`<schema>_outbox`).
+    notify_channel: String,
+    bus: Arc<Bus>,
+    batch: i64,
+    poll: Duration,
+    /// A confirm-mode channel, opened on first use and after a failure.
+    channel: Mutex<Option<Channel>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    id: i64,
+    event_id: Uuid,
+    routing_key: String,
+    envelope: Vec<u8>,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+impl Relay {
+    pub fn new(pool: PgPool, schema: &str, bus: Arc<Bus>, batch: i64, poll: Duration) -> Self {
+        Self {
+            pool,
+            notify_channel: format!("{schema}_outbox"),
+            bus,
+            batch,
+            poll,
+            channel: Mutex::new(None),
+        }
+    }
+
+    async fn channel(&self, cancel: &CancellationToken) -> anyhow::Result<Channel> {
+        let mut slot = self.channel.lock().await;
+        if let Some(channel) = slot.as_ref().filter(|c| c.status().connected()) {
+            return Ok(channel.clone());
+        }
+        let connection = self
+            .bus
+            .connection(cancel)
+            .await
+            .context("shutting down")?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        *slot = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// Publishes up to one batch of pending rows and deletes them once
+    /// confirmed. Returns how many were published.
+    pub async fn try_publish_batch(&self, cancel: &CancellationToken) -> anyhow::Result<usize> {
+        let channel = self.channel(cancel).await?;
+        let result = self.publish_batch(&channel).await;
+        if result.is_err() {
+            // The channel may be broken; the next round opens a fresh one.
+            *self.channel.lock().await = None;
+        }
+        result
+    }
+
+    async fn publish_batch(&self, channel: &Channel) -> anyhow::Result<usize> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<OutboxRow> = sqlx::query_as(
+            "SELECT id, event_id, routing_key, envelope, traceparent, tracestate, created_at
+             FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(self.batch)
+        .fetch_all(&mut *tx)
+        .await
+        .context("reading the outbox")?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let exchange = self.bus.events_exchange();
+        let mut confirms = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut headers = FieldTable::default();
+            if let Some(traceparent) = &row.traceparent {
+                headers.insert("traceparent".into(), AMQPValue::LongString(traceparent.as_str().into()));
+            }
+            if let Some(tracestate) = &row.tracestate {
+                headers.insert("tracestate".into(), AMQPValue::LongString(tracestate.as_str().into()));
+            }
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/x-protobuf".into())
+                .with_message_id(row.event_id.to_string().into())
+                .with_type(row.routing_key.as_str().into())
+                .with_timestamp(u64::try_from(row.created_at.timestamp()).unwrap_or_default())
+                .with_headers(headers);
+            let confirm = channel
+                .basic_publish(
+                    exchange.as_str().into(),
+                    row.routing_key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &row.envelope,
+                    properties,
+                )
+                .await
+                .context("publishing an event")?;
+            confirms.push(confirm);
+        }
+        for confirm in futures_util::future::join_all(confirms).await {
+            match confirm.context("awaiting a publisher confirm")? {
+                Confirmation::Ack(_) => {}
+                other => anyhow::bail!("RabbitMQ did not confirm an event: {other:?}"),
+            }
+        }
+        let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await.context("marking events sent")?;
+        let now = Utc::now();
+        for row in &rows {
+            let lag = (now - row.created_at).to_std().unwrap_or_default();
+            metrics::histogram!("hotline_outbox_lag_seconds").record(lag.as_secs_f64());
+        }
+        metrics::counter!("hotline_events_published_total").increment(rows.len() as u64);
+        Ok(rows.len())
+    }
+
+    /// Publishes until `cancel`, woken by `NOTIFY` and by the poll; on
+    /// cancel, publishes what is already committed, then returns.
+    pub async fn run(&self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let mut listener = None;
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            if listener.is_none() {
+                listener = self.listen().await;
+            }
+            let pause = match self.drain(&cancel).await {
+                Ok(()) => {
+                    backoff.reset();
+                    self.poll
+                }
+                Err(error) => {
+                    tracing::warn!(error = format!("{error:#}"), "outbox relay failed; retrying");
+                    backoff.next_delay()
+                }
+            };
+            if cancel.is_cancelled() {
+                break;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(pause) => {}
+                notified = wait_for_notification(listener.as_mut()) => {
+                    if let Err(error) = notified {
+                        tracing::warn!(%error, "outbox LISTEN connection failed; polling");
+                        listener = None;
+                    }
+                }
+            }
+        }
+        // Publish what writers committed before the stop, if the broker lets us.
+        let flush = async {
+            let fresh = CancellationToken::new();
+            while self.try_publish_batch(&fresh).await? > 0 {}
+            anyhow::Ok(())
+        };
+        match tokio::time::timeout(Duration::from_secs(5), flush).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(error = format!("{error:#}"), "outbox left for the next start"),
+            Err(_) => tracing::warn!("outbox flush timed out; rows stay for the next start"),
+        }
+        Ok(())
+    }
+
+    /// A `LISTEN` connection on the outbox channel; `None` (poll only) when
+    /// it cannot be had now. Tried again every round.
+    async fn listen(&self) -> Option<PgListener> {
+        let attempt = async {
+            let mut listener = PgListener::connect_with(&self.pool).await?;
+            listener.listen(&self.notify_channel).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        match attempt.await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::warn!(%error, "cannot LISTEN for outbox rows; polling");
+                None
+            }
+        }
+    }
+
+    async fn drain(&self, cancel: &CancellationToken) -> anyhow::Result<()> {
+        loop {
+            let published = self.try_publish_batch(cancel).await?;
+            if published < usize::try_from(self.batch).unwrap_or(usize::MAX) || cancel.is_cancelled() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn wait_for_notification(listener: Option<&mut PgListener>) -> Result<(), sqlx::Error> {
+    match listener {
+        Some(listener) => listener.recv().await.map(drop),
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,288 @@
+//! Layered configuration: defaults, then an optional TOML file, then
+//! environment variables `HOTLINE_<KEY>` with `__` for nesting
+//! (`HOTLINE_AUTH__SECRET` sets `auth.secret`).
+//!
+//! Secrets are held in [`Secret`], whose `Debug` never prints the value.
+
+use std::{collections::BTreeMap, fmt, net::SocketAddr, path::Path, time::Duration};
+
+use anyhow::Context;
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use serde::{Deserialize, Deserializer};
+
+/// Everything a Hotline process needs to know about its surroundings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// PostgreSQL, the truth. Each service connects with its own schema.
+    pub database_url: Secret,
+    /// RabbitMQ, where events flow.
+    pub amqp_url: Secret,
+    /// Redis, for hot state that can be rebuilt from PostgreSQL.
+    pub redis_url: Secret,
+    /// Prefixes exchanges, queues and Redis keys, so tests and tenants can
+    /// share one broker and one Redis.
+    pub namespace: String,
+    /// Where this process serves all of its gRPC services.
+    pub grpc_addr: SocketAddr,
+    /// Where this process serves `/healthz`, `/readyz`, `/metrics` and the
+    /// web endpoints of its modules.
+    pub http_addr: SocketAddr,
+    pub auth: AuthConfig,
+    /// gRPC address of each service by name (`tickets`); a service missing
+    /// here is reached in this very process.
+    pub endpoints: BTreeMap<String, String>,
+    pub bus: BusConfig,
+    pub db: DbConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            database_url: Secret::new("postgres://postgres@127.0.0.1:5432/hotline"),
+            amqp_url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            redis_url: Secret::new("redis://127.0.0.1:6379/"),
+            namespace: "hotline".into(),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            auth: AuthConfig::default(),
+            endpoints: BTreeMap::new(),
+            bus: BusConfig::default(),
+            db: DbConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` when given, then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            anyhow::ensure!(file.exists(), "config file {} does not exist", file.display());
+            figment = figment.merge(Toml::file(file));
+        }
+        figment
+            .merge(Env::prefixed("HOTLINE_").split("__"))
+            .extract()
+            .context("invalid configuration")
+    }
+
+    /// The gRPC endpoint of `service`: configured, or this process.
+    pub fn endpoint(&self, service: &str) -> String {
+        self.endpoints
+            .get(service)
+            .cloned()
+            .unwrap_or_else(|| format!("http://{}", self.grpc_addr))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// HMAC key that signs and verifies bearer tokens. Required to serve.
+    pub secret: Secret,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct BusConfig {
+    /// Unacknowledged deliveries a consumer holds at once.
+    pub prefetch: u16,
+    /// Deliveries of one message before it is dead-lettered with its error.
+    pub max_attempts: u32,
+    /// Outbox rows one relay round publishes.
+    pub relay_batch: i64,
+    /// The relay's safety-net poll, in case a `NOTIFY` was missed.
+    #[serde(deserialize_with = "duration")]
+    pub relay_poll: Duration,
+    /// First delay before redelivering a failed message; doubles per attempt.
+    #[serde(deserialize_with = "duration")]
+    pub retry_backoff: Duration,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            prefetch: 64,
+            max_attempts: 5,
+            relay_batch: 500,
+            relay_poll: Duration::from_secs(1),
+            retry_backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct DbConfig {
+    /// Connections per service pool.
+    pub max_connections: u32,
+}
+
+impl Default for DbConfig {
+    fn default() -> Self {
+        Self { max_connections: 16 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// `tracing` filter directives, e.g. `info,hotline_kit=debug`.
+    /// `RUST_LOG` wins when set.
+    pub filter: String,
+    /// `text` for people, `json` for log shippers.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A value that must never reach a log: `Debug` prints `[redacted]`.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Parses durations written as `250ms`, `3s`, `90m`, `2h`, `1d`, or a sum
+/// such as `1h30m`. A bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("invalid duration {text:?}: expected a number at {rest:?}"));
+        }
+        let amount: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("invalid duration {text:?}: number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            "d" => Duration::from_secs(86_400),
+            other => {
+                return Err(format!(
+                    "invalid duration {text:?}: unknown unit {other:?} (use ms, s, m, h or d)"
+                ));
+            }
+        };
+        rest = &rest[unit_len..];
+        let part = unit
+            .checked_mul(u32::try_from(amount).map_err(|_| format!("invalid duration {text:?}: too large"))?)
+            .ok_or_else(|| format!("invalid duration {text:?}: too large"))?;
+        total += part;
+    }
+    Ok(total)
+}
+
+/// Serde adapter for [`parse_duration`]; also takes a bare number of seconds.
+pub fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Seconds(u64),
+        Text(String),
+    }
+    match Raw::deserialize(deserializer)? {
+        Raw::Seconds(seconds) => Ok(Duration::from_secs(seconds)),
+        Raw::Text(text) => parse_duration(&text).map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert!(parse_duration("2 hours").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let secret = Secret::new("hunter2");
+        assert_eq!(format!("{secret:?}"), "[redacted]");
+        let config = Config {
+            auth: AuthConfig { secret },
+            ..Config::default()
+        };
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn environment_overrides_file_and_nests_with_double_underscore() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("hotline.toml", "namespace = \"from-file\"\n[bus]\nprefetch = 7\n")?;
+            jail.set_env("HOTLINE_NAMESPACE", "from-env");
+            jail.set_env("HOTLINE_AUTH__SECRET", "s3cret");
+            jail.set_env("HOTLINE_BUS__RELAY_POLL", "250ms");
+            jail.set_env("HOTLINE_ENDPOINTS__TICKETS", "http://10.0.0.1:50051");
+            let config = Config::load(Some(Path::new("hotline.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.namespace, "from-env");
+            assert_eq!(config.bus.prefetch, 7);
+            assert_eq!(config.bus.relay_poll, Duration::from_millis(250));
+            assert_eq!(config.auth.secret.expose(), "s3cret");
+            assert_eq!(config.endpoint("tickets"), "http://10.0.0.1:50051");
+            assert_eq!(config.endpoint("sla"), "http://127.0.0.1:50051");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,28 @@
+//! The shared runtime of every Hotline service.
+//!
+//! - [`config`]: layered configuration (defaults, TOML file, `HOTLINE_*`).
+//! - [`telemetry`]: tracing, OTLP export, trace-context propagation, metrics.
+//! - [`db`]: a pool per service schema and the migrations.
+//! - [`bus`]: RabbitMQ connection, transactional outbox and relay,
+//!   consumers with inbox, ordering and dead letters.
+//! - [`cache`]: Redis under the namespace prefix.
+//! - [`auth`]: signed bearer tokens with roles, checked on every gRPC call.
+//! - [`grpc`]: server limits and authenticated clients.
+//! - [`supervisor`]: modules, start order, readiness, graceful shutdown.
+//! - [`testing`]: a running app per test with its own database, bus
+//!   namespace and Redis prefix.
+//!
+//! A request flows: gRPC server (auth layer, trace span) → a module's
+//! service → its store commits state and outbox rows in one transaction →
+//! the relay publishes them → other modules' consumers apply them.
+
+pub mod auth;
+pub mod bus;
+pub mod cache;
+pub mod config;
+pub mod db;
+pub mod grpc;
+pub mod supervisor;
+pub mod telemetry;
+pub mod testing;
+pub mod time;

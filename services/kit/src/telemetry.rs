@@ -1,0 +1,161 @@
+//! Logs, traces and metrics.
+//!
+//! `tracing` everywhere; spans become OpenTelemetry spans, exported over
+//! OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. W3C trace context rides on
+//! gRPC metadata ([`grpc_server_span`], [`inject_grpc`]) and on AMQP headers
+//! (the outbox stores it with each event; consumers restore it with
+//! [`set_parent`]), so one trace follows a fault across the fleet.
+//! Metrics go to a Prometheus recorder rendered at `/metrics`.
+
+use std::{collections::HashMap, sync::OnceLock};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use opentelemetry::{
+    propagation::{Extractor, Injector, TextMapPropagator},
+    trace::TracerProvider as _,
+};
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Keeps the tracer provider so spans are flushed at shutdown.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+impl Telemetry {
+    /// Installs the global subscriber once per process; later calls (tests
+    /// starting several apps) reuse it.
+    pub fn init(config: &LogConfig, service_name: &'static str) -> anyhow::Result<Self> {
+        let mut builder = SdkTracerProvider::builder()
+            .with_resource(Resource::builder().with_service_name(service_name).build());
+        if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build()?;
+            builder = builder.with_batch_exporter(exporter);
+        }
+        let provider = builder.build();
+        let filter = EnvFilter::try_from_default_env()
+            .or_else(|_| EnvFilter::try_new(&config.filter))?;
+        let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name));
+        let registry = tracing_subscriber::registry().with(filter).with(otel);
+        let installed = match config.format {
+            LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+            LogFormat::Json => registry
+                .with(tracing_subscriber::fmt::layer().json())
+                .try_init(),
+        };
+        if installed.is_err() {
+            tracing::debug!("a tracing subscriber is already installed; keeping it");
+        }
+        Ok(Self { provider })
+    }
+
+    /// Flushes spans still buffered.
+    pub async fn shutdown(self) {
+        let provider = self.provider;
+        match tokio::task::spawn_blocking(move || provider.shutdown()).await {
+            Ok(Err(error)) => tracing::warn!(%error, "flushing traces failed"),
+            Err(error) => tracing::warn!(%error, "flushing traces panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+/// The process-wide Prometheus recorder; installed on first use.
+pub fn metrics() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&[
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ])
+            .expect("bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may be installed already (tests): then ours only renders.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+struct MapCarrier<'a>(&'a mut HashMap<String, String>);
+
+impl Injector for MapCarrier<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_owned(), value);
+    }
+}
+
+struct PairCarrier<'a> {
+    traceparent: Option<&'a str>,
+    tracestate: Option<&'a str>,
+}
+
+impl Extractor for PairCarrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            "traceparent" => self.traceparent,
+            "tracestate" => self.tracestate,
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent", "tracestate"]
+    }
+}
+
+/// `(traceparent, tracestate)` of the current span; empty strings outside
+/// any trace.
+pub fn current_trace_context() -> (String, String) {
+    let mut map = HashMap::new();
+    TraceContextPropagator::new()
+        .inject_context(&tracing::Span::current().context(), &mut MapCarrier(&mut map));
+    (
+        map.remove("traceparent").unwrap_or_default(),
+        map.remove("tracestate").unwrap_or_default(),
+    )
+}
+
+/// Makes `span` a child of the remote trace described by the W3C fields.
+/// Call before the span is first entered.
+pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>, tracestate: Option<&str>) {
+    if traceparent.is_none() {
+        return;
+    }
+    let parent = TraceContextPropagator::new().extract(&PairCarrier {
+        traceparent,
+        tracestate,
+    });
+    let _ = span.set_parent(parent);
+}
+
+/// The span of one incoming gRPC call, child of the caller's trace.
+pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+    };
+    let span = tracing::info_span!("grpc", otel.kind = "server", path = %request.uri().path());
+    set_parent(&span, header("traceparent"), header("tracestate"));
+    span
+}
+
+/// Adds the current trace context to an outgoing gRPC request.
+pub fn inject_grpc(metadata: &mut tonic::metadata::MetadataMap) {
+    let (traceparent, tracestate) = current_trace_context();
+    for (key, value) in [("traceparent", traceparent), ("tracestate", tracestate)] {
+        if value.is_empty() {
+            continue;
+        }
+        if let Ok(value) = value.parse() {
+            metadata.insert(key, value);
+        }
+    }
+}
