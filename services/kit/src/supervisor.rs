@@ -210,6 +210,7 @@ pub struct App {
 impl App {
     pub async fn start(config: Config, modules: &[Module]) -> anyhow::Result<Self> {
         let config = Arc::new(config);
+        telemetry::metrics();
         let authority = Arc::new(Authority::new(&config.auth.secret)?);
         let bus = Bus::new(config.amqp_url.clone(), config.namespace.clone());
         let redis = Arc::new(Redis::new(&config.redis_url, &config.namespace)?);

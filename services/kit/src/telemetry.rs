@@ -7,7 +7,7 @@
 //! [`set_parent`]), so one trace follows a fault across the fleet.
 //! Metrics go to a Prometheus recorder rendered at `/metrics`.
 
-use std::{collections::HashMap, sync::OnceLock};
+use std::{collections::HashMap, io::IsTerminal, sync::OnceLock};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use opentelemetry::{
@@ -42,10 +42,13 @@ impl Telemetry {
             .or_else(|_| EnvFilter::try_new(&config.filter))?;
         let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name));
         let registry = tracing_subscriber::registry().with(filter).with(otel);
+        let ansi = std::io::stderr().is_terminal();
         let installed = match config.format {
-            LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+            LogFormat::Text => registry
+                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi))
+                .try_init(),
             LogFormat::Json => registry
-                .with(tracing_subscriber::fmt::layer().json())
+                .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
                 .try_init(),
         };
         if installed.is_err() {

@@ -1,1 +1,165 @@
+//! The test harness: every test gets a running app with its own database,
+//! its own bus namespace and its own Redis key prefix, bound on port 0, and
+//! typed helpers to reach it. Tests talk to the real PostgreSQL, RabbitMQ and
+//! Redis named by `HOTLINE_DATABASE_URL`, `HOTLINE_AMQP_URL` and
+//! `HOTLINE_REDIS_URL` (defaults: the local ones).
 
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use chrono::Utc;
+use sqlx::{Connection, PgConnection, PgPool};
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
+use uuid::Uuid;
+
+use crate::{
+    auth::{Authority, Role},
+    config::{Config, Secret},
+    db,
+    grpc::{self, BearerToken},
+    supervisor::{App, Module, migrate},
+};
+
+/// A fresh, isolated environment: configuration pointing at a new database,
+/// a new namespace and a new auth secret.
+pub struct TestEnv {
+    pub config: Config,
+    /// The database created for this test.
+    pub database: String,
+}
+
+impl TestEnv {
+    pub async fn new() -> anyhow::Result<Self> {
+        let base = Config::load(None)?;
+        let id = Uuid::new_v4().simple().to_string();
+        let database = format!("hotline_test_{}", &id[..16]);
+        let admin_url = with_database(base.database_url.expose(), "postgres");
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .context("connecting to PostgreSQL to create a test database")?;
+        sqlx::query(&format!("CREATE DATABASE {database}"))
+            .execute(&mut admin)
+            .await?;
+        admin.close().await?;
+        let config = Config {
+            database_url: Secret::new(with_database(base.database_url.expose(), &database)),
+            namespace: format!("t{}", &id[..12]),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            auth: crate::config::AuthConfig {
+                secret: Secret::new(Uuid::new_v4().simple().to_string() + &id),
+            },
+            ..base
+        };
+        Ok(Self { config, database })
+    }
+
+    /// A pool on `schema` of this test's database.
+    pub fn pool(&self, schema: &str) -> anyhow::Result<PgPool> {
+        db::pool(&self.config, schema)
+    }
+
+    /// A token for `role`, signed with this environment's secret.
+    pub fn token(&self, subject: &str, role: Role) -> String {
+        Authority::new(&self.config.auth.secret)
+            .expect("test secret is long enough")
+            .issue(subject, &[role], Utc::now(), chrono::Duration::hours(1))
+    }
+
+    /// Migrates `modules` and starts them as one process.
+    pub async fn start(&self, modules: &[Module]) -> anyhow::Result<TestApp> {
+        migrate(&self.config, modules).await?;
+        let app = App::start(self.config.clone(), modules).await?;
+        let grpc_addr = app.grpc_addr();
+        let http_addr = app.http_addr();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stopper = stop.clone();
+        let running = tokio::spawn(app.run_until(stopper.cancelled_owned()));
+        Ok(TestApp {
+            grpc_addr,
+            http_addr,
+            stop,
+            running,
+        })
+    }
+
+    /// Deletes this test's queues and exchanges from the shared broker.
+    pub async fn cleanup_bus(&self, services: &[&str]) -> anyhow::Result<()> {
+        use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+        let connection =
+            lapin::Connection::connect(self.config.amqp_url.expose(), Default::default()).await?;
+        let channel = connection.create_channel().await?;
+        let ns = &self.config.namespace;
+        for service in services {
+            for queue in [format!("{ns}.{service}"), format!("{ns}.{service}.dead")] {
+                channel
+                    .queue_delete(queue.into(), QueueDeleteOptions::default())
+                    .await?;
+            }
+        }
+        for exchange in [format!("{ns}.events"), format!("{ns}.dead")] {
+            channel
+                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
+        connection.close(200, "done".into()).await?;
+        Ok(())
+    }
+}
+
+/// A running app in this test's environment.
+pub struct TestApp {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+    running: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApp {
+    /// A gRPC channel to the app, authenticated as `token`.
+    pub fn channel(&self, token: &str) -> InterceptedService<Channel, BearerToken> {
+        let channel = grpc::channel(&format!("http://{}", self.grpc_addr)).expect("valid address");
+        InterceptedService::new(channel, BearerToken::new(token).expect("ascii token"))
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http_addr)
+    }
+
+    /// Stops the app as SIGTERM would, and returns how it ended.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.running.await?
+    }
+}
+
+/// `url` with its database name replaced by `database`.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_end = base.find("://").map_or(0, |i| i + 3);
+    let root = match base[authority_end..].find('/') {
+        Some(slash) => &base[..authority_end + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{root}/{database}?{query}"),
+        None => format!("{root}/{database}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn database_is_replaced_keeping_host_and_options() {
+        assert_eq!(
+            with_database("postgres://u:p@h:5432/app?sslmode=disable", "t1"),
+            "postgres://u:p@h:5432/t1?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://h", "t1"), "postgres://h/t1");
+    }
+}

@@ -1,1 +1,54 @@
+//! `tickets`: the system of record of every fault reported to the hotline.
+//!
+//! - [`domain`]: the state machine and the awaiting-response rule, pure.
+//! - [`store`]: SQL; each command locks the ticket, applies the rule, and
+//!   writes the new state with its events (outbox) in one transaction.
+//! - [`events`]: the `ticket.*` events a change produces.
+//! - [`api`]: `hotline.tickets.v1.TicketService` over gRPC, with role checks.
+//! - [`convert`]: domain ↔ wire types.
+//!
+//! The module publishes through the kit's outbox relay and consumes nothing.
 
+pub mod api;
+pub mod convert;
+pub mod domain;
+pub mod events;
+pub mod store;
+
+use std::sync::Arc;
+
+use hotline_kit::{
+    bus::outbox::Relay,
+    grpc::MAX_MESSAGE_BYTES,
+    supervisor::{Module, ModuleContext},
+};
+use hotline_proto::tickets::v1::ticket_service_server::TicketServiceServer;
+
+pub const SCHEMA: &str = "tickets";
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+pub fn module() -> Module {
+    Module {
+        name: "tickets",
+        depends_on: &[],
+        schema: SCHEMA,
+        migrations: &MIGRATIONS,
+        init,
+    }
+}
+
+fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
+    let pool = context.pool(SCHEMA)?;
+    let store = Arc::new(store::Store::new(pool.clone()));
+    context.add_grpc(
+        TicketServiceServer::new(api::TicketApi::new(store))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    );
+    let bus = &context.config.bus;
+    let relay = Relay::new(pool, SCHEMA, context.bus.clone(), bus.relay_batch, bus.relay_poll);
+    let cancel = context.cancel.clone();
+    context.spawn("outbox-relay", async move { relay.run(cancel).await });
+    Ok(())
+}

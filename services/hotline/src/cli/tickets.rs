@@ -1,0 +1,320 @@
+//! `hotline tickets ...`: the agent's commands.
+
+use chrono::{DateTime, Utc};
+use clap::Subcommand;
+use hotline_kit::time::from_timestamp;
+use hotline_proto::tickets::v1::{self as pb, ticket_service_client::TicketServiceClient};
+use hotline_tickets::{convert, domain};
+use serde_json::{Value, json};
+
+use super::{Failure, Output, connect};
+
+#[derive(Subcommand)]
+pub enum TicketsCommand {
+    /// Open a ticket for a customer's report.
+    Create {
+        #[arg(long)]
+        subject: String,
+        #[arg(long)]
+        body: String,
+        /// The customer's email address or phone number.
+        #[arg(long)]
+        contact: Option<String>,
+        /// low, normal, high or urgent.
+        #[arg(long, value_parser = str::parse::<domain::Priority>)]
+        priority: Option<domain::Priority>,
+        /// email, phone, web, api or onsite (default api).
+        #[arg(long, value_parser = str::parse::<domain::Channel>)]
+        channel: Option<domain::Channel>,
+        /// Retrying with the same key returns the same ticket.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// List tickets, newest first.
+    List {
+        /// Only tickets awaiting a response.
+        #[arg(long)]
+        awaiting: bool,
+        /// new, open, pending_customer, resolved or closed; repeatable.
+        #[arg(long, value_parser = str::parse::<domain::Status>)]
+        status: Vec<domain::Status>,
+        #[arg(long)]
+        assignee: Option<String>,
+        /// Text in the subject.
+        #[arg(long)]
+        text: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// A ticket with its conversation. N is the number (HL-10001) or the id.
+    Show { ticket: String },
+    /// Reply to the customer: a response, which stops the clock.
+    Respond {
+        ticket: String,
+        #[arg(long)]
+        message: String,
+        /// Then wait for the customer.
+        #[arg(long)]
+        pending: bool,
+    },
+    /// An internal note: not a response.
+    Note {
+        ticket: String,
+        #[arg(long)]
+        message: String,
+    },
+    /// Assign to an agent (empty to unassign).
+    Assign {
+        ticket: String,
+        #[arg(long)]
+        to: String,
+    },
+    Resolve { ticket: String },
+    Close { ticket: String },
+    Reopen { ticket: String },
+}
+
+type Client = TicketServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, hotline_kit::grpc::BearerToken>,
+>;
+
+pub async fn run(command: TicketsCommand, output: &Output) -> Result<(), Failure> {
+    let mut client: Client = TicketServiceClient::new(connect()?);
+    match command {
+        TicketsCommand::Create {
+            subject,
+            body,
+            contact,
+            priority,
+            channel,
+            idempotency_key,
+        } => {
+            let response = client
+                .create_ticket(pb::CreateTicketRequest {
+                    subject,
+                    body,
+                    contact: contact.unwrap_or_default(),
+                    priority: priority.map_or(0, |p| convert::priority(p) as i32),
+                    channel: channel.map_or(0, |c| convert::channel(c) as i32),
+                    idempotency_key: idempotency_key.unwrap_or_default(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let ticket = response.ticket.unwrap_or_default();
+            let verb = if response.created { "opened" } else { "already open" };
+            output.print(ticket_json(&ticket), || format!("{} {verb}: {}", ticket.number, ticket.subject));
+        }
+        TicketsCommand::List {
+            awaiting,
+            status,
+            assignee,
+            text,
+            limit,
+        } => {
+            let response = client
+                .list_tickets(pb::ListTicketsRequest {
+                    status: status.into_iter().map(|s| convert::status(s) as i32).collect(),
+                    awaiting_response: awaiting,
+                    assignee: assignee.unwrap_or_default(),
+                    text: text.unwrap_or_default(),
+                    page_size: limit,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let tickets: Vec<Value> = response.tickets.iter().map(ticket_json).collect();
+            output.print(json!(tickets), || {
+                let mut lines = vec![format!(
+                    "{:<10} {:<16} {:<8} {:<8} {:<20} {}",
+                    "NUMBER", "STATUS", "PRIORITY", "CHANNEL", "AWAITING SINCE", "SUBJECT"
+                )];
+                for t in &response.tickets {
+                    lines.push(format!(
+                        "{:<10} {:<16} {:<8} {:<8} {:<20} {}",
+                        t.number,
+                        status_name(t.status),
+                        priority_name(t.priority),
+                        channel_name(t.channel),
+                        time(t.awaiting_since.as_ref()).map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M").to_string()),
+                        t.subject
+                    ));
+                }
+                lines.join("\n")
+            });
+        }
+        TicketsCommand::Show { ticket } => {
+            let response = client
+                .get_ticket(pb::GetTicketRequest { ticket })
+                .await?
+                .into_inner();
+            let ticket = response.ticket.unwrap_or_default();
+            let mut value = ticket_json(&ticket);
+            value["articles"] = json!(response.articles.iter().map(article_json).collect::<Vec<_>>());
+            output.print(value, || {
+                let mut lines = vec![
+                    format!("{}  {}", ticket.number, ticket.subject),
+                    format!(
+                        "status {}, priority {}, channel {}, assignee {}",
+                        status_name(ticket.status),
+                        priority_name(ticket.priority),
+                        channel_name(ticket.channel),
+                        if ticket.assignee.is_empty() { "-" } else { &ticket.assignee }
+                    ),
+                ];
+                if let Some(since) = time(ticket.awaiting_since.as_ref()) {
+                    lines.push(format!("awaiting a response since {since}"));
+                }
+                for article in &response.articles {
+                    let at = time(article.created_at.as_ref()).map(|t| t.to_rfc3339()).unwrap_or_default();
+                    lines.push(format!("\n[{at}] {} by {}", kind_name(article), article.author));
+                    lines.push(article.body.clone());
+                }
+                lines.join("\n")
+            });
+        }
+        TicketsCommand::Respond { ticket, message, pending } => {
+            add(&mut client, output, ticket, pb::ArticleKind::AgentReply, message, pending).await?;
+        }
+        TicketsCommand::Note { ticket, message } => {
+            add(&mut client, output, ticket, pb::ArticleKind::InternalNote, message, false).await?;
+        }
+        TicketsCommand::Assign { ticket, to } => {
+            let response = client
+                .assign_ticket(pb::AssignTicketRequest { ticket, assignee: to })
+                .await?;
+            changed(output, response.into_inner(), "assigned");
+        }
+        TicketsCommand::Resolve { ticket } => {
+            let response = client.resolve_ticket(pb::TicketRef { ticket }).await?;
+            changed(output, response.into_inner(), "resolved");
+        }
+        TicketsCommand::Close { ticket } => {
+            let response = client.close_ticket(pb::TicketRef { ticket }).await?;
+            changed(output, response.into_inner(), "closed");
+        }
+        TicketsCommand::Reopen { ticket } => {
+            let response = client.reopen_ticket(pb::TicketRef { ticket }).await?;
+            changed(output, response.into_inner(), "reopened");
+        }
+    }
+    Ok(())
+}
+
+async fn add(
+    client: &mut Client,
+    output: &Output,
+    ticket: String,
+    kind: pb::ArticleKind,
+    body: String,
+    pending_customer: bool,
+) -> Result<(), Failure> {
+    let response = client
+        .add_article(pb::AddArticleRequest {
+            ticket,
+            kind: kind as i32,
+            body,
+            pending_customer,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let ticket = response.ticket.unwrap_or_default();
+    let mut value = ticket_json(&ticket);
+    if let Some(article) = &response.article {
+        value["article"] = article_json(article);
+    }
+    let what = if kind == pb::ArticleKind::AgentReply { "reply" } else { "note" };
+    output.print(value, || format!("{what} added to {}", ticket.number));
+    Ok(())
+}
+
+fn changed(output: &Output, response: pb::TicketResponse, verb: &str) {
+    let ticket = response.ticket.unwrap_or_default();
+    output.print(ticket_json(&ticket), || format!("{} {verb}", ticket.number));
+}
+
+fn time(timestamp: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
+    timestamp.and_then(from_timestamp)
+}
+
+fn status_name(value: i32) -> &'static str {
+    match convert::status_from(value) {
+        Ok(Some(status)) => status.as_str(),
+        _ => "unknown",
+    }
+}
+
+fn priority_name(value: i32) -> &'static str {
+    match convert::priority_from(value) {
+        Ok(Some(priority)) => priority.as_str(),
+        _ => "unknown",
+    }
+}
+
+fn channel_name(value: i32) -> &'static str {
+    match convert::channel_from(value) {
+        Ok(Some(channel)) => channel.as_str(),
+        _ => "unknown",
+    }
+}
+
+fn kind_name(article: &pb::Article) -> &'static str {
+    match pb::ArticleKind::try_from(article.kind) {
+        Ok(pb::ArticleKind::CustomerMessage) => "customer_message",
+        Ok(pb::ArticleKind::AgentReply) => "agent_reply",
+        Ok(pb::ArticleKind::InternalNote) => "internal_note",
+        Ok(pb::ArticleKind::Call) => "call",
+        Ok(pb::ArticleKind::OnsiteArrival) => "onsite_arrival",
+        _ => "unknown",
+    }
+}
+
+fn optional(value: &str) -> Value {
+    if value.is_empty() { Value::Null } else { json!(value) }
+}
+
+pub fn ticket_json(ticket: &pb::Ticket) -> Value {
+    json!({
+        "id": ticket.id,
+        "number": ticket.number,
+        "status": status_name(ticket.status),
+        "priority": priority_name(ticket.priority),
+        "channel": channel_name(ticket.channel),
+        "subject": ticket.subject,
+        "contact": optional(&ticket.contact),
+        "assignee": optional(&ticket.assignee),
+        "awaiting_response": ticket.awaiting_response,
+        "awaiting_since": time(ticket.awaiting_since.as_ref()),
+        "created_at": time(ticket.created_at.as_ref()),
+        "updated_at": time(ticket.updated_at.as_ref()),
+        "version": ticket.version,
+    })
+}
+
+fn article_json(article: &pb::Article) -> Value {
+    let call = article.call.as_ref().map(|call| {
+        json!({
+            "direction": match pb::CallDirection::try_from(call.direction) {
+                Ok(pb::CallDirection::Inbound) => "in",
+                Ok(pb::CallDirection::Outbound) => "out",
+                _ => "unknown",
+            },
+            "outcome": match pb::CallOutcome::try_from(call.outcome) {
+                Ok(pb::CallOutcome::Answered) => "answered",
+                Ok(pb::CallOutcome::Missed) => "missed",
+                Ok(pb::CallOutcome::Voicemail) => "voicemail",
+                _ => "unknown",
+            },
+            "call_id": optional(&call.call_id),
+        })
+    });
+    json!({
+        "id": article.id,
+        "kind": kind_name(article),
+        "body": article.body,
+        "author": article.author,
+        "call": call,
+        "created_at": time(article.created_at.as_ref()),
+    })
+}

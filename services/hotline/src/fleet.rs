@@ -1,0 +1,42 @@
+//! The modules of the fleet and which of them a process runs.
+
+use hotline_kit::supervisor::Module;
+
+/// Every module, `--target all`.
+pub fn modules() -> Vec<Module> {
+    vec![hotline_tickets::module()]
+}
+
+/// The modules named by a `--target` value: `all`, or a comma list.
+pub fn select(target: &str) -> anyhow::Result<Vec<Module>> {
+    let all = modules();
+    let mut selected = Vec::new();
+    for name in target.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if name == "all" {
+            return Ok(all);
+        }
+        let module = all.iter().find(|m| m.name == name).ok_or_else(|| {
+            let known: Vec<_> = all.iter().map(|m| m.name).collect();
+            anyhow::anyhow!("unknown target {name:?} (known: all, {})", known.join(", "))
+        })?;
+        if !selected.iter().any(|m: &Module| m.name == name) {
+            selected.push(*module);
+        }
+    }
+    anyhow::ensure!(!selected.is_empty(), "--target names no module");
+    Ok(selected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_select_modules_by_name() {
+        assert_eq!(select("all").unwrap().len(), modules().len());
+        assert_eq!(select("tickets").unwrap()[0].name, "tickets");
+        assert_eq!(select("tickets,tickets").unwrap().len(), 1);
+        assert!(select("nonsense").unwrap_err().to_string().contains("unknown target"));
+        assert!(select("").is_err());
+    }
+}

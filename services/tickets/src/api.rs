@@ -1,0 +1,267 @@
+//! `hotline.tickets.v1.TicketService`: maps gRPC requests to store commands
+//! and refusals to gRPC statuses, and checks each caller's role.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use hotline_kit::auth::{Caller, Role, authorize};
+use hotline_proto::tickets::v1::{self as pb, ticket_service_server::TicketService};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    convert,
+    domain::{ArticleKind, Channel, Priority, Refusal, TicketKey},
+    store::{Command, Filter, NewArticle, NewTicket, Store, StoreError},
+};
+
+/// Roles that read tickets: everyone at the desk and the bridges.
+const READERS: &[Role] = &[Role::Agent, Role::Dispatcher, Role::Technician, Role::Manager, Role::Bridge];
+/// Roles that open tickets and add to them.
+const WRITERS: &[Role] = READERS;
+/// Roles that work tickets: assign, prioritise, reopen, close.
+const WORKERS: &[Role] = &[Role::Agent, Role::Dispatcher, Role::Manager];
+/// Roles that resolve: the workers, and technicians who fixed it on site.
+const RESOLVERS: &[Role] = &[Role::Agent, Role::Dispatcher, Role::Manager, Role::Technician];
+
+const MAX_SUBJECT_CHARS: usize = 500;
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+const MAX_FIELD_CHARS: usize = 320;
+const DEFAULT_PAGE_SIZE: u32 = 50;
+const MAX_PAGE_SIZE: u32 = 500;
+
+pub struct TicketApi {
+    store: Arc<Store>,
+}
+
+impl TicketApi {
+    pub fn new(store: Arc<Store>) -> Self {
+        Self { store }
+    }
+
+    async fn run(&self, ticket: &str, command: Command) -> Result<pb::Ticket, Status> {
+        let key = parse_key(ticket)?;
+        let (ticket, _) = self.store.apply(key, command, Utc::now()).await.map_err(status)?;
+        Ok(convert::ticket(&ticket))
+    }
+}
+
+fn status(error: StoreError) -> Status {
+    match error {
+        StoreError::NotFound(_) => Status::not_found(error.to_string()),
+        StoreError::Refused(Refusal::Transition(why)) => Status::failed_precondition(why),
+        StoreError::Refused(Refusal::Invalid(why)) => Status::invalid_argument(why),
+        StoreError::Database(error) => {
+            tracing::error!(error = format!("{error:#}"), "ticket store failed");
+            let transient = error.downcast_ref::<sqlx::Error>().is_some_and(|e| {
+                matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
+            });
+            if transient {
+                Status::unavailable("the ticket store is unavailable; retry shortly")
+            } else {
+                Status::internal("the ticket store failed; the change was not made")
+            }
+        }
+    }
+}
+
+fn invalid(refusal: Refusal) -> Status {
+    Status::invalid_argument(refusal.to_string())
+}
+
+fn parse_key(text: &str) -> Result<TicketKey, Status> {
+    if text.trim().is_empty() {
+        return Err(Status::invalid_argument("name the ticket: a number such as HL-10001 or an id"));
+    }
+    text.parse().map_err(invalid)
+}
+
+/// A trimmed optional field, refused past `max` characters.
+fn field(value: &str, name: &str, max: usize) -> Result<Option<String>, Status> {
+    let value = value.trim();
+    if value.chars().count() > max {
+        return Err(Status::invalid_argument(format!("{name} is longer than {max} characters")));
+    }
+    Ok((!value.is_empty()).then(|| value.to_owned()))
+}
+
+fn body(value: String) -> Result<String, Status> {
+    if value.len() > MAX_BODY_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "the body is larger than {MAX_BODY_BYTES} bytes"
+        )));
+    }
+    Ok(value)
+}
+
+/// Customer contacts are authored by the customer; everything else by the caller.
+fn author(kind: ArticleKind, given: &str, caller: &Caller) -> Result<String, Status> {
+    Ok(match kind {
+        ArticleKind::CustomerMessage => field(given, "author", MAX_FIELD_CHARS)?.unwrap_or_default(),
+        _ => caller.subject.clone(),
+    })
+}
+
+#[tonic::async_trait]
+impl TicketService for TicketApi {
+    async fn create_ticket(
+        &self,
+        request: Request<pb::CreateTicketRequest>,
+    ) -> Result<Response<pb::CreateTicketResponse>, Status> {
+        let caller = authorize(&request, WRITERS)?;
+        let request = request.into_inner();
+        let subject = field(&request.subject, "subject", MAX_SUBJECT_CHARS)?
+            .ok_or_else(|| Status::invalid_argument("a ticket needs a subject"))?;
+        let kind = convert::article_kind_from(request.first_article, request.call.as_ref())
+            .map_err(invalid)?
+            .unwrap_or(ArticleKind::CustomerMessage);
+        let contact = field(&request.contact, "contact", MAX_FIELD_CHARS)?;
+        let first_author = match kind {
+            ArticleKind::CustomerMessage => contact.clone().unwrap_or_else(|| "customer".into()),
+            _ => author(kind, "", &caller)?,
+        };
+        let new = NewTicket {
+            subject,
+            contact,
+            priority: convert::priority_from(request.priority)
+                .map_err(invalid)?
+                .unwrap_or(Priority::Normal),
+            channel: convert::channel_from(request.channel)
+                .map_err(invalid)?
+                .unwrap_or(Channel::Api),
+            idempotency_key: field(&request.idempotency_key, "idempotency_key", 200)?,
+            first: NewArticle {
+                kind,
+                body: body(request.body)?,
+                author: first_author,
+                call_id: request.call.as_ref().and_then(|c| (!c.call_id.is_empty()).then(|| c.call_id.clone())),
+            },
+        };
+        let (ticket, _, created) = self.store.create(new, Utc::now()).await.map_err(status)?;
+        Ok(Response::new(pb::CreateTicketResponse {
+            ticket: Some(convert::ticket(&ticket)),
+            created,
+        }))
+    }
+
+    async fn get_ticket(
+        &self,
+        request: Request<pb::GetTicketRequest>,
+    ) -> Result<Response<pb::GetTicketResponse>, Status> {
+        authorize(&request, READERS)?;
+        let key = parse_key(&request.get_ref().ticket)?;
+        let ticket = self.store.find(key).await.map_err(status)?;
+        let articles = self.store.articles(ticket.id).await.map_err(status)?;
+        Ok(Response::new(pb::GetTicketResponse {
+            ticket: Some(convert::ticket(&ticket)),
+            articles: articles.iter().map(convert::article).collect(),
+        }))
+    }
+
+    async fn list_tickets(
+        &self,
+        request: Request<pb::ListTicketsRequest>,
+    ) -> Result<Response<pb::ListTicketsResponse>, Status> {
+        authorize(&request, READERS)?;
+        let request = request.into_inner();
+        let statuses = request
+            .status
+            .iter()
+            .filter_map(|s| convert::status_from(*s).transpose())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        let page_size = match request.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let before_number = match request.page_token.as_str() {
+            "" => None,
+            token => Some(
+                token
+                    .parse::<i64>()
+                    .map_err(|_| Status::invalid_argument("page_token is not one this service gave"))?,
+            ),
+        };
+        let filter = Filter {
+            statuses,
+            awaiting_only: request.awaiting_response,
+            assignee: field(&request.assignee, "assignee", MAX_FIELD_CHARS)?,
+            channel: convert::channel_from(request.channel).map_err(invalid)?,
+            contact: field(&request.contact, "contact", MAX_FIELD_CHARS)?,
+            text: field(&request.text, "text", MAX_SUBJECT_CHARS)?,
+            before_number,
+            limit: i64::from(page_size),
+        };
+        let (tickets, next) = self.store.list(&filter).await.map_err(status)?;
+        Ok(Response::new(pb::ListTicketsResponse {
+            tickets: tickets.iter().map(convert::ticket).collect(),
+            next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn add_article(
+        &self,
+        request: Request<pb::AddArticleRequest>,
+    ) -> Result<Response<pb::AddArticleResponse>, Status> {
+        let caller = authorize(&request, WRITERS)?;
+        let request = request.into_inner();
+        let key = parse_key(&request.ticket)?;
+        let kind = convert::article_kind_from(request.kind, request.call.as_ref())
+            .map_err(invalid)?
+            .ok_or_else(|| Status::invalid_argument("an article needs its kind"))?;
+        let article = NewArticle {
+            kind,
+            author: author(kind, &request.author, &caller)?,
+            body: body(request.body)?,
+            call_id: request.call.as_ref().and_then(|c| (!c.call_id.is_empty()).then(|| c.call_id.clone())),
+        };
+        let command = Command::AddArticle {
+            article,
+            pending_customer: request.pending_customer,
+        };
+        let (ticket, article) = self.store.apply(key, command, Utc::now()).await.map_err(status)?;
+        Ok(Response::new(pb::AddArticleResponse {
+            ticket: Some(convert::ticket(&ticket)),
+            article: article.as_ref().map(convert::article),
+        }))
+    }
+
+    async fn assign_ticket(
+        &self,
+        request: Request<pb::AssignTicketRequest>,
+    ) -> Result<Response<pb::TicketResponse>, Status> {
+        authorize(&request, WORKERS)?;
+        let assignee = field(&request.get_ref().assignee, "assignee", MAX_FIELD_CHARS)?;
+        let ticket = self.run(&request.get_ref().ticket, Command::Assign(assignee)).await?;
+        Ok(Response::new(pb::TicketResponse { ticket: Some(ticket) }))
+    }
+
+    async fn set_priority(
+        &self,
+        request: Request<pb::SetPriorityRequest>,
+    ) -> Result<Response<pb::TicketResponse>, Status> {
+        authorize(&request, WORKERS)?;
+        let priority = convert::priority_from(request.get_ref().priority)
+            .map_err(invalid)?
+            .ok_or_else(|| Status::invalid_argument("name the priority: low, normal, high or urgent"))?;
+        let ticket = self.run(&request.get_ref().ticket, Command::SetPriority(priority)).await?;
+        Ok(Response::new(pb::TicketResponse { ticket: Some(ticket) }))
+    }
+
+    async fn resolve_ticket(&self, request: Request<pb::TicketRef>) -> Result<Response<pb::TicketResponse>, Status> {
+        authorize(&request, RESOLVERS)?;
+        let ticket = self.run(&request.get_ref().ticket, Command::Resolve).await?;
+        Ok(Response::new(pb::TicketResponse { ticket: Some(ticket) }))
+    }
+
+    async fn close_ticket(&self, request: Request<pb::TicketRef>) -> Result<Response<pb::TicketResponse>, Status> {
+        authorize(&request, WORKERS)?;
+        let ticket = self.run(&request.get_ref().ticket, Command::Close).await?;
+        Ok(Response::new(pb::TicketResponse { ticket: Some(ticket) }))
+    }
+
+    async fn reopen_ticket(&self, request: Request<pb::TicketRef>) -> Result<Response<pb::TicketResponse>, Status> {
+        authorize(&request, WORKERS)?;
+        let ticket = self.run(&request.get_ref().ticket, Command::Reopen).await?;
+        Ok(Response::new(pb::TicketResponse { ticket: Some(ticket) }))
+    }
+}

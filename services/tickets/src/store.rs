@@ -1,0 +1,443 @@
+//! The only place with SQL. Every command runs in one transaction that locks
+//! the ticket, applies the domain rule, writes the result, and writes its
+//! events to the outbox — all or nothing.
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use hotline_kit::bus::outbox;
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use crate::{
+    domain::{
+        self, ArticleKind, CallDirection, CallOutcome, Change, Channel, Priority, Refusal, Status,
+        TicketKey, TicketState,
+    },
+    events,
+};
+
+/// A ticket as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    pub id: Uuid,
+    pub number: i64,
+    pub version: i64,
+    pub status: Status,
+    pub priority: Priority,
+    pub channel: Channel,
+    pub subject: String,
+    pub contact: Option<String>,
+    pub assignee: Option<String>,
+    pub awaiting_since: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Ticket {
+    fn state(&self) -> TicketState {
+        TicketState {
+            status: self.status,
+            awaiting_since: self.awaiting_since,
+            assignee: self.assignee.clone(),
+        }
+    }
+}
+
+/// One entry of a ticket's conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Article {
+    pub id: Uuid,
+    pub ticket_id: Uuid,
+    pub kind: ArticleKind,
+    pub body: String,
+    pub author: String,
+    pub call_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+pub struct NewTicket {
+    pub subject: String,
+    pub contact: Option<String>,
+    pub priority: Priority,
+    pub channel: Channel,
+    pub idempotency_key: Option<String>,
+    pub first: NewArticle,
+}
+
+pub struct NewArticle {
+    pub kind: ArticleKind,
+    pub body: String,
+    pub author: String,
+    pub call_id: Option<String>,
+}
+
+/// A change to an existing ticket.
+pub enum Command {
+    AddArticle {
+        article: NewArticle,
+        pending_customer: bool,
+    },
+    Assign(Option<String>),
+    SetPriority(Priority),
+    Resolve,
+    Close,
+    Reopen,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("ticket {0} does not exist")]
+    NotFound(String),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Database(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        StoreError::Database(error.into())
+    }
+}
+
+/// Filters of [`Store::list`]; empty fields do not filter.
+#[derive(Debug, Default)]
+pub struct Filter {
+    pub statuses: Vec<Status>,
+    pub awaiting_only: bool,
+    pub assignee: Option<String>,
+    pub channel: Option<Channel>,
+    pub contact: Option<String>,
+    pub text: Option<String>,
+    /// Only tickets numbered below this (the cursor).
+    pub before_number: Option<i64>,
+    pub limit: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct TicketRow {
+    id: Uuid,
+    number: i64,
+    version: i64,
+    status: String,
+    priority: String,
+    channel: String,
+    subject: String,
+    contact: Option<String>,
+    assignee: Option<String>,
+    awaiting_since: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<TicketRow> for Ticket {
+    type Error = anyhow::Error;
+
+    fn try_from(row: TicketRow) -> anyhow::Result<Self> {
+        Ok(Ticket {
+            id: row.id,
+            number: row.number,
+            version: row.version,
+            status: row.status.parse().map_err(anyhow::Error::msg)?,
+            priority: row.priority.parse().map_err(anyhow::Error::msg)?,
+            channel: row.channel.parse().map_err(anyhow::Error::msg)?,
+            subject: row.subject,
+            contact: row.contact,
+            assignee: row.assignee,
+            awaiting_since: row.awaiting_since,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ArticleRow {
+    id: Uuid,
+    ticket_id: Uuid,
+    kind: String,
+    body: String,
+    author: String,
+    call_direction: Option<String>,
+    call_outcome: Option<String>,
+    call_id: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+impl TryFrom<ArticleRow> for Article {
+    type Error = anyhow::Error;
+
+    fn try_from(row: ArticleRow) -> anyhow::Result<Self> {
+        let kind = match (row.kind.as_str(), row.call_direction, row.call_outcome) {
+            ("customer_message", ..) => ArticleKind::CustomerMessage,
+            ("agent_reply", ..) => ArticleKind::AgentReply,
+            ("internal_note", ..) => ArticleKind::InternalNote,
+            ("onsite_arrival", ..) => ArticleKind::OnsiteArrival,
+            ("call", Some(direction), Some(outcome)) => ArticleKind::Call {
+                direction: direction.parse().map_err(anyhow::Error::msg)?,
+                outcome: outcome.parse().map_err(anyhow::Error::msg)?,
+            },
+            (other, ..) => anyhow::bail!("unknown article kind {other:?}"),
+        };
+        Ok(Article {
+            id: row.id,
+            ticket_id: row.ticket_id,
+            kind,
+            body: row.body,
+            author: row.author,
+            call_id: row.call_id,
+            created_at: row.created_at,
+        })
+    }
+}
+
+const TICKET_COLUMNS: &str = "id, number, version, status, priority, channel, subject, contact, \
+     assignee, awaiting_since, created_at, updated_at";
+
+fn kind_columns(kind: ArticleKind) -> (&'static str, Option<CallDirection>, Option<CallOutcome>) {
+    match kind {
+        ArticleKind::CustomerMessage => ("customer_message", None, None),
+        ArticleKind::AgentReply => ("agent_reply", None, None),
+        ArticleKind::InternalNote => ("internal_note", None, None),
+        ArticleKind::OnsiteArrival => ("onsite_arrival", None, None),
+        ArticleKind::Call { direction, outcome } => ("call", Some(direction), Some(outcome)),
+    }
+}
+
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Opens a ticket, or returns the one opened earlier with the same
+    /// idempotency key (`created` false).
+    pub async fn create(
+        &self,
+        new: NewTicket,
+        now: DateTime<Utc>,
+    ) -> Result<(Ticket, Article, bool), StoreError> {
+        let state = domain::open(new.first.kind, now);
+        let mut tx = self.pool.begin().await?;
+        let row: Option<TicketRow> = sqlx::query_as(&format!(
+            "INSERT INTO tickets (id, status, priority, channel, subject, contact, awaiting_since,
+                                  idempotency_key, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
+             ON CONFLICT (idempotency_key) DO NOTHING
+             RETURNING {TICKET_COLUMNS}"
+        ))
+        .bind(Uuid::now_v7())
+        .bind(state.status.as_str())
+        .bind(new.priority.as_str())
+        .bind(new.channel.as_str())
+        .bind(&new.subject)
+        .bind(&new.contact)
+        .bind(state.awaiting_since)
+        .bind(&new.idempotency_key)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            // The key was used before: that ticket is the answer.
+            drop(tx);
+            let row: TicketRow = sqlx::query_as(&format!(
+                "SELECT {TICKET_COLUMNS} FROM tickets WHERE idempotency_key = $1"
+            ))
+            .bind(&new.idempotency_key)
+            .fetch_one(&self.pool)
+            .await?;
+            let ticket = Ticket::try_from(row)?;
+            let first = self
+                .articles(ticket.id)
+                .await?
+                .into_iter()
+                .next()
+                .context("a ticket without its first article")?;
+            return Ok((ticket, first, false));
+        };
+        let ticket = Ticket::try_from(row)?;
+        let article = insert_article(&mut tx, ticket.id, new.first, now).await?;
+        outbox::enqueue(&mut tx, &events::created(&ticket, &article)).await?;
+        tx.commit().await?;
+        metrics::counter!("hotline_tickets_opened_total", "channel" => ticket.channel.as_str())
+            .increment(1);
+        Ok((ticket, article, true))
+    }
+
+    pub async fn find(&self, key: TicketKey) -> Result<Ticket, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        lookup(&mut conn, key, false).await
+    }
+
+    /// The conversation of a ticket, oldest first.
+    pub async fn articles(&self, ticket_id: Uuid) -> Result<Vec<Article>, StoreError> {
+        let rows: Vec<ArticleRow> = sqlx::query_as(
+            "SELECT id, ticket_id, kind, body, author, call_direction, call_outcome, call_id, created_at
+             FROM articles WHERE ticket_id = $1 ORDER BY created_at, id",
+        )
+        .bind(ticket_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(Article::try_from)
+            .collect::<anyhow::Result<_>>()?)
+    }
+
+    /// Newest first; `Some(number)` when there may be more after the page.
+    pub async fn list(&self, filter: &Filter) -> Result<(Vec<Ticket>, Option<i64>), StoreError> {
+        let mut query = QueryBuilder::<Postgres>::new(format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE true"));
+        if !filter.statuses.is_empty() {
+            let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+            query.push(" AND status = ANY(").push_bind(statuses).push(")");
+        }
+        if filter.awaiting_only {
+            query.push(" AND awaiting_since IS NOT NULL");
+        }
+        if let Some(assignee) = &filter.assignee {
+            query.push(" AND assignee = ").push_bind(assignee.clone());
+        }
+        if let Some(channel) = filter.channel {
+            query.push(" AND channel = ").push_bind(channel.as_str());
+        }
+        if let Some(contact) = &filter.contact {
+            query.push(" AND contact = ").push_bind(contact.clone());
+        }
+        if let Some(text) = &filter.text {
+            let escaped = text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            query
+                .push(" AND subject ILIKE ")
+                .push_bind(format!("%{escaped}%"));
+        }
+        if let Some(before) = filter.before_number {
+            query.push(" AND number < ").push_bind(before);
+        }
+        query
+            .push(" ORDER BY number DESC LIMIT ")
+            .push_bind(filter.limit + 1);
+        let rows: Vec<TicketRow> = query.build_query_as().fetch_all(&self.pool).await?;
+        let mut tickets: Vec<Ticket> = rows
+            .into_iter()
+            .map(Ticket::try_from)
+            .collect::<anyhow::Result<_>>()?;
+        let more = usize::try_from(filter.limit).is_ok_and(|limit| tickets.len() > limit);
+        if more {
+            tickets.pop();
+        }
+        let next = more.then(|| tickets.last().map(|t| t.number)).flatten();
+        Ok((tickets, next))
+    }
+
+    /// Applies `command` to a ticket under a row lock, with its events.
+    pub async fn apply(
+        &self,
+        key: TicketKey,
+        command: Command,
+        now: DateTime<Utc>,
+    ) -> Result<(Ticket, Option<Article>), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let before = lookup(&mut tx, key, true).await?;
+        let state = before.state();
+        let mut priority = before.priority;
+        let mut new_article = None;
+        let change: Change = match command {
+            Command::AddArticle {
+                article,
+                pending_customer,
+            } => {
+                let change = domain::add_article(&state, article.kind, pending_customer, now)?;
+                new_article = Some(article);
+                change
+            }
+            Command::Assign(assignee) => domain::assign(&state, assignee)?,
+            Command::SetPriority(wanted) => {
+                priority = wanted;
+                domain::set_priority(&state)?
+            }
+            Command::Resolve => domain::resolve(&state)?,
+            Command::Close => domain::close(&state)?,
+            Command::Reopen => domain::reopen(&state)?,
+        };
+        let row: TicketRow = sqlx::query_as(&format!(
+            "UPDATE tickets SET status = $2, priority = $3, assignee = $4, awaiting_since = $5,
+                    version = version + 1, updated_at = $6
+             WHERE id = $1 RETURNING {TICKET_COLUMNS}"
+        ))
+        .bind(before.id)
+        .bind(change.after.status.as_str())
+        .bind(priority.as_str())
+        .bind(&change.after.assignee)
+        .bind(change.after.awaiting_since)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let after = Ticket::try_from(row)?;
+        let article = match new_article {
+            Some(mut article) => {
+                if article.author.is_empty() {
+                    article.author = after.contact.clone().unwrap_or_else(|| "customer".into());
+                }
+                Some(insert_article(&mut tx, after.id, article, now).await?)
+            }
+            None => None,
+        };
+        let events = events::changed(&before, &after, &change, article.as_ref(), now);
+        outbox::enqueue(&mut tx, &events).await?;
+        tx.commit().await?;
+        Ok((after, article))
+    }
+}
+
+/// Finds a ticket by id or number, optionally locking it for a change.
+async fn lookup(conn: &mut PgConnection, key: TicketKey, lock: bool) -> Result<Ticket, StoreError> {
+    let (id, number, shown) = match key {
+        TicketKey::Id(id) => (Some(id), None, id.to_string()),
+        TicketKey::Number(number) => (None, Some(number), domain::format_number(number)),
+    };
+    let row: Option<TicketRow> = sqlx::query_as(&format!(
+        "SELECT {TICKET_COLUMNS} FROM tickets WHERE id = $1 OR number = $2 {}",
+        if lock { "FOR UPDATE" } else { "" }
+    ))
+    .bind(id)
+    .bind(number)
+    .fetch_optional(conn)
+    .await?;
+    Ok(Ticket::try_from(row.ok_or(StoreError::NotFound(shown))?)?)
+}
+
+async fn insert_article(
+    conn: &mut PgConnection,
+    ticket_id: Uuid,
+    article: NewArticle,
+    now: DateTime<Utc>,
+) -> Result<Article, StoreError> {
+    let id = Uuid::now_v7();
+    let (kind, direction, outcome) = kind_columns(article.kind);
+    sqlx::query(
+        "INSERT INTO articles (id, ticket_id, kind, body, author, call_direction, call_outcome, call_id, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(id)
+    .bind(ticket_id)
+    .bind(kind)
+    .bind(&article.body)
+    .bind(&article.author)
+    .bind(direction.map(CallDirection::as_str))
+    .bind(outcome.map(CallOutcome::as_str))
+    .bind(&article.call_id)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(Article {
+        id,
+        ticket_id,
+        kind: article.kind,
+        body: article.body,
+        author: article.author,
+        call_id: article.call_id,
+        created_at: now,
+    })
+}
