@@ -36,7 +36,13 @@ mod tests {
         assert_eq!(select("all").unwrap().len(), modules().len());
         assert_eq!(select("tickets").unwrap()[0].name, "tickets");
         assert_eq!(select("tickets,tickets").unwrap().len(), 1);
-        assert!(select("nonsense").unwrap_err().to_string().contains("unknown target"));
+        assert!(
+            select("nonsense")
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("unknown target")
+        );
         assert!(select("").is_err());
     }
 }

@@ -150,7 +150,13 @@ impl Authority {
             .expect("HMAC takes a key of any length")
     }
 
-    pub fn issue(&self, subject: &str, roles: &[Role], now: DateTime<Utc>, ttl: Duration) -> String {
+    pub fn issue(
+        &self,
+        subject: &str,
+        roles: &[Role],
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> String {
         let claims = Claims {
             sub: subject.to_owned(),
             roles: roles.to_vec(),
@@ -195,7 +201,11 @@ impl Authority {
     }
 
     /// Verifies an `authorization` header value (`Bearer <token>`).
-    pub fn verify_header(&self, header: Option<&str>, now: DateTime<Utc>) -> Result<Caller, AuthError> {
+    pub fn verify_header(
+        &self,
+        header: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Caller, AuthError> {
         let header = header.ok_or(AuthError::Missing)?;
         let token = header
             .strip_prefix("Bearer ")
@@ -206,7 +216,10 @@ impl Authority {
 }
 
 /// The caller of a gRPC request, if it holds one of `allowed` (or admin).
-pub fn authorize<T>(request: &tonic::Request<T>, allowed: &[Role]) -> Result<Caller, tonic::Status> {
+pub fn authorize<T>(
+    request: &tonic::Request<T>,
+    allowed: &[Role],
+) -> Result<Caller, tonic::Status> {
     let caller = request
         .extensions()
         .get::<Caller>()
@@ -289,9 +302,10 @@ where
             }
             Err(error) => {
                 tracing::debug!(path = request.uri().path(), %error, "refused unauthenticated call");
-                Either::Right(std::future::ready(Ok(
-                    tonic::Status::unauthenticated(error.to_string()).into_http()
-                )))
+                Either::Right(std::future::ready(Ok(tonic::Status::unauthenticated(
+                    error.to_string(),
+                )
+                .into_http())))
             }
         }
     }
@@ -324,7 +338,10 @@ mod tests {
             authority().verify(&token, now + Duration::hours(2)),
             Err(AuthError::Expired(_))
         ));
-        assert_eq!(authority().verify("nonsense", now), Err(AuthError::Malformed));
+        assert_eq!(
+            authority().verify("nonsense", now),
+            Err(AuthError::Malformed)
+        );
         // Claims swapped for an admin's keep the agent's signature: refused.
         let admin = authority().issue("ada", &[Role::Admin], now, Duration::hours(1));
         let forged = format!(
@@ -332,7 +349,10 @@ mod tests {
             admin.rsplit_once('.').unwrap().0,
             token.rsplit_once('.').unwrap().1
         );
-        assert_eq!(authority().verify(&forged, now), Err(AuthError::BadSignature));
+        assert_eq!(
+            authority().verify(&forged, now),
+            Err(AuthError::BadSignature)
+        );
     }
 
     #[test]
@@ -343,8 +363,14 @@ mod tests {
 
     #[test]
     fn admin_passes_every_role_check_and_others_only_their_own() {
-        let admin = Caller { subject: "root".into(), roles: vec![Role::Admin] };
-        let tech = Caller { subject: "tom".into(), roles: vec![Role::Technician] };
+        let admin = Caller {
+            subject: "root".into(),
+            roles: vec![Role::Admin],
+        };
+        let tech = Caller {
+            subject: "tom".into(),
+            roles: vec![Role::Technician],
+        };
         assert!(admin.has_any(&[Role::Agent]));
         assert!(tech.has_any(&[Role::Agent, Role::Technician]));
         assert!(!tech.has_any(&[Role::Agent, Role::Dispatcher]));

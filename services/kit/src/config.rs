@@ -63,7 +63,11 @@ impl Config {
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
         let mut figment = Figment::new();
         if let Some(file) = file {
-            anyhow::ensure!(file.exists(), "config file {} does not exist", file.display());
+            anyhow::ensure!(
+                file.exists(),
+                "config file {} does not exist",
+                file.display()
+            );
             figment = figment.merge(Toml::file(file));
         }
         figment
@@ -126,7 +130,9 @@ pub struct DbConfig {
 
 impl Default for DbConfig {
     fn default() -> Self {
-        Self { max_connections: 16 }
+        Self {
+            max_connections: 16,
+        }
     }
 }
 
@@ -195,15 +201,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("invalid duration {text:?}: expected a number at {rest:?}"));
+            return Err(format!(
+                "invalid duration {text:?}: expected a number at {rest:?}"
+            ));
         }
         let amount: u64 = rest[..digits]
             .parse()
             .map_err(|_| format!("invalid duration {text:?}: number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "ms" => Duration::from_millis(1),
             "s" => Duration::from_secs(1),
@@ -218,7 +230,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         };
         rest = &rest[unit_len..];
         let part = unit
-            .checked_mul(u32::try_from(amount).map_err(|_| format!("invalid duration {text:?}: too large"))?)
+            .checked_mul(
+                u32::try_from(amount)
+                    .map_err(|_| format!("invalid duration {text:?}: too large"))?,
+            )
             .ok_or_else(|| format!("invalid duration {text:?}: too large"))?;
         total += part;
     }
@@ -268,14 +283,19 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error
     fn environment_overrides_file_and_nests_with_double_underscore() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("hotline.toml", "namespace = \"from-file\"\n[bus]\nprefetch = 7\n")?;
+            jail.create_file(
+                "hotline.toml",
+                "namespace = \"from-file\"\n[bus]\nprefetch = 7\n",
+            )?;
             jail.set_env("HOTLINE_NAMESPACE", "from-env");
             jail.set_env("HOTLINE_AUTH__SECRET", "s3cret");
             jail.set_env("HOTLINE_BUS__RELAY_POLL", "250ms");
             jail.set_env("HOTLINE_ENDPOINTS__TICKETS", "http://10.0.0.1:50051");
-            let config = Config::load(Some(Path::new("hotline.toml"))).map_err(|e| e.to_string())?;
+            let config =
+                Config::load(Some(Path::new("hotline.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(config.namespace, "from-env");
             assert_eq!(config.bus.prefetch, 7);
             assert_eq!(config.bus.relay_poll, Duration::from_millis(250));

@@ -48,6 +48,9 @@ pub struct Module {
     /// The PostgreSQL schema it owns.
     pub schema: &'static str,
     pub migrations: &'static sqlx::migrate::Migrator,
+    /// Event types (routing-key patterns) its queue receives; empty for a
+    /// module that consumes nothing.
+    pub consumes: &'static [&'static str],
     pub init: fn(&mut ModuleContext) -> anyhow::Result<()>,
 }
 
@@ -182,15 +185,24 @@ pub fn start_order(selected: &[Module]) -> anyhow::Result<Vec<Module>> {
     Ok(ordered)
 }
 
-/// Applies every selected module's migrations (`hotline migrate`).
+/// Applies every selected module's migrations and declares the bus
+/// topology (`hotline migrate`), so no event finds its queue missing.
 pub async fn migrate(config: &Config, modules: &[Module]) -> anyhow::Result<()> {
-    for module in start_order(modules)? {
+    let modules = start_order(modules)?;
+    for module in &modules {
         let pool = db::pool(config, module.schema)?;
         db::migrate(&pool, module.schema, module.migrations).await?;
         pool.close().await;
         tracing::info!(module = module.name, "migrated");
     }
-    Ok(())
+    let queues: Vec<(&str, &[&str])> = modules
+        .iter()
+        .filter(|m| !m.consumes.is_empty())
+        .map(|m| (m.name, m.consumes))
+        .collect();
+    Bus::new(config.amqp_url.clone(), config.namespace.clone())
+        .declare_topology(&queues)
+        .await
 }
 
 /// A started process: its listeners are bound and its modules running.
@@ -358,7 +370,10 @@ impl App {
                 }
             }
         };
-        if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(30), drain)
+            .await
+            .is_err()
+        {
             tracing::error!("in-flight work did not drain within 30s");
             self.tasks.abort_all();
         }

@@ -38,17 +38,25 @@ impl Telemetry {
             builder = builder.with_batch_exporter(exporter);
         }
         let provider = builder.build();
-        let filter = EnvFilter::try_from_default_env()
-            .or_else(|_| EnvFilter::try_new(&config.filter))?;
+        let filter =
+            EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&config.filter))?;
         let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name));
         let registry = tracing_subscriber::registry().with(filter).with(otel);
         let ansi = std::io::stderr().is_terminal();
         let installed = match config.format {
             LogFormat::Text => registry
-                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi))
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_writer(std::io::stderr)
+                        .with_ansi(ansi),
+                )
                 .try_init(),
             LogFormat::Json => registry
-                .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .json()
+                        .with_writer(std::io::stderr),
+                )
                 .try_init(),
         };
         if installed.is_err() {
@@ -116,8 +124,10 @@ impl Extractor for PairCarrier<'_> {
 /// any trace.
 pub fn current_trace_context() -> (String, String) {
     let mut map = HashMap::new();
-    TraceContextPropagator::new()
-        .inject_context(&tracing::Span::current().context(), &mut MapCarrier(&mut map));
+    TraceContextPropagator::new().inject_context(
+        &tracing::Span::current().context(),
+        &mut MapCarrier(&mut map),
+    );
     (
         map.remove("traceparent").unwrap_or_default(),
         map.remove("tracestate").unwrap_or_default(),

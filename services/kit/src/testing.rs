@@ -150,6 +150,115 @@ pub fn with_database(url: &str, database: &str) -> String {
     }
 }
 
+/// Reads every event published in a namespace, through a private queue
+/// bound to `#` on its events exchange.
+pub struct EventTap {
+    _connection: lapin::Connection,
+    consumer: lapin::Consumer,
+}
+
+impl EventTap {
+    pub async fn new(config: &Config) -> anyhow::Result<Self> {
+        use lapin::{
+            ExchangeKind,
+            options::{
+                BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+            },
+            types::FieldTable,
+        };
+        let connection =
+            lapin::Connection::connect(config.amqp_url.expose(), Default::default()).await?;
+        let channel = connection.create_channel().await?;
+        let exchange = format!("{}.events", config.namespace);
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions::exclusive(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                exchange.into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "tap".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Self {
+            _connection: connection,
+            consumer,
+        })
+    }
+
+    /// The next event, or `None` if none comes within `wait`.
+    pub async fn next(
+        &mut self,
+        wait: std::time::Duration,
+    ) -> Option<(
+        hotline_proto::events::v1::EventEnvelope,
+        lapin::BasicProperties,
+    )> {
+        use futures_util::StreamExt;
+        use prost::Message;
+        let delivery = tokio::time::timeout(wait, self.consumer.next())
+            .await
+            .ok()??
+            .ok()?;
+        let event =
+            hotline_proto::events::v1::EventEnvelope::decode(delivery.data.as_slice()).ok()?;
+        Some((event, delivery.properties))
+    }
+
+    /// Events until none has come for `quiet`.
+    pub async fn drain(
+        &mut self,
+        quiet: std::time::Duration,
+    ) -> Vec<hotline_proto::events::v1::EventEnvelope> {
+        let mut events = Vec::new();
+        while let Some((event, _)) = self.next(quiet).await {
+            events.push(event);
+        }
+        events
+    }
+}
+
+/// Restarts the local RabbitMQ node (fault tests only).
+pub async fn restart_broker() -> anyhow::Result<()> {
+    for step in ["stop_app", "start_app"] {
+        let status = tokio::process::Command::new("rabbitmqctl")
+            .arg(step)
+            .status()
+            .await
+            .context("running rabbitmqctl")?;
+        anyhow::ensure!(status.success(), "rabbitmqctl {step} failed");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_database;

@@ -15,13 +15,24 @@ use crate::{
 };
 
 /// Roles that read tickets: everyone at the desk and the bridges.
-const READERS: &[Role] = &[Role::Agent, Role::Dispatcher, Role::Technician, Role::Manager, Role::Bridge];
+const READERS: &[Role] = &[
+    Role::Agent,
+    Role::Dispatcher,
+    Role::Technician,
+    Role::Manager,
+    Role::Bridge,
+];
 /// Roles that open tickets and add to them.
 const WRITERS: &[Role] = READERS;
 /// Roles that work tickets: assign, prioritise, reopen, close.
 const WORKERS: &[Role] = &[Role::Agent, Role::Dispatcher, Role::Manager];
 /// Roles that resolve: the workers, and technicians who fixed it on site.
-const RESOLVERS: &[Role] = &[Role::Agent, Role::Dispatcher, Role::Manager, Role::Technician];
+const RESOLVERS: &[Role] = &[
+    Role::Agent,
+    Role::Dispatcher,
+    Role::Manager,
+    Role::Technician,
+];
 
 const MAX_SUBJECT_CHARS: usize = 500;
 const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -40,7 +51,11 @@ impl TicketApi {
 
     async fn run(&self, ticket: &str, command: Command) -> Result<pb::Ticket, Status> {
         let key = parse_key(ticket)?;
-        let (ticket, _) = self.store.apply(key, command, Utc::now()).await.map_err(status)?;
+        let (ticket, _) = self
+            .store
+            .apply(key, command, Utc::now())
+            .await
+            .map_err(status)?;
         Ok(convert::ticket(&ticket))
     }
 }
@@ -53,7 +68,10 @@ fn status(error: StoreError) -> Status {
         StoreError::Database(error) => {
             tracing::error!(error = format!("{error:#}"), "ticket store failed");
             let transient = error.downcast_ref::<sqlx::Error>().is_some_and(|e| {
-                matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
+                matches!(
+                    e,
+                    sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+                )
             });
             if transient {
                 Status::unavailable("the ticket store is unavailable; retry shortly")
@@ -70,7 +88,9 @@ fn invalid(refusal: Refusal) -> Status {
 
 fn parse_key(text: &str) -> Result<TicketKey, Status> {
     if text.trim().is_empty() {
-        return Err(Status::invalid_argument("name the ticket: a number such as HL-10001 or an id"));
+        return Err(Status::invalid_argument(
+            "name the ticket: a number such as HL-10001 or an id",
+        ));
     }
     text.parse().map_err(invalid)
 }
@@ -79,7 +99,9 @@ fn parse_key(text: &str) -> Result<TicketKey, Status> {
 fn field(value: &str, name: &str, max: usize) -> Result<Option<String>, Status> {
     let value = value.trim();
     if value.chars().count() > max {
-        return Err(Status::invalid_argument(format!("{name} is longer than {max} characters")));
+        return Err(Status::invalid_argument(format!(
+            "{name} is longer than {max} characters"
+        )));
     }
     Ok((!value.is_empty()).then(|| value.to_owned()))
 }
@@ -96,7 +118,9 @@ fn body(value: String) -> Result<String, Status> {
 /// Customer contacts are authored by the customer; everything else by the caller.
 fn author(kind: ArticleKind, given: &str, caller: &Caller) -> Result<String, Status> {
     Ok(match kind {
-        ArticleKind::CustomerMessage => field(given, "author", MAX_FIELD_CHARS)?.unwrap_or_default(),
+        ArticleKind::CustomerMessage => {
+            field(given, "author", MAX_FIELD_CHARS)?.unwrap_or_default()
+        }
         _ => caller.subject.clone(),
     })
 }
@@ -133,7 +157,10 @@ impl TicketService for TicketApi {
                 kind,
                 body: body(request.body)?,
                 author: first_author,
-                call_id: request.call.as_ref().and_then(|c| (!c.call_id.is_empty()).then(|| c.call_id.clone())),
+                call_id: request
+                    .call
+                    .as_ref()
+                    .and_then(|c| (!c.call_id.is_empty()).then(|| c.call_id.clone())),
             },
         };
         let (ticket, _, created) = self.store.create(new, Utc::now()).await.map_err(status)?;
@@ -175,11 +202,9 @@ impl TicketService for TicketApi {
         };
         let before_number = match request.page_token.as_str() {
             "" => None,
-            token => Some(
-                token
-                    .parse::<i64>()
-                    .map_err(|_| Status::invalid_argument("page_token is not one this service gave"))?,
-            ),
+            token => Some(token.parse::<i64>().map_err(|_| {
+                Status::invalid_argument("page_token is not one this service gave")
+            })?),
         };
         let filter = Filter {
             statuses,
@@ -212,13 +237,20 @@ impl TicketService for TicketApi {
             kind,
             author: author(kind, &request.author, &caller)?,
             body: body(request.body)?,
-            call_id: request.call.as_ref().and_then(|c| (!c.call_id.is_empty()).then(|| c.call_id.clone())),
+            call_id: request
+                .call
+                .as_ref()
+                .and_then(|c| (!c.call_id.is_empty()).then(|| c.call_id.clone())),
         };
         let command = Command::AddArticle {
             article,
             pending_customer: request.pending_customer,
         };
-        let (ticket, article) = self.store.apply(key, command, Utc::now()).await.map_err(status)?;
+        let (ticket, article) = self
+            .store
+            .apply(key, command, Utc::now())
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::AddArticleResponse {
             ticket: Some(convert::ticket(&ticket)),
             article: article.as_ref().map(convert::article),
@@ -231,8 +263,12 @@ impl TicketService for TicketApi {
     ) -> Result<Response<pb::TicketResponse>, Status> {
         authorize(&request, WORKERS)?;
         let assignee = field(&request.get_ref().assignee, "assignee", MAX_FIELD_CHARS)?;
-        let ticket = self.run(&request.get_ref().ticket, Command::Assign(assignee)).await?;
-        Ok(Response::new(pb::TicketResponse { ticket: Some(ticket) }))
+        let ticket = self
+            .run(&request.get_ref().ticket, Command::Assign(assignee))
+            .await?;
+        Ok(Response::new(pb::TicketResponse {
+            ticket: Some(ticket),
+        }))
     }
 
     async fn set_priority(
@@ -242,26 +278,49 @@ impl TicketService for TicketApi {
         authorize(&request, WORKERS)?;
         let priority = convert::priority_from(request.get_ref().priority)
             .map_err(invalid)?
-            .ok_or_else(|| Status::invalid_argument("name the priority: low, normal, high or urgent"))?;
-        let ticket = self.run(&request.get_ref().ticket, Command::SetPriority(priority)).await?;
-        Ok(Response::new(pb::TicketResponse { ticket: Some(ticket) }))
+            .ok_or_else(|| {
+                Status::invalid_argument("name the priority: low, normal, high or urgent")
+            })?;
+        let ticket = self
+            .run(&request.get_ref().ticket, Command::SetPriority(priority))
+            .await?;
+        Ok(Response::new(pb::TicketResponse {
+            ticket: Some(ticket),
+        }))
     }
 
-    async fn resolve_ticket(&self, request: Request<pb::TicketRef>) -> Result<Response<pb::TicketResponse>, Status> {
+    async fn resolve_ticket(
+        &self,
+        request: Request<pb::TicketRef>,
+    ) -> Result<Response<pb::TicketResponse>, Status> {
         authorize(&request, RESOLVERS)?;
-        let ticket = self.run(&request.get_ref().ticket, Command::Resolve).await?;
-        Ok(Response::new(pb::TicketResponse { ticket: Some(ticket) }))
+        let ticket = self
+            .run(&request.get_ref().ticket, Command::Resolve)
+            .await?;
+        Ok(Response::new(pb::TicketResponse {
+            ticket: Some(ticket),
+        }))
     }
 
-    async fn close_ticket(&self, request: Request<pb::TicketRef>) -> Result<Response<pb::TicketResponse>, Status> {
+    async fn close_ticket(
+        &self,
+        request: Request<pb::TicketRef>,
+    ) -> Result<Response<pb::TicketResponse>, Status> {
         authorize(&request, WORKERS)?;
         let ticket = self.run(&request.get_ref().ticket, Command::Close).await?;
-        Ok(Response::new(pb::TicketResponse { ticket: Some(ticket) }))
+        Ok(Response::new(pb::TicketResponse {
+            ticket: Some(ticket),
+        }))
     }
 
-    async fn reopen_ticket(&self, request: Request<pb::TicketRef>) -> Result<Response<pb::TicketResponse>, Status> {
+    async fn reopen_ticket(
+        &self,
+        request: Request<pb::TicketRef>,
+    ) -> Result<Response<pb::TicketResponse>, Status> {
         authorize(&request, WORKERS)?;
         let ticket = self.run(&request.get_ref().ticket, Command::Reopen).await?;
-        Ok(Response::new(pb::TicketResponse { ticket: Some(ticket) }))
+        Ok(Response::new(pb::TicketResponse {
+            ticket: Some(ticket),
+        }))
     }
 }

@@ -127,7 +127,10 @@ pub fn channel_from(value: i32) -> Result<Option<Channel>, Refusal> {
 }
 
 /// The article kind a request names; a call needs its direction and outcome.
-pub fn article_kind_from(kind: i32, call: Option<&pb::Call>) -> Result<Option<ArticleKind>, Refusal> {
+pub fn article_kind_from(
+    kind: i32,
+    call: Option<&pb::Call>,
+) -> Result<Option<ArticleKind>, Refusal> {
     Ok(match known(kind, "article kind")? {
         pb::ArticleKind::Unspecified => None,
         pb::ArticleKind::CustomerMessage => Some(ArticleKind::CustomerMessage),
@@ -136,7 +139,9 @@ pub fn article_kind_from(kind: i32, call: Option<&pb::Call>) -> Result<Option<Ar
         pb::ArticleKind::OnsiteArrival => Some(ArticleKind::OnsiteArrival),
         pb::ArticleKind::Call => {
             let call = call.ok_or_else(|| {
-                Refusal::Invalid("a call article needs `call` with its direction and outcome".into())
+                Refusal::Invalid(
+                    "a call article needs `call` with its direction and outcome".into(),
+                )
             })?;
             let direction = match known(call.direction, "call direction")? {
                 pb::CallDirection::Inbound => CallDirection::Inbound,

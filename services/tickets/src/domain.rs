@@ -87,7 +87,9 @@ impl ArticleKind {
             ArticleKind::CustomerMessage => ClockEffect::Contact,
             ArticleKind::AgentReply | ArticleKind::OnsiteArrival => ClockEffect::Response,
             ArticleKind::InternalNote => ClockEffect::Neutral,
-            ArticleKind::Call { outcome: Answered, .. } => ClockEffect::Response,
+            ArticleKind::Call {
+                outcome: Answered, ..
+            } => ClockEffect::Response,
             ArticleKind::Call {
                 direction: Inbound,
                 outcome: Missed | Voicemail,
@@ -199,9 +201,7 @@ pub fn add_article(
     }
     if state.status == Status::Closed {
         return Err(Refusal::Transition(match kind.clock_effect() {
-            ClockEffect::Contact => {
-                "the ticket is closed; a new contact needs a new ticket".into()
-            }
+            ClockEffect::Contact => "the ticket is closed; a new contact needs a new ticket".into(),
             _ => "the ticket is closed; reopen it before you add to it".into(),
         }));
     }
@@ -316,10 +316,10 @@ impl FromStr for TicketKey {
             .get(..NUMBER_PREFIX.len())
             .filter(|prefix| prefix.eq_ignore_ascii_case(NUMBER_PREFIX))
             .map_or(text, |_| &text[NUMBER_PREFIX.len()..]);
-        if let Ok(number) = digits.parse::<i64>() {
-            if number > 0 {
-                return Ok(TicketKey::Number(number));
-            }
+        if let Ok(number) = digits.parse::<i64>()
+            && number > 0
+        {
+            return Ok(TicketKey::Number(number));
         }
         uuid::Uuid::parse_str(text).map(TicketKey::Id).map_err(|_| {
             Refusal::Invalid(format!(
@@ -423,8 +423,14 @@ mod tests {
 
     #[test]
     fn each_kind_of_response_stops_the_wait() {
-        for response in [ArticleKind::AgentReply, CALLBACK_CONNECTED, ANSWERED_CALL, ArticleKind::OnsiteArrival] {
-            let change = add_article(&awaiting(), response, false, t0() + Duration::minutes(5)).unwrap();
+        for response in [
+            ArticleKind::AgentReply,
+            CALLBACK_CONNECTED,
+            ANSWERED_CALL,
+            ArticleKind::OnsiteArrival,
+        ] {
+            let change =
+                add_article(&awaiting(), response, false, t0() + Duration::minutes(5)).unwrap();
             assert_eq!(change.after.awaiting_since, None, "{response:?}");
             assert!(change.responded(), "{response:?}");
             assert_eq!(change.after.status, Status::Open);
@@ -434,7 +440,8 @@ mod tests {
     #[test]
     fn internal_notes_and_unanswered_callbacks_are_not_responses() {
         for neutral in [ArticleKind::InternalNote, CALLBACK_NO_ANSWER] {
-            let change = add_article(&awaiting(), neutral, false, t0() + Duration::minutes(5)).unwrap();
+            let change =
+                add_article(&awaiting(), neutral, false, t0() + Duration::minutes(5)).unwrap();
             assert_eq!(change.after.awaiting_since, Some(t0()), "{neutral:?}");
             assert!(!change.responded());
             assert!(!change.status_changed());
@@ -451,7 +458,9 @@ mod tests {
 
     #[test]
     fn a_customer_reply_after_a_response_starts_a_new_wait() {
-        let replied = add_article(&awaiting(), ArticleKind::AgentReply, true, t0()).unwrap().after;
+        let replied = add_article(&awaiting(), ArticleKind::AgentReply, true, t0())
+            .unwrap()
+            .after;
         assert_eq!(replied.status, Status::PendingCustomer);
         let later = t0() + Duration::hours(3);
         let change = add_article(&replied, ArticleKind::CustomerMessage, false, later).unwrap();
@@ -482,10 +491,20 @@ mod tests {
     fn closed_tickets_refuse_everything_but_reopen() {
         let closed = close(&resolve(&awaiting()).unwrap().after).unwrap().after;
         assert_eq!(closed.status, Status::Closed);
-        for kind in [ArticleKind::CustomerMessage, ArticleKind::AgentReply, ArticleKind::InternalNote] {
-            assert!(matches!(add_article(&closed, kind, false, t0()), Err(Refusal::Transition(_))));
+        for kind in [
+            ArticleKind::CustomerMessage,
+            ArticleKind::AgentReply,
+            ArticleKind::InternalNote,
+        ] {
+            assert!(matches!(
+                add_article(&closed, kind, false, t0()),
+                Err(Refusal::Transition(_))
+            ));
         }
-        assert!(matches!(assign(&closed, Some("ada".into())), Err(Refusal::Transition(_))));
+        assert!(matches!(
+            assign(&closed, Some("ada".into())),
+            Err(Refusal::Transition(_))
+        ));
         assert!(matches!(set_priority(&closed), Err(Refusal::Transition(_))));
         assert!(matches!(resolve(&closed), Err(Refusal::Transition(_))));
         assert!(matches!(close(&closed), Err(Refusal::Transition(_))));
@@ -494,9 +513,13 @@ mod tests {
 
     #[test]
     fn invalid_transitions_say_why() {
-        let Err(Refusal::Transition(why)) = close(&awaiting()) else { panic!("closing a new ticket") };
+        let Err(Refusal::Transition(why)) = close(&awaiting()) else {
+            panic!("closing a new ticket")
+        };
         assert!(why.contains("resolve it before"), "{why}");
-        let Err(Refusal::Transition(why)) = reopen(&awaiting()) else { panic!("reopening a new ticket") };
+        let Err(Refusal::Transition(why)) = reopen(&awaiting()) else {
+            panic!("reopening a new ticket")
+        };
         assert!(why.contains("only a resolved or closed"), "{why}");
         let resolved = resolve(&awaiting()).unwrap().after;
         assert!(matches!(resolve(&resolved), Err(Refusal::Transition(_))));
@@ -507,7 +530,11 @@ mod tests {
         let change = assign(&awaiting(), Some("ada".into())).unwrap();
         assert_eq!(change.after.status, Status::Open);
         assert_eq!(change.after.assignee.as_deref(), Some("ada"));
-        assert_eq!(change.after.awaiting_since, Some(t0()), "assignment is no response");
+        assert_eq!(
+            change.after.awaiting_since,
+            Some(t0()),
+            "assignment is no response"
+        );
     }
 
     #[test]

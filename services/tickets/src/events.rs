@@ -3,9 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use hotline_kit::{bus::outbox::envelope, time::timestamp};
-use hotline_proto::events::v1::{
-    self as ev, EventEnvelope, event_envelope::Payload,
-};
+use hotline_proto::events::v1::{self as ev, EventEnvelope, event_envelope::Payload};
 
 use crate::{
     convert,
@@ -53,7 +51,8 @@ pub fn changed(
 ) -> Vec<EventEnvelope> {
     let snapshot = || Some(convert::ticket(after));
     let mut events = Vec::new();
-    let mut push = |event_type: &str, payload: Payload| events.push(event(after, event_type, at, payload));
+    let mut push =
+        |event_type: &str, payload: Payload| events.push(event(after, event_type, at, payload));
     if let Some(article) = article {
         push(
             "ticket.article_added",

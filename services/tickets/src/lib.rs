@@ -34,6 +34,7 @@ pub fn module() -> Module {
         depends_on: &[],
         schema: SCHEMA,
         migrations: &MIGRATIONS,
+        consumes: &[],
         init,
     }
 }
@@ -47,7 +48,13 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
     );
     let bus = &context.config.bus;
-    let relay = Relay::new(pool, SCHEMA, context.bus.clone(), bus.relay_batch, bus.relay_poll);
+    let relay = Relay::new(
+        pool,
+        SCHEMA,
+        context.bus.clone(),
+        bus.relay_batch,
+        bus.relay_poll,
+    );
     let cancel = context.cancel.clone();
     context.spawn("outbox-relay", async move { relay.run(cancel).await });
     Ok(())

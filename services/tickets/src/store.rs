@@ -289,10 +289,15 @@ impl Store {
 
     /// Newest first; `Some(number)` when there may be more after the page.
     pub async fn list(&self, filter: &Filter) -> Result<(Vec<Ticket>, Option<i64>), StoreError> {
-        let mut query = QueryBuilder::<Postgres>::new(format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE true"));
+        let mut query = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {TICKET_COLUMNS} FROM tickets WHERE true"
+        ));
         if !filter.statuses.is_empty() {
             let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
-            query.push(" AND status = ANY(").push_bind(statuses).push(")");
+            query
+                .push(" AND status = ANY(")
+                .push_bind(statuses)
+                .push(")");
         }
         if filter.awaiting_only {
             query.push(" AND awaiting_since IS NOT NULL");
@@ -307,7 +312,10 @@ impl Store {
             query.push(" AND contact = ").push_bind(contact.clone());
         }
         if let Some(text) = &filter.text {
-            let escaped = text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            let escaped = text
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
             query
                 .push(" AND subject ILIKE ")
                 .push_bind(format!("%{escaped}%"));

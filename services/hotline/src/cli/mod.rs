@@ -24,7 +24,11 @@ use tonic::{service::interceptor::InterceptedService, transport::Channel};
 use crate::fleet;
 
 #[derive(Parser)]
-#[command(name = "hotline", version, about = "Hotline: the 7x24 after-sales service desk")]
+#[command(
+    name = "hotline",
+    version,
+    about = "Hotline: the 7x24 after-sales service desk"
+)]
 pub struct Cli {
     /// A TOML configuration file, read before the HOTLINE_* environment.
     #[arg(long, global = true, env = "HOTLINE_CONFIG")]
@@ -176,9 +180,10 @@ fn issue_token(
     let authority = Authority::new(&config.auth.secret)?;
     let ttl = chrono::Duration::from_std(ttl).context("--ttl is too long")?;
     let token = authority.issue(subject, roles, Utc::now(), ttl);
-    output.print(json!({ "token": token, "subject": subject, "expires_at": Utc::now() + ttl }), || {
-        token.clone()
-    });
+    output.print(
+        json!({ "token": token, "subject": subject, "expires_at": Utc::now() + ttl }),
+        || token.clone(),
+    );
     Ok(())
 }
 
@@ -200,12 +205,16 @@ async fn shutdown_signal() {
 
 /// A gRPC channel to `HOTLINE_SERVER` carrying `HOTLINE_TOKEN`.
 fn connect() -> anyhow::Result<InterceptedService<Channel, BearerToken>> {
-    let server = std::env::var("HOTLINE_SERVER").unwrap_or_else(|_| "http://127.0.0.1:50051".into());
+    let server =
+        std::env::var("HOTLINE_SERVER").unwrap_or_else(|_| "http://127.0.0.1:50051".into());
     let token = std::env::var("HOTLINE_TOKEN")
         .ok()
         .filter(|t| !t.trim().is_empty())
         .context(
             "HOTLINE_TOKEN is not set: get one with `hotline token issue --role agent --subject <you>`",
         )?;
-    Ok(InterceptedService::new(grpc::channel(&server)?, BearerToken::new(&token)?))
+    Ok(InterceptedService::new(
+        grpc::channel(&server)?,
+        BearerToken::new(&token)?,
+    ))
 }

@@ -47,7 +47,9 @@ pub enum TicketsCommand {
         limit: u32,
     },
     /// A ticket with its conversation. N is the number (HL-10001) or the id.
-    Show { ticket: String },
+    Show {
+        ticket: String,
+    },
     /// Reply to the customer: a response, which stops the clock.
     Respond {
         ticket: String,
@@ -69,13 +71,22 @@ pub enum TicketsCommand {
         #[arg(long)]
         to: String,
     },
-    Resolve { ticket: String },
-    Close { ticket: String },
-    Reopen { ticket: String },
+    Resolve {
+        ticket: String,
+    },
+    Close {
+        ticket: String,
+    },
+    Reopen {
+        ticket: String,
+    },
 }
 
 type Client = TicketServiceClient<
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, hotline_kit::grpc::BearerToken>,
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        hotline_kit::grpc::BearerToken,
+    >,
 >;
 
 pub async fn run(command: TicketsCommand, output: &Output) -> Result<(), Failure> {
@@ -102,8 +113,14 @@ pub async fn run(command: TicketsCommand, output: &Output) -> Result<(), Failure
                 .await?
                 .into_inner();
             let ticket = response.ticket.unwrap_or_default();
-            let verb = if response.created { "opened" } else { "already open" };
-            output.print(ticket_json(&ticket), || format!("{} {verb}: {}", ticket.number, ticket.subject));
+            let verb = if response.created {
+                "opened"
+            } else {
+                "already open"
+            };
+            output.print(ticket_json(&ticket), || {
+                format!("{} {verb}: {}", ticket.number, ticket.subject)
+            });
         }
         TicketsCommand::List {
             awaiting,
@@ -114,7 +131,10 @@ pub async fn run(command: TicketsCommand, output: &Output) -> Result<(), Failure
         } => {
             let response = client
                 .list_tickets(pb::ListTicketsRequest {
-                    status: status.into_iter().map(|s| convert::status(s) as i32).collect(),
+                    status: status
+                        .into_iter()
+                        .map(|s| convert::status(s) as i32)
+                        .collect(),
                     awaiting_response: awaiting,
                     assignee: assignee.unwrap_or_default(),
                     text: text.unwrap_or_default(),
@@ -136,7 +156,8 @@ pub async fn run(command: TicketsCommand, output: &Output) -> Result<(), Failure
                         status_name(t.status),
                         priority_name(t.priority),
                         channel_name(t.channel),
-                        time(t.awaiting_since.as_ref()).map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M").to_string()),
+                        time(t.awaiting_since.as_ref())
+                            .map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M").to_string()),
                         t.subject
                     ));
                 }
@@ -150,7 +171,13 @@ pub async fn run(command: TicketsCommand, output: &Output) -> Result<(), Failure
                 .into_inner();
             let ticket = response.ticket.unwrap_or_default();
             let mut value = ticket_json(&ticket);
-            value["articles"] = json!(response.articles.iter().map(article_json).collect::<Vec<_>>());
+            value["articles"] = json!(
+                response
+                    .articles
+                    .iter()
+                    .map(article_json)
+                    .collect::<Vec<_>>()
+            );
             output.print(value, || {
                 let mut lines = vec![
                     format!("{}  {}", ticket.number, ticket.subject),
@@ -159,29 +186,62 @@ pub async fn run(command: TicketsCommand, output: &Output) -> Result<(), Failure
                         status_name(ticket.status),
                         priority_name(ticket.priority),
                         channel_name(ticket.channel),
-                        if ticket.assignee.is_empty() { "-" } else { &ticket.assignee }
+                        if ticket.assignee.is_empty() {
+                            "-"
+                        } else {
+                            &ticket.assignee
+                        }
                     ),
                 ];
                 if let Some(since) = time(ticket.awaiting_since.as_ref()) {
                     lines.push(format!("awaiting a response since {since}"));
                 }
                 for article in &response.articles {
-                    let at = time(article.created_at.as_ref()).map(|t| t.to_rfc3339()).unwrap_or_default();
-                    lines.push(format!("\n[{at}] {} by {}", kind_name(article), article.author));
+                    let at = time(article.created_at.as_ref())
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_default();
+                    lines.push(format!(
+                        "\n[{at}] {} by {}",
+                        kind_name(article),
+                        article.author
+                    ));
                     lines.push(article.body.clone());
                 }
                 lines.join("\n")
             });
         }
-        TicketsCommand::Respond { ticket, message, pending } => {
-            add(&mut client, output, ticket, pb::ArticleKind::AgentReply, message, pending).await?;
+        TicketsCommand::Respond {
+            ticket,
+            message,
+            pending,
+        } => {
+            add(
+                &mut client,
+                output,
+                ticket,
+                pb::ArticleKind::AgentReply,
+                message,
+                pending,
+            )
+            .await?;
         }
         TicketsCommand::Note { ticket, message } => {
-            add(&mut client, output, ticket, pb::ArticleKind::InternalNote, message, false).await?;
+            add(
+                &mut client,
+                output,
+                ticket,
+                pb::ArticleKind::InternalNote,
+                message,
+                false,
+            )
+            .await?;
         }
         TicketsCommand::Assign { ticket, to } => {
             let response = client
-                .assign_ticket(pb::AssignTicketRequest { ticket, assignee: to })
+                .assign_ticket(pb::AssignTicketRequest {
+                    ticket,
+                    assignee: to,
+                })
                 .await?;
             changed(output, response.into_inner(), "assigned");
         }
@@ -224,7 +284,11 @@ async fn add(
     if let Some(article) = &response.article {
         value["article"] = article_json(article);
     }
-    let what = if kind == pb::ArticleKind::AgentReply { "reply" } else { "note" };
+    let what = if kind == pb::ArticleKind::AgentReply {
+        "reply"
+    } else {
+        "note"
+    };
     output.print(value, || format!("{what} added to {}", ticket.number));
     Ok(())
 }
@@ -271,7 +335,11 @@ fn kind_name(article: &pb::Article) -> &'static str {
 }
 
 fn optional(value: &str) -> Value {
-    if value.is_empty() { Value::Null } else { json!(value) }
+    if value.is_empty() {
+        Value::Null
+    } else {
+        json!(value)
+    }
 }
 
 pub fn ticket_json(ticket: &pb::Ticket) -> Value {

@@ -18,8 +18,7 @@ use lapin::{
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-        BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueBindOptions,
-        QueueDeclareOptions,
+        BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     },
     types::{AMQPValue, FieldTable},
 };
@@ -30,13 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{Bus, header_int, header_str};
+use super::{BROKER_DELIVERY_LIMIT, Bus, header_int, header_str};
 use crate::{config::BusConfig, telemetry};
-
-/// RabbitMQ's own limit on deliveries of one message, a safety net for a
-/// message that crashes the process before the consumer can dead-letter it.
-/// Fixed, because a queue cannot be redeclared with other arguments.
-const BROKER_DELIVERY_LIMIT: i32 = 20;
 
 /// What a service does with one event, inside the consumer's transaction.
 pub trait EventHandler: Send + Sync + 'static {
@@ -132,51 +126,10 @@ impl<H: EventHandler> Consumer<H> {
         Ok(Outcome::Applied)
     }
 
-    /// Declares the service's quorum queue, its bindings, and its dead-letter
-    /// queue. Idempotent.
+    /// Declares the service's queue and bindings (idempotent).
     pub async fn declare(&self, channel: &Channel) -> anyhow::Result<()> {
-        let queue = self.bus.queue(&self.service);
-        let dead_queue = self.bus.dead_queue(&self.service);
-        let mut quorum = FieldTable::default();
-        quorum.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-        channel
-            .queue_declare(dead_queue.as_str().into(), QueueDeclareOptions::durable(), quorum.clone())
-            .await?;
-        channel
-            .queue_bind(
-                dead_queue.as_str().into(),
-                self.bus.dead_exchange().into(),
-                self.service.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let mut arguments = quorum;
-        arguments
-            .insert(
-                "x-dead-letter-exchange".into(),
-                AMQPValue::LongString(self.bus.dead_exchange().into()),
-            )
-            .insert(
-                "x-dead-letter-routing-key".into(),
-                AMQPValue::LongString(self.service.as_str().into()),
-            )
-            .insert("x-delivery-limit".into(), AMQPValue::LongInt(BROKER_DELIVERY_LIMIT));
-        channel
-            .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), arguments)
-            .await?;
-        for binding in &self.bindings {
-            channel
-                .queue_bind(
-                    queue.as_str().into(),
-                    self.bus.events_exchange().into(),
-                    binding.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-        }
-        Ok(())
+        let bindings: Vec<&str> = self.bindings.iter().map(String::as_str).collect();
+        super::declare_queue(channel, &self.bus, &self.service, &bindings).await
     }
 
     /// Consumes until `cancel`, starting over after every broker outage; on
@@ -207,7 +160,9 @@ impl<H: EventHandler> Consumer<H> {
         cancel: &CancellationToken,
     ) -> anyhow::Result<()> {
         let channel = connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         self.declare(&channel).await?;
         channel
             .basic_qos(self.config.prefetch, BasicQosOptions::default())
@@ -301,10 +256,14 @@ impl<H: EventHandler> Consumer<H> {
     /// is requeued instead: it is never dropped.
     async fn dead_letter(&self, channel: &Channel, delivery: &Delivery, error: &str, attempt: i64) {
         tracing::error!(%error, attempt, "event dead-lettered");
-        metrics::counter!("hotline_dead_letters_total", "service" => self.service.clone()).increment(1);
+        metrics::counter!("hotline_dead_letters_total", "service" => self.service.clone())
+            .increment(1);
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         headers
-            .insert("x-hotline-error".into(), AMQPValue::LongString(error.into()))
+            .insert(
+                "x-hotline-error".into(),
+                AMQPValue::LongString(error.into()),
+            )
             .insert(
                 "x-hotline-routing-key".into(),
                 AMQPValue::LongString(delivery.routing_key.as_str().into()),
@@ -334,7 +293,10 @@ impl<H: EventHandler> Consumer<H> {
         let acknowledged = match published {
             Ok(()) => delivery.ack(BasicAckOptions::default()).await,
             Err(publish_error) => {
-                tracing::error!(error = format!("{publish_error:#}"), "cannot dead-letter; requeueing");
+                tracing::error!(
+                    error = format!("{publish_error:#}"),
+                    "cannot dead-letter; requeueing"
+                );
                 delivery
                     .nack(BasicNackOptions {
                         requeue: true,

@@ -18,12 +18,13 @@ pub mod outbox;
 
 use std::{sync::Arc, time::Duration};
 
-use lapin::{
-    Connection, ConnectionProperties, Event, ExchangeKind,
-    options::ExchangeDeclareOptions,
-    types::FieldTable,
-};
+use anyhow::Context;
 use futures_util::StreamExt;
+use lapin::{
+    Channel, Connection, ConnectionProperties, Event, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable},
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -101,7 +102,11 @@ impl Bus {
                 Ok(connection) => Arc::new(connection),
                 Err(error) => {
                     let delay = backoff.next_delay();
-                    tracing::warn!(error = format!("{error:#}"), ?delay, "cannot reach RabbitMQ; retrying");
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        ?delay,
+                        "cannot reach RabbitMQ; retrying"
+                    );
                     tokio::select! {
                         _ = cancel.cancelled() => break,
                         _ = tokio::time::sleep(delay) => continue,
@@ -140,6 +145,12 @@ impl Bus {
             .with_connection_name(format!("hotline:{}", self.namespace).into());
         let connection = Connection::connect(self.url.expose(), properties).await?;
         let channel = connection.create_channel().await?;
+        self.declare_exchanges(&channel).await?;
+        let _ = channel.close(200, "declared".into()).await;
+        Ok(connection)
+    }
+
+    async fn declare_exchanges(&self, channel: &Channel) -> anyhow::Result<()> {
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..Default::default()
@@ -160,9 +171,95 @@ impl Bus {
                 FieldTable::default(),
             )
             .await?;
-        let _ = channel.close(200, "declared".into()).await;
-        Ok(connection)
+        Ok(())
     }
+
+    /// Declares the exchanges and each `(service, bindings)` queue, so events
+    /// published before a consumer first starts wait in its queue. Run by
+    /// `hotline migrate`; consumers declare the same again when they start.
+    pub async fn declare_topology(&self, queues: &[(&str, &[&str])]) -> anyhow::Result<()> {
+        let connection = Connection::connect(self.url.expose(), ConnectionProperties::default())
+            .await
+            .context("connecting to RabbitMQ to declare the topology")?;
+        let channel = connection.create_channel().await?;
+        self.declare_exchanges(&channel).await?;
+        for (service, bindings) in queues {
+            declare_queue(&channel, self, service, bindings).await?;
+        }
+        let _ = connection.close(200, "declared".into()).await;
+        Ok(())
+    }
+}
+
+/// RabbitMQ's own limit on deliveries of one message, a safety net for a
+/// message that crashes the process before the consumer can dead-letter it.
+/// Fixed, because a queue cannot be redeclared with other arguments.
+const BROKER_DELIVERY_LIMIT: i32 = 20;
+
+/// Declares `service`'s quorum queue bound to `bindings` on the events
+/// exchange, and its dead-letter queue. Idempotent.
+async fn declare_queue(
+    channel: &Channel,
+    bus: &Bus,
+    service: &str,
+    bindings: &[&str],
+) -> anyhow::Result<()> {
+    let queue = bus.queue(service);
+    let dead_queue = bus.dead_queue(service);
+    let mut quorum = FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .queue_declare(
+            dead_queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            quorum.clone(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            dead_queue.as_str().into(),
+            bus.dead_exchange().into(),
+            service.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut arguments = quorum;
+    arguments
+        .insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(bus.dead_exchange().into()),
+        )
+        .insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(service.into()),
+        )
+        .insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongInt(BROKER_DELIVERY_LIMIT),
+        );
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            arguments,
+        )
+        .await?;
+    for binding in bindings {
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                bus.events_exchange().into(),
+                (*binding).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// Exponential backoff between `min` and `max`.
@@ -174,7 +271,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(min: Duration, max: Duration) -> Self {
-        Self { min, max, current: min }
+        Self {
+            min,
+            max,
+            current: min,
+        }
     }
 
     pub fn next_delay(&mut self) -> Duration {
@@ -190,9 +291,10 @@ impl Backoff {
 
 /// Reads a string header of an AMQP message.
 pub fn header_str(headers: Option<&FieldTable>, key: &str) -> Option<String> {
-    use lapin::types::AMQPValue;
     match headers?.inner().get(key)? {
-        AMQPValue::LongString(value) => Some(String::from_utf8_lossy(value.as_bytes()).into_owned()),
+        AMQPValue::LongString(value) => {
+            Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
+        }
         AMQPValue::ShortString(value) => Some(value.as_str().to_owned()),
         _ => None,
     }
@@ -200,7 +302,6 @@ pub fn header_str(headers: Option<&FieldTable>, key: &str) -> Option<String> {
 
 /// Reads an integer header of an AMQP message, whatever its width.
 pub fn header_int(headers: Option<&FieldTable>, key: &str) -> Option<i64> {
-    use lapin::types::AMQPValue;
     match headers?.inner().get(key)? {
         AMQPValue::LongLongInt(value) => Some(*value),
         AMQPValue::LongInt(value) => Some(i64::from(*value)),

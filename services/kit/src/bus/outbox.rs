@@ -118,11 +118,7 @@ impl Relay {
         if let Some(channel) = slot.as_ref().filter(|c| c.status().connected()) {
             return Ok(channel.clone());
         }
-        let connection = self
-            .bus
-            .connection(cancel)
-            .await
-            .context("shutting down")?;
+        let connection = self.bus.connection(cancel).await.context("shutting down")?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -161,10 +157,16 @@ impl Relay {
         for row in &rows {
             let mut headers = FieldTable::default();
             if let Some(traceparent) = &row.traceparent {
-                headers.insert("traceparent".into(), AMQPValue::LongString(traceparent.as_str().into()));
+                headers.insert(
+                    "traceparent".into(),
+                    AMQPValue::LongString(traceparent.as_str().into()),
+                );
             }
             if let Some(tracestate) = &row.tracestate {
-                headers.insert("tracestate".into(), AMQPValue::LongString(tracestate.as_str().into()));
+                headers.insert(
+                    "tracestate".into(),
+                    AMQPValue::LongString(tracestate.as_str().into()),
+                );
             }
             let properties = BasicProperties::default()
                 .with_delivery_mode(2)
@@ -221,7 +223,10 @@ impl Relay {
                     self.poll
                 }
                 Err(error) => {
-                    tracing::warn!(error = format!("{error:#}"), "outbox relay failed; retrying");
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "outbox relay failed; retrying"
+                    );
                     backoff.next_delay()
                 }
             };
@@ -247,7 +252,10 @@ impl Relay {
         };
         match tokio::time::timeout(Duration::from_secs(5), flush).await {
             Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(error = format!("{error:#}"), "outbox left for the next start"),
+            Ok(Err(error)) => tracing::warn!(
+                error = format!("{error:#}"),
+                "outbox left for the next start"
+            ),
             Err(_) => tracing::warn!("outbox flush timed out; rows stay for the next start"),
         }
         Ok(())
@@ -273,7 +281,9 @@ impl Relay {
     async fn drain(&self, cancel: &CancellationToken) -> anyhow::Result<()> {
         loop {
             let published = self.try_publish_batch(cancel).await?;
-            if published < usize::try_from(self.batch).unwrap_or(usize::MAX) || cancel.is_cancelled() {
+            if published < usize::try_from(self.batch).unwrap_or(usize::MAX)
+                || cancel.is_cancelled()
+            {
                 return Ok(());
             }
         }

@@ -1,0 +1,402 @@
+//! The bus against the real RabbitMQ and PostgreSQL: the outbox relay never
+//! loses or skips a row, consumers apply each event once and in version
+//! order, poison goes to the dead-letter queue, and a broker restart loses
+//! nothing.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use chrono::Utc;
+use hotline_kit::{
+    bus::{
+        Bus,
+        consumer::{Consumer, EventHandler, Outcome},
+        header_int, header_str,
+        outbox::{Relay, enqueue, envelope},
+    },
+    db,
+    testing::{EventTap, TestEnv, restart_broker},
+};
+use hotline_proto::events::v1::{EventEnvelope, TicketCreated, event_envelope::Payload};
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const SCHEMA: &str = "bustest";
+static EFFECTS: sqlx::migrate::Migrator = sqlx::migrate!("./tests/migrations");
+
+struct Fixture {
+    env: TestEnv,
+    pool: PgPool,
+    bus: Arc<Bus>,
+    cancel: CancellationToken,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let mut env = TestEnv::new().await.unwrap();
+        env.config.bus.max_attempts = 3;
+        env.config.bus.retry_backoff = Duration::from_millis(20);
+        let pool = env.pool(SCHEMA).unwrap();
+        db::migrate(&pool, SCHEMA, &EFFECTS).await.unwrap();
+        let bus = Bus::new(env.config.amqp_url.clone(), env.config.namespace.clone());
+        bus.declare_topology(&[("recorder", &["test.#"])])
+            .await
+            .unwrap();
+        let cancel = CancellationToken::new();
+        tokio::spawn(bus.clone().run(cancel.clone()));
+        Self {
+            env,
+            pool,
+            bus,
+            cancel,
+        }
+    }
+
+    fn relay(&self) -> Relay {
+        Relay::new(
+            self.pool.clone(),
+            SCHEMA,
+            self.bus.clone(),
+            50,
+            Duration::from_millis(200),
+        )
+    }
+
+    fn start_relay(&self) -> CancellationToken {
+        let stop = self.cancel.child_token();
+        let relay = self.relay();
+        tokio::spawn({
+            let stop = stop.clone();
+            async move { relay.run(stop).await }
+        });
+        stop
+    }
+
+    fn consumer(&self) -> Arc<Consumer<Recorder>> {
+        Arc::new(
+            Consumer::new(
+                "recorder",
+                &["test.#"],
+                self.pool.clone(),
+                self.bus.clone(),
+                Recorder,
+                self.env.config.bus.clone(),
+            )
+            .unwrap(),
+        )
+    }
+
+    fn start_consumer(&self) -> Arc<Consumer<Recorder>> {
+        let consumer = self.consumer();
+        tokio::spawn(consumer.clone().run(self.cancel.child_token()));
+        consumer
+    }
+
+    async fn write(&self, events: &[EventEnvelope]) {
+        let mut tx = self.pool.begin().await.unwrap();
+        enqueue(&mut tx, events).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    async fn effects(&self) -> Vec<(Uuid, i64)> {
+        sqlx::query_as("SELECT event_id, version FROM effects ORDER BY version")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until `count` effects are recorded, at most `limit`.
+    async fn await_effects(&self, count: usize, limit: Duration) -> Vec<(Uuid, i64)> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let effects = self.effects().await;
+            if effects.len() >= count || tokio::time::Instant::now() > deadline {
+                return effects;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn finish(self) {
+        self.cancel.cancel();
+        self.env.cleanup_bus(&["recorder"]).await.unwrap();
+    }
+}
+
+/// Records each applied event; fails on `test.poison`.
+struct Recorder;
+
+impl EventHandler for Recorder {
+    async fn handle(&self, conn: &mut PgConnection, event: &EventEnvelope) -> anyhow::Result<()> {
+        anyhow::ensure!(event.r#type != "test.poison", "this event always fails");
+        sqlx::query("INSERT INTO effects (event_id, ticket_id, version) VALUES ($1, $2, $3)")
+            .bind(Uuid::parse_str(&event.id)?)
+            .bind(Uuid::parse_str(&event.ticket_id).ok())
+            .bind(event.ticket_version)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+fn event(event_type: &str, ticket: Option<(Uuid, i64)>) -> EventEnvelope {
+    envelope(
+        event_type,
+        ticket,
+        Utc::now(),
+        Payload::TicketCreated(TicketCreated::default()),
+    )
+}
+
+async fn receive_ids(tap: &mut EventTap, expected: usize, limit: Duration) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut ids = Vec::new();
+    while ids.len() < expected && tokio::time::Instant::now() < deadline {
+        if let Some((event, _)) = tap.next(Duration::from_millis(500)).await {
+            ids.push(event.id);
+        }
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outbox_publishes_every_row_when_commits_come_out_of_id_order() {
+    let fixture = Fixture::new().await;
+    let mut tap = EventTap::new(&fixture.env.config).await.unwrap();
+    fixture.start_relay();
+    // Writers take ids in one order and commit in another: each holds its
+    // transaction open for a different time after inserting.
+    let writers = (0..16u64).map(|writer| {
+        let pool = fixture.pool.clone();
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for round in 0..25u64 {
+                let event = event("test.written", None);
+                ids.push(event.id.clone());
+                let mut tx = pool.begin().await.unwrap();
+                enqueue(&mut tx, &[event]).await.unwrap();
+                let hold = (writer * 7 + round * 13) % 23;
+                tokio::time::sleep(Duration::from_millis(hold)).await;
+                tx.commit().await.unwrap();
+            }
+            ids
+        })
+    });
+    let mut expected = HashSet::new();
+    for writer in writers {
+        expected.extend(writer.await.unwrap());
+    }
+    let received = receive_ids(&mut tap, expected.len(), Duration::from_secs(30)).await;
+    let unique: HashSet<_> = received.iter().cloned().collect();
+    assert_eq!(unique, expected, "every committed event is published");
+    assert_eq!(received.len(), expected.len(), "and none twice");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&fixture.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "published rows leave the outbox");
+    fixture.finish().await;
+}
+
+#[tokio::test]
+async fn a_restarted_relay_publishes_what_the_stopped_one_left() {
+    let fixture = Fixture::new().await;
+    let mut tap = EventTap::new(&fixture.env.config).await.unwrap();
+    let first: Vec<_> = (0..200).map(|_| event("test.written", None)).collect();
+    fixture.write(&first).await;
+    let stop = fixture.start_relay();
+    // Stop the relay as soon as it has published something.
+    let mut received = receive_ids(&mut tap, 1, Duration::from_secs(10)).await;
+    stop.cancel();
+    let second: Vec<_> = (0..200).map(|_| event("test.written", None)).collect();
+    fixture.write(&second).await;
+    fixture.start_relay();
+    received.extend(receive_ids(&mut tap, 400, Duration::from_secs(20)).await);
+    let unique: HashSet<_> = received.into_iter().collect();
+    let expected: HashSet<_> = first.iter().chain(&second).map(|e| e.id.clone()).collect();
+    assert_eq!(unique, expected);
+    fixture.finish().await;
+}
+
+#[tokio::test]
+async fn a_duplicate_delivery_does_nothing() {
+    let fixture = Fixture::new().await;
+    let ticket = Uuid::now_v7();
+    let once = event("test.duplicated", Some((ticket, 1)));
+    // The same event twice, as a relay crash between confirm and delete does.
+    fixture.write(&[once.clone()]).await;
+    fixture.write(&[once.clone()]).await;
+    fixture.start_consumer();
+    fixture.start_relay();
+    let marker = event("test.marker", Some((Uuid::now_v7(), 1)));
+    fixture.write(&[marker]).await;
+    let effects = fixture.await_effects(2, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let effects_after = fixture.effects().await;
+    assert_eq!(
+        effects.len(),
+        2,
+        "the duplicate and the marker: {effects:?}"
+    );
+    assert_eq!(effects_after.len(), 2, "nothing more arrives later");
+    // And the step itself says so.
+    let consumer = fixture.consumer();
+    assert_eq!(consumer.apply(&once).await.unwrap(), Outcome::Duplicate);
+    fixture.finish().await;
+}
+
+#[tokio::test]
+async fn an_older_fact_arriving_late_is_ignored() {
+    let fixture = Fixture::new().await;
+    let consumer = fixture.consumer();
+    let ticket = Uuid::now_v7();
+    let newer = event("test.changed", Some((ticket, 3)));
+    let same_change = event("test.changed", Some((ticket, 3)));
+    let older = event("test.changed", Some((ticket, 2)));
+    assert_eq!(consumer.apply(&newer).await.unwrap(), Outcome::Applied);
+    assert_eq!(
+        consumer.apply(&same_change).await.unwrap(),
+        Outcome::Applied
+    );
+    assert_eq!(consumer.apply(&older).await.unwrap(), Outcome::Stale);
+    let versions: Vec<i64> = fixture
+        .effects()
+        .await
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(versions, vec![3, 3]);
+    fixture.finish().await;
+}
+
+#[tokio::test]
+async fn a_poison_message_is_dead_lettered_while_the_queue_keeps_flowing() {
+    let fixture = Fixture::new().await;
+    fixture.start_consumer();
+    fixture.start_relay();
+    // Wait until the consumer's queue exists, so nothing goes unrouted.
+    fixture
+        .write(&[event("test.warmup", Some((Uuid::now_v7(), 1)))])
+        .await;
+    assert_eq!(
+        fixture
+            .await_effects(1, Duration::from_secs(20))
+            .await
+            .len(),
+        1
+    );
+    let poison = event("test.poison", Some((Uuid::now_v7(), 1)));
+    fixture.write(&[poison.clone()]).await;
+    let good: Vec<_> = (0..20)
+        .map(|_| event("test.good", Some((Uuid::now_v7(), 1))))
+        .collect();
+    fixture.write(&good).await;
+    let effects = fixture.await_effects(21, Duration::from_secs(20)).await;
+    assert_eq!(effects.len(), 21, "every good event is applied");
+
+    let connection =
+        lapin::Connection::connect(fixture.env.config.amqp_url.expose(), Default::default())
+            .await
+            .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let dead_queue = fixture.bus.dead_queue("recorder");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let dead = loop {
+        let got = channel
+            .basic_get(
+                dead_queue.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap();
+        if let Some(message) = got {
+            break message;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the poison never reached {dead_queue}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let headers = dead.delivery.properties.headers().as_ref();
+    assert_eq!(
+        dead.delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str()),
+        Some(poison.id.as_str())
+    );
+    let error = header_str(headers, "x-hotline-error").unwrap_or_default();
+    assert!(error.contains("this event always fails"), "{error}");
+    assert_eq!(header_int(headers, "x-hotline-attempts"), Some(3));
+    assert_eq!(
+        header_str(headers, "x-hotline-routing-key").as_deref(),
+        Some("test.poison")
+    );
+    fixture.finish().await;
+}
+
+/// Runs serially (`fault_` tests): it restarts the shared broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fault_broker_restart_mid_flow_loses_nothing() {
+    let fixture = Fixture::new().await;
+    fixture.start_consumer();
+    fixture.start_relay();
+    fixture
+        .write(&[event("test.warmup", Some((Uuid::now_v7(), 1)))])
+        .await;
+    assert_eq!(
+        fixture
+            .await_effects(1, Duration::from_secs(20))
+            .await
+            .len(),
+        1
+    );
+
+    let writer = {
+        let pool = fixture.pool.clone();
+        tokio::spawn(async move {
+            for _ in 0..300 {
+                let mut tx = pool.begin().await.unwrap();
+                enqueue(&mut tx, &[event("test.flow", Some((Uuid::now_v7(), 1)))])
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stop = tokio::process::Command::new("rabbitmqctl")
+        .arg("stop_app")
+        .status()
+        .await
+        .unwrap();
+    assert!(stop.success());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fixture.bus.is_connected() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bus never noticed the broker stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let start = tokio::process::Command::new("rabbitmqctl")
+        .arg("start_app")
+        .status()
+        .await
+        .unwrap();
+    assert!(start.success());
+    writer.await.unwrap();
+    let effects = fixture.await_effects(301, Duration::from_secs(60)).await;
+    assert!(fixture.bus.is_connected(), "the bus reconnected by itself");
+    assert_eq!(
+        effects.len(),
+        301,
+        "every event applied once after the restart"
+    );
+    fixture.finish().await;
+    // Leave the broker as the other tests expect it.
+    let _ = restart_broker;
+}
