@@ -224,8 +224,8 @@ async fn a_duplicate_delivery_does_nothing() {
     let ticket = Uuid::now_v7();
     let once = event("test.duplicated", Some((ticket, 1)));
     // The same event twice, as a relay crash between confirm and delete does.
-    fixture.write(&[once.clone()]).await;
-    fixture.write(&[once.clone()]).await;
+    fixture.write(std::slice::from_ref(&once)).await;
+    fixture.write(std::slice::from_ref(&once)).await;
     fixture.start_consumer();
     fixture.start_relay();
     let marker = event("test.marker", Some((Uuid::now_v7(), 1)));
@@ -286,7 +286,7 @@ async fn a_poison_message_is_dead_lettered_while_the_queue_keeps_flowing() {
         1
     );
     let poison = event("test.poison", Some((Uuid::now_v7(), 1)));
-    fixture.write(&[poison.clone()]).await;
+    fixture.write(std::slice::from_ref(&poison)).await;
     let good: Vec<_> = (0..20)
         .map(|_| event("test.good", Some((Uuid::now_v7(), 1))))
         .collect();

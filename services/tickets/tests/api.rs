@@ -1,0 +1,708 @@
+//! The tickets API over real gRPC, with real PostgreSQL and RabbitMQ.
+
+use std::{collections::HashSet, time::Duration};
+
+use hotline_kit::{
+    auth::Role,
+    config::LogConfig,
+    telemetry::Telemetry,
+    testing::{EventTap, TestApp, TestEnv},
+};
+use hotline_proto::tickets::v1::{self as pb, ticket_service_client::TicketServiceClient};
+use tonic::{Code, service::interceptor::InterceptedService, transport::Channel};
+
+type Client = TicketServiceClient<InterceptedService<Channel, hotline_kit::grpc::BearerToken>>;
+
+struct Desk {
+    env: TestEnv,
+    app: TestApp,
+}
+
+impl Desk {
+    async fn start() -> Self {
+        let env = TestEnv::new().await.unwrap();
+        let app = env.start(&[hotline_tickets::module()]).await.unwrap();
+        Self { env, app }
+    }
+
+    fn client(&self, role: Role) -> Client {
+        TicketServiceClient::new(self.app.channel(&self.env.token("ada", role)))
+    }
+
+    fn agent(&self) -> Client {
+        self.client(Role::Agent)
+    }
+
+    async fn stop(self) {
+        self.app.stop().await.unwrap();
+        self.env.cleanup_bus(&[]).await.unwrap();
+    }
+}
+
+fn report(subject: &str) -> pb::CreateTicketRequest {
+    pb::CreateTicketRequest {
+        subject: subject.into(),
+        body: "The recorder lost camera 3 at 02:10".into(),
+        contact: "ops@acme.example".into(),
+        ..Default::default()
+    }
+}
+
+async fn create(client: &mut Client, request: pb::CreateTicketRequest) -> pb::Ticket {
+    client
+        .create_ticket(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .unwrap()
+}
+
+async fn add(
+    client: &mut Client,
+    ticket: &str,
+    kind: pb::ArticleKind,
+    call: Option<pb::Call>,
+) -> Result<pb::Ticket, tonic::Status> {
+    let response = client
+        .add_article(pb::AddArticleRequest {
+            ticket: ticket.into(),
+            kind: kind as i32,
+            body: "text".into(),
+            call,
+            ..Default::default()
+        })
+        .await?;
+    Ok(response.into_inner().ticket.unwrap())
+}
+
+fn call(direction: pb::CallDirection, outcome: pb::CallOutcome) -> Option<pb::Call> {
+    Some(pb::Call {
+        direction: direction as i32,
+        outcome: outcome as i32,
+        call_id: "call-1".into(),
+    })
+}
+
+fn reference(ticket: &pb::Ticket) -> pb::TicketRef {
+    pb::TicketRef {
+        ticket: ticket.number.clone(),
+    }
+}
+
+#[tokio::test]
+async fn a_reported_fault_becomes_a_numbered_ticket_awaiting_response() {
+    let desk = Desk::start().await;
+    let mut client = desk.agent();
+    let ticket = create(&mut client, report("Camera 3 offline")).await;
+    assert_eq!(ticket.number, "HL-10001");
+    assert_eq!(ticket.status, pb::Status::New as i32);
+    assert!(ticket.awaiting_response);
+    assert!(ticket.awaiting_since.is_some());
+    assert_eq!(ticket.channel, pb::Channel::Api as i32);
+    assert_eq!(ticket.priority, pb::Priority::Normal as i32);
+
+    for key in [ticket.number.clone(), ticket.id.clone(), "10001".into()] {
+        let found = client
+            .get_ticket(pb::GetTicketRequest { ticket: key })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(found.ticket.unwrap().id, ticket.id);
+        assert_eq!(found.articles.len(), 1);
+        assert_eq!(
+            found.articles[0].kind,
+            pb::ArticleKind::CustomerMessage as i32
+        );
+        assert_eq!(found.articles[0].author, "ops@acme.example");
+    }
+    let second = create(&mut client, report("Recorder beeping")).await;
+    assert_eq!(second.number, "HL-10002", "numbers increase");
+    desk.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_never_opens_a_second_ticket() {
+    let desk = Desk::start().await;
+    let attempts = (0..8).map(|_| {
+        let mut client = desk.agent();
+        tokio::spawn(async move {
+            let request = pb::CreateTicketRequest {
+                idempotency_key: "call-7781".into(),
+                ..report("Missed call")
+            };
+            client.create_ticket(request).await.unwrap().into_inner()
+        })
+    });
+    let mut ids = HashSet::new();
+    let mut created = 0;
+    for attempt in attempts {
+        let response = attempt.await.unwrap();
+        ids.insert(response.ticket.unwrap().id);
+        created += usize::from(response.created);
+    }
+    assert_eq!(ids.len(), 1, "one ticket for one key");
+    assert_eq!(created, 1, "only the first attempt created it");
+    let listed = desk
+        .agent()
+        .list_tickets(pb::ListTicketsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.tickets.len(), 1);
+    desk.stop().await;
+}
+
+#[tokio::test]
+async fn the_awaiting_response_rule_follows_contacts_and_responses() {
+    let desk = Desk::start().await;
+    let mut client = desk.agent();
+    let ticket = create(&mut client, report("No picture")).await;
+    let since = ticket.awaiting_since.clone();
+
+    let noted = add(
+        &mut client,
+        &ticket.number,
+        pb::ArticleKind::InternalNote,
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(noted.awaiting_response, "an internal note is no response");
+    assert_eq!(noted.awaiting_since, since);
+    let unanswered = add(
+        &mut client,
+        &ticket.number,
+        pb::ArticleKind::Call,
+        call(pb::CallDirection::Outbound, pb::CallOutcome::Missed),
+    )
+    .await
+    .unwrap();
+    assert!(
+        unanswered.awaiting_response,
+        "a callback nobody picked up is no response"
+    );
+
+    let called_back = add(
+        &mut client,
+        &ticket.number,
+        pb::ArticleKind::Call,
+        call(pb::CallDirection::Outbound, pb::CallOutcome::Answered),
+    )
+    .await
+    .unwrap();
+    assert!(!called_back.awaiting_response);
+    assert_eq!(called_back.status, pb::Status::Open as i32);
+
+    let again = add(
+        &mut client,
+        &ticket.number,
+        pb::ArticleKind::CustomerMessage,
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(again.awaiting_response, "the customer wrote back");
+    assert!(again.awaiting_since.unwrap().seconds >= since.unwrap().seconds);
+    let arrived = add(
+        &mut client,
+        &ticket.number,
+        pb::ArticleKind::OnsiteArrival,
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(
+        !arrived.awaiting_response,
+        "a technician on site is a response"
+    );
+
+    let answered = create(
+        &mut client,
+        pb::CreateTicketRequest {
+            channel: pb::Channel::Phone as i32,
+            first_article: pb::ArticleKind::Call as i32,
+            call: call(pb::CallDirection::Inbound, pb::CallOutcome::Answered),
+            ..report("Caller reports a dead camera")
+        },
+    )
+    .await;
+    assert!(
+        !answered.awaiting_response,
+        "an answered call opens its ticket responded"
+    );
+    assert_eq!(answered.status, pb::Status::Open as i32);
+    desk.stop().await;
+}
+
+#[tokio::test]
+async fn the_state_machine_refuses_invalid_transitions_with_a_reason() {
+    let desk = Desk::start().await;
+    let mut client = desk.agent();
+    let ticket = create(&mut client, report("Disk failure")).await;
+
+    let refused = client.close_ticket(reference(&ticket)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("resolve it before you close it"),
+        "{}",
+        refused.message()
+    );
+    let refused = client.reopen_ticket(reference(&ticket)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+
+    let resolved = client
+        .resolve_ticket(reference(&ticket))
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .unwrap();
+    assert_eq!(resolved.status, pb::Status::Resolved as i32);
+    assert!(!resolved.awaiting_response);
+    // The customer writes back: the ticket reopens and waits again.
+    let reopened = add(
+        &mut client,
+        &ticket.number,
+        pb::ArticleKind::CustomerMessage,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(reopened.status, pb::Status::Open as i32);
+    assert!(reopened.awaiting_response);
+
+    client.resolve_ticket(reference(&ticket)).await.unwrap();
+    let closed = client
+        .close_ticket(reference(&ticket))
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .unwrap();
+    assert_eq!(closed.status, pb::Status::Closed as i32);
+    let refused = add(
+        &mut client,
+        &ticket.number,
+        pb::ArticleKind::CustomerMessage,
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("closed"),
+        "{}",
+        refused.message()
+    );
+    let refused = client
+        .assign_ticket(pb::AssignTicketRequest {
+            ticket: ticket.number.clone(),
+            assignee: "bob".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    let reopened = client
+        .reopen_ticket(reference(&ticket))
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .unwrap();
+    assert_eq!(reopened.status, pb::Status::Open as i32);
+    desk.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_writes_nothing() {
+    let desk = Desk::start().await;
+    let mut client = desk.agent();
+    let cases = [
+        pb::CreateTicketRequest {
+            subject: "   ".into(),
+            ..report("")
+        },
+        pb::CreateTicketRequest {
+            subject: "x".repeat(501),
+            ..report("")
+        },
+        pb::CreateTicketRequest {
+            priority: 99,
+            ..report("Bad priority")
+        },
+        pb::CreateTicketRequest {
+            first_article: pb::ArticleKind::Call as i32,
+            ..report("Call without call")
+        },
+    ];
+    for request in cases {
+        let refused = client.create_ticket(request).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Code::InvalidArgument,
+            "{}",
+            refused.message()
+        );
+        assert!(!refused.message().is_empty());
+    }
+    let listed = client
+        .list_tickets(pb::ListTicketsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.tickets.is_empty(), "nothing half-written");
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&desk.env.pool("tickets").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(outbox, 0, "no event for a refused request");
+
+    let missing = client
+        .get_ticket(pb::GetTicketRequest {
+            ticket: "HL-99999".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let garbage = client
+        .get_ticket(pb::GetTicketRequest {
+            ticket: "drop table".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(garbage.code(), Code::InvalidArgument);
+    let bad_page = client
+        .list_tickets(pb::ListTicketsRequest {
+            page_token: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_page.code(), Code::InvalidArgument);
+    desk.stop().await;
+}
+
+#[tokio::test]
+async fn lists_filter_and_page_without_gaps_or_overlaps() {
+    let desk = Desk::start().await;
+    let mut client = desk.agent();
+    for (i, channel) in [
+        pb::Channel::Email,
+        pb::Channel::Phone,
+        pb::Channel::Email,
+        pb::Channel::Web,
+        pb::Channel::Email,
+        pb::Channel::Api,
+        pb::Channel::Email,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let subject = if i % 2 == 0 {
+            format!("Camera {i} 100% offline")
+        } else {
+            format!("Recorder {i}")
+        };
+        create(
+            &mut client,
+            pb::CreateTicketRequest {
+                channel: channel as i32,
+                contact: format!("site{}@acme.example", i % 3),
+                ..report(&subject)
+            },
+        )
+        .await;
+    }
+    let first = create(&mut client, report("Answered")).await;
+    add(
+        &mut client,
+        &first.number,
+        pb::ArticleKind::AgentReply,
+        None,
+    )
+    .await
+    .unwrap();
+    client
+        .assign_ticket(pb::AssignTicketRequest {
+            ticket: "HL-10002".into(),
+            assignee: "bob".into(),
+        })
+        .await
+        .unwrap();
+
+    let list = |request: pb::ListTicketsRequest| {
+        let mut client = desk.agent();
+        async move {
+            client
+                .list_tickets(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .tickets
+        }
+    };
+    assert_eq!(
+        list(pb::ListTicketsRequest {
+            channel: pb::Channel::Email as i32,
+            ..Default::default()
+        })
+        .await
+        .len(),
+        4
+    );
+    assert_eq!(
+        list(pb::ListTicketsRequest {
+            awaiting_response: true,
+            ..Default::default()
+        })
+        .await
+        .len(),
+        7
+    );
+    assert_eq!(
+        list(pb::ListTicketsRequest {
+            assignee: "bob".into(),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        1
+    );
+    assert_eq!(
+        list(pb::ListTicketsRequest {
+            contact: "site0@acme.example".into(),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        3
+    );
+    assert_eq!(
+        list(pb::ListTicketsRequest {
+            text: "camera".into(),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        4
+    );
+    assert_eq!(
+        list(pb::ListTicketsRequest {
+            text: "100%".into(),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        4
+    );
+    assert_eq!(
+        list(pb::ListTicketsRequest {
+            text: "0%".into(),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        4,
+        "% is literal"
+    );
+    assert_eq!(
+        list(pb::ListTicketsRequest {
+            text: "_".into(),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        0,
+        "_ is literal"
+    );
+    let open = list(pb::ListTicketsRequest {
+        status: vec![pb::Status::Open as i32],
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(open.len(), 2, "answered and assigned");
+
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_tickets(pb::ListTicketsRequest {
+                page_size: 3,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.tickets.len() <= 3);
+        seen.extend(page.tickets.into_iter().map(|t| t.number));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let expected: Vec<String> = (10001..=10008).rev().map(|n| format!("HL-{n}")).collect();
+    assert_eq!(seen, expected, "newest first, every ticket once");
+    desk.stop().await;
+}
+
+#[tokio::test]
+async fn callers_need_a_valid_token_and_the_right_role() {
+    let desk = Desk::start().await;
+    let anonymous = TicketServiceClient::new(
+        hotline_kit::grpc::channel(&format!("http://{}", desk.app.grpc_addr)).unwrap(),
+    )
+    .list_tickets(pb::ListTicketsRequest::default())
+    .await
+    .unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+
+    let other = TestEnv::new().await.unwrap();
+    let forged = TicketServiceClient::new(desk.app.channel(&other.token("mallory", Role::Admin)))
+        .list_tickets(pb::ListTicketsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        forged.code(),
+        Code::Unauthenticated,
+        "a token signed with another secret"
+    );
+
+    let ticket = create(&mut desk.agent(), report("Fan noise")).await;
+    let denied = desk
+        .client(Role::Technician)
+        .close_ticket(reference(&ticket))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert!(
+        denied.message().contains("needs one of the roles"),
+        "{}",
+        denied.message()
+    );
+    let denied = desk
+        .client(Role::Bridge)
+        .assign_ticket(pb::AssignTicketRequest {
+            ticket: ticket.number.clone(),
+            assignee: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    desk.client(Role::Technician)
+        .resolve_ticket(reference(&ticket))
+        .await
+        .unwrap();
+    desk.client(Role::Admin)
+        .close_ticket(reference(&ticket))
+        .await
+        .unwrap();
+
+    // Health needs no token.
+    let channel = hotline_kit::grpc::channel(&format!("http://{}", desk.app.grpc_addr)).unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "hotline.tickets.v1.TicketService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    desk.stop().await;
+}
+
+#[tokio::test]
+async fn every_change_is_announced_with_the_tickets_version_and_trace() {
+    let _ = Telemetry::init(&LogConfig::default(), "tickets-test");
+    let desk = Desk::start().await;
+    let mut tap = EventTap::new(&desk.env.config).await.unwrap();
+    let mut client = desk.agent();
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut request = tonic::Request::new(report("Lens fogged"));
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    let ticket = client
+        .create_ticket(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .unwrap();
+    add(
+        &mut client,
+        &ticket.number,
+        pb::ArticleKind::AgentReply,
+        None,
+    )
+    .await
+    .unwrap();
+    client.resolve_ticket(reference(&ticket)).await.unwrap();
+
+    let mut events = Vec::new();
+    while events.len() < 8 {
+        let Some((event, properties)) = tap.next(Duration::from_secs(10)).await else {
+            break;
+        };
+        if event.r#type == "ticket.created" {
+            let header = hotline_kit::bus::header_str(properties.headers().as_ref(), "traceparent")
+                .unwrap_or_default();
+            assert!(
+                header.contains(trace_id),
+                "the caller's trace reaches the bus: {header:?}"
+            );
+        }
+        events.push((event.r#type, event.ticket_version, event.ticket_id));
+    }
+    let types: Vec<(&str, i64)> = events.iter().map(|(t, v, _)| (t.as_str(), *v)).collect();
+    assert_eq!(
+        types,
+        vec![
+            ("ticket.created", 1),
+            ("ticket.awaiting_response", 1),
+            ("ticket.article_added", 2),
+            ("ticket.status_changed", 2),
+            ("ticket.responded", 2),
+            ("ticket.status_changed", 3),
+            ("ticket.resolved", 3),
+        ]
+    );
+    assert!(events.iter().all(|(_, _, id)| *id == ticket.id));
+    desk.stop().await;
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_answer_over_http() {
+    let desk = Desk::start().await;
+    create(&mut desk.agent(), report("Metrics")).await;
+    let get = |path: &str| {
+        let url = desk.app.http_url(path);
+        async move {
+            let output = tokio::process::Command::new("curl")
+                .args(["-s", "-w", "\n%{http_code}", &url])
+                .output()
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        }
+    };
+    assert!(get("/healthz").await.ends_with("200"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !get("/readyz").await.ends_with("200") {
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = get("/metrics").await;
+    assert!(
+        metrics.contains("hotline_tickets_opened_total"),
+        "{metrics}"
+    );
+    desk.stop().await;
+}
