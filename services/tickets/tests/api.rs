@@ -158,7 +158,7 @@ async fn the_awaiting_response_rule_follows_contacts_and_responses() {
     let desk = Desk::start().await;
     let mut client = desk.agent();
     let ticket = create(&mut client, report("No picture")).await;
-    let since = ticket.awaiting_since.clone();
+    let since = ticket.awaiting_since;
 
     let noted = add(
         &mut client,

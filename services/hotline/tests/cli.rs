@@ -1,0 +1,246 @@
+//! The agent's command line end to end: the real `hotline` binary against a
+//! running fleet.
+
+use std::process::Output;
+
+use hotline_kit::testing::{TestApp, TestEnv};
+use serde_json::Value;
+
+struct Shell {
+    env: TestEnv,
+    app: TestApp,
+}
+
+impl Shell {
+    async fn start() -> Self {
+        let env = TestEnv::new().await.unwrap();
+        let app = env.start(&hotline::fleet::modules()).await.unwrap();
+        Self { env, app }
+    }
+
+    /// Runs `hotline args...` with `token` as HOTLINE_TOKEN (none if empty).
+    async fn run(&self, token: &str, args: &[&str]) -> Output {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_hotline"));
+        command
+            .args(args)
+            .env("HOTLINE_SERVER", format!("http://{}", self.app.grpc_addr))
+            .env("HOTLINE_AUTH__SECRET", self.env.config.auth.secret.expose())
+            .env_remove("HOTLINE_TOKEN");
+        if !token.is_empty() {
+            command.env("HOTLINE_TOKEN", token);
+        }
+        command.output().await.unwrap()
+    }
+
+    /// Runs with `--json` and expects success and one JSON value.
+    async fn json(&self, token: &str, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.push("--json");
+        let output = self.run(token, &args).await;
+        assert!(
+            output.status.success(),
+            "hotline {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("JSON only on stdout")
+    }
+
+    async fn stop(self) {
+        self.app.stop().await.unwrap();
+        self.env.cleanup_bus(&[]).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_agent_works_a_ticket_from_the_shell() {
+    let shell = Shell::start().await;
+    let issued = shell
+        .json(
+            "",
+            &["token", "issue", "--role", "agent", "--subject", "ada"],
+        )
+        .await;
+    let token = issued["token"].as_str().unwrap().to_owned();
+
+    let created = shell
+        .json(
+            &token,
+            &[
+                "tickets",
+                "create",
+                "--subject",
+                "Camera 3 offline",
+                "--body",
+                "No picture since 02:00",
+                "--contact",
+                "ops@acme.example",
+                "--priority",
+                "high",
+            ],
+        )
+        .await;
+    let number = created["number"].as_str().unwrap().to_owned();
+    assert_eq!(number, "HL-10001");
+    for field in [
+        "id",
+        "status",
+        "priority",
+        "channel",
+        "subject",
+        "awaiting_since",
+        "assignee",
+        "created_at",
+    ] {
+        assert!(
+            created.get(field).is_some(),
+            "ticket JSON has {field}: {created}"
+        );
+    }
+    assert_eq!(created["status"], "new");
+    assert_eq!(created["priority"], "high");
+    assert_eq!(created["awaiting_response"], true);
+
+    let awaiting = shell.json(&token, &["tickets", "list", "--awaiting"]).await;
+    assert_eq!(awaiting.as_array().unwrap().len(), 1);
+
+    shell
+        .json(
+            &token,
+            &[
+                "tickets",
+                "note",
+                &number,
+                "--message",
+                "Checked the switch",
+            ],
+        )
+        .await;
+    let still = shell.json(&token, &["tickets", "show", &number]).await;
+    assert_eq!(still["awaiting_response"], true, "a note is no response");
+
+    let responded = shell
+        .json(
+            &token,
+            &[
+                "tickets",
+                "respond",
+                &number,
+                "--message",
+                "A technician is on the way",
+            ],
+        )
+        .await;
+    assert_eq!(responded["awaiting_response"], false);
+    assert_eq!(responded["status"], "open");
+    let awaiting = shell.json(&token, &["tickets", "list", "--awaiting"]).await;
+    assert!(awaiting.as_array().unwrap().is_empty());
+
+    let shown = shell.json(&token, &["tickets", "show", &number]).await;
+    let kinds: Vec<&str> = shown["articles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["customer_message", "internal_note", "agent_reply"]);
+    assert_eq!(shown["articles"][2]["body"], "A technician is on the way");
+
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(
+        shell.json(&token, &["tickets", "resolve", id]).await["status"],
+        "resolved"
+    );
+    assert_eq!(
+        shell.json(&token, &["tickets", "close", &number]).await["status"],
+        "closed"
+    );
+    assert_eq!(
+        shell.json(&token, &["tickets", "reopen", &number]).await["status"],
+        "open"
+    );
+    let open = shell
+        .json(&token, &["tickets", "list", "--status", "open"])
+        .await;
+    assert_eq!(open.as_array().unwrap().len(), 1);
+
+    let human = shell.run(&token, &["tickets", "list"]).await;
+    assert!(String::from_utf8_lossy(&human.stdout).contains("HL-10001"));
+    shell.stop().await;
+}
+
+#[tokio::test]
+async fn retrying_a_create_with_its_key_returns_the_same_ticket() {
+    let shell = Shell::start().await;
+    let token = shell.env.token("ada", hotline_kit::auth::Role::Agent);
+    let args = [
+        "tickets",
+        "create",
+        "--subject",
+        "Missed call",
+        "--body",
+        "-",
+        "--idempotency-key",
+        "pbx-42",
+    ];
+    let first = shell.json(&token, &args).await;
+    let again = shell.json(&token, &args).await;
+    assert_eq!(first["id"], again["id"]);
+    assert_eq!(
+        shell
+            .json(&token, &["tickets", "list"])
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    shell.stop().await;
+}
+
+#[tokio::test]
+async fn failures_are_clear_and_exit_non_zero() {
+    let shell = Shell::start().await;
+    let missing = shell.run("", &["tickets", "list"]).await;
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("HOTLINE_TOKEN is not set"));
+
+    let bad = shell
+        .run("not-a-token", &["tickets", "list", "--json"])
+        .await;
+    assert!(!bad.status.success());
+    let error: Value = serde_json::from_slice(&bad.stdout).expect("--json failures are JSON too");
+    assert_eq!(error["code"], "Unauthenticated");
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("refused the token")
+    );
+
+    let token = shell.env.token("ada", hotline_kit::auth::Role::Agent);
+    let created = shell
+        .json(
+            &token,
+            &["tickets", "create", "--subject", "Fan", "--body", "noise"],
+        )
+        .await;
+    let number = created["number"].as_str().unwrap();
+    let refused = shell.run(&token, &["tickets", "close", number]).await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("resolve it before you close it"));
+
+    let unknown = shell.run(&token, &["tickets", "show", "HL-424242"]).await;
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("does not exist"));
+
+    let bad_role = shell
+        .run(
+            "",
+            &["token", "issue", "--role", "wizard", "--subject", "x"],
+        )
+        .await;
+    assert!(!bad_role.status.success());
+    assert!(String::from_utf8_lossy(&bad_role.stderr).contains("unknown role"));
+    shell.stop().await;
+}
