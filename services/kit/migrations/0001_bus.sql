@@ -15,17 +15,6 @@ CREATE TABLE outbox (
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 
--- Wakes the relay as soon as a writer commits; the relay also polls.
-CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify(TG_TABLE_SCHEMA || '_outbox', '');
-    RETURN NULL;
-END
-$$;
-
-CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
-    FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
-
 -- Inbox: the ids of the events a consumer has applied, recorded in the same
 -- transaction as the effect. A duplicate delivery finds its id and does nothing.
 CREATE TABLE inbox (

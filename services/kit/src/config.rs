@@ -104,6 +104,10 @@ pub struct BusConfig {
     /// The relay's safety-net poll, in case a `NOTIFY` was missed.
     #[serde(deserialize_with = "duration")]
     pub relay_poll: Duration,
+    /// After a writer's wake-up, how long the relay waits for more rows
+    /// before publishing: a little latency for far fewer round trips.
+    #[serde(deserialize_with = "duration")]
+    pub relay_linger: Duration,
     /// First delay before redelivering a failed message; doubles per attempt.
     #[serde(deserialize_with = "duration")]
     pub retry_backoff: Duration,
@@ -116,6 +120,7 @@ impl Default for BusConfig {
             max_attempts: 5,
             relay_batch: 500,
             relay_poll: Duration::from_secs(1),
+            relay_linger: Duration::from_millis(2),
             retry_backoff: Duration::from_millis(200),
         }
     }

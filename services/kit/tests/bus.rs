@@ -11,8 +11,9 @@ use hotline_kit::{
         Bus,
         consumer::{Consumer, EventHandler, Outcome},
         header_int, header_str,
-        outbox::{Relay, enqueue, envelope},
+        outbox::{OutboxSignal, Relay, enqueue, envelope},
     },
+    config::BusConfig,
     db,
     testing::{EventTap, TestEnv, restart_broker},
 };
@@ -28,6 +29,7 @@ struct Fixture {
     env: TestEnv,
     pool: PgPool,
     bus: Arc<Bus>,
+    signal: OutboxSignal,
     cancel: CancellationToken,
 }
 
@@ -48,17 +50,22 @@ impl Fixture {
             env,
             pool,
             bus,
+            signal: OutboxSignal::default(),
             cancel,
         }
     }
 
     fn relay(&self) -> Relay {
+        let config = BusConfig {
+            relay_batch: 50,
+            relay_poll: Duration::from_millis(200),
+            ..self.env.config.bus.clone()
+        };
         Relay::new(
             self.pool.clone(),
-            SCHEMA,
+            self.signal.clone(),
             self.bus.clone(),
-            50,
-            Duration::from_millis(200),
+            &config,
         )
     }
 
@@ -96,6 +103,7 @@ impl Fixture {
         let mut tx = self.pool.begin().await.unwrap();
         enqueue(&mut tx, events).await.unwrap();
         tx.commit().await.unwrap();
+        self.signal.committed();
     }
 
     async fn effects(&self) -> Vec<(Uuid, i64)> {
@@ -165,7 +173,8 @@ async fn outbox_publishes_every_row_when_commits_come_out_of_id_order() {
     let mut tap = EventTap::new(&fixture.env.config).await.unwrap();
     fixture.start_relay();
     // Writers take ids in one order and commit in another: each holds its
-    // transaction open for a different time after inserting.
+    // transaction open for a different time after inserting. They do not
+    // signal the relay, so this also proves the poll finds every row.
     let writers = (0..16u64).map(|writer| {
         let pool = fixture.pool.clone();
         tokio::spawn(async move {

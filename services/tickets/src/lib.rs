@@ -18,7 +18,7 @@ pub mod store;
 use std::sync::Arc;
 
 use hotline_kit::{
-    bus::outbox::Relay,
+    bus::outbox::{OutboxSignal, Relay},
     grpc::MAX_MESSAGE_BYTES,
     supervisor::{Module, ModuleContext},
 };
@@ -41,20 +41,14 @@ pub fn module() -> Module {
 
 fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
     let pool = context.pool(SCHEMA)?;
-    let store = Arc::new(store::Store::new(pool.clone()));
+    let signal = OutboxSignal::default();
+    let store = Arc::new(store::Store::new(pool.clone(), signal.clone()));
     context.add_grpc(
         TicketServiceServer::new(api::TicketApi::new(store))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
     );
-    let bus = &context.config.bus;
-    let relay = Relay::new(
-        pool,
-        SCHEMA,
-        context.bus.clone(),
-        bus.relay_batch,
-        bus.relay_poll,
-    );
+    let relay = Relay::new(pool, signal, context.bus.clone(), &context.config.bus);
     let cancel = context.cancel.clone();
     context.spawn("outbox-relay", async move { relay.run(cancel).await });
     Ok(())

@@ -4,8 +4,8 @@
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use hotline_kit::bus::outbox;
-use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
+use hotline_kit::bus::outbox::{self, OutboxRows, OutboxSignal};
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
 use crate::{
@@ -206,43 +206,91 @@ fn kind_columns(kind: ArticleKind) -> (&'static str, Option<CallDirection>, Opti
 
 pub struct Store {
     pool: PgPool,
+    /// Wakes the outbox relay after each commit.
+    signal: OutboxSignal,
 }
 
 impl Store {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, signal: OutboxSignal) -> Self {
+        Self { pool, signal }
     }
 
     /// Opens a ticket, or returns the one opened earlier with the same
     /// idempotency key (`created` false).
+    ///
+    /// The hot path of the desk: one number from the sequence, then the
+    /// ticket, its first article and its events in a single statement
+    /// (atomic on its own), which does nothing if the key was used before.
     pub async fn create(
         &self,
         new: NewTicket,
         now: DateTime<Utc>,
     ) -> Result<(Ticket, Article, bool), StoreError> {
         let state = domain::open(new.first.kind, now);
-        let mut tx = self.pool.begin().await?;
-        let row: Option<TicketRow> = sqlx::query_as(&format!(
-            "INSERT INTO tickets (id, status, priority, channel, subject, contact, awaiting_since,
-                                  idempotency_key, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
-             ON CONFLICT (idempotency_key) DO NOTHING
-             RETURNING {TICKET_COLUMNS}"
-        ))
-        .bind(Uuid::now_v7())
-        .bind(state.status.as_str())
-        .bind(new.priority.as_str())
-        .bind(new.channel.as_str())
-        .bind(&new.subject)
-        .bind(&new.contact)
-        .bind(state.awaiting_since)
-        .bind(&new.idempotency_key)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
+        let number: i64 = sqlx::query_scalar("SELECT nextval('ticket_numbers')")
+            .fetch_one(&self.pool)
+            .await?;
+        let ticket = Ticket {
+            id: Uuid::now_v7(),
+            number,
+            version: 1,
+            status: state.status,
+            priority: new.priority,
+            channel: new.channel,
+            subject: new.subject,
+            contact: new.contact,
+            assignee: None,
+            awaiting_since: state.awaiting_since,
+            created_at: now,
+            updated_at: now,
+        };
+        let article = Article {
+            id: Uuid::now_v7(),
+            ticket_id: ticket.id,
+            kind: new.first.kind,
+            body: new.first.body,
+            author: new.first.author,
+            call_id: new.first.call_id,
+            created_at: now,
+        };
+        let events = OutboxRows::new(&events::created(&ticket, &article))?;
+        let (kind, direction, outcome) = kind_columns(article.kind);
+        let sql = format!(
+            "WITH ticket AS (
+                 INSERT INTO tickets (id, number, status, priority, channel, subject, contact,
+                                      awaiting_since, idempotency_key, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+                 ON CONFLICT (idempotency_key) DO NOTHING
+                 RETURNING id
+             ), article AS (
+                 INSERT INTO articles (id, ticket_id, kind, body, author, call_direction,
+                                       call_outcome, call_id, created_at)
+                 SELECT $11, id, $12, $13, $14, $15, $16, $17, $10 FROM ticket
+             ), events AS ({})
+             SELECT count(*) FROM ticket",
+            OutboxRows::insert_sql(18, Some("EXISTS (SELECT FROM ticket)"))
+        );
+        let query = sqlx::query(&sql)
+            .bind(ticket.id)
+            .bind(ticket.number)
+            .bind(ticket.status.as_str())
+            .bind(ticket.priority.as_str())
+            .bind(ticket.channel.as_str())
+            .bind(&ticket.subject)
+            .bind(&ticket.contact)
+            .bind(ticket.awaiting_since)
+            .bind(&new.idempotency_key)
+            .bind(now)
+            .bind(article.id)
+            .bind(kind)
+            .bind(&article.body)
+            .bind(&article.author)
+            .bind(direction.map(CallDirection::as_str))
+            .bind(outcome.map(CallOutcome::as_str))
+            .bind(&article.call_id);
+        let inserted: i64 = events.bind(query).fetch_one(&self.pool).await?.try_get(0)?;
+        if inserted == 0 {
             // The key was used before: that ticket is the answer.
-            drop(tx);
             let row: TicketRow = sqlx::query_as(&format!(
                 "SELECT {TICKET_COLUMNS} FROM tickets WHERE idempotency_key = $1"
             ))
@@ -257,11 +305,8 @@ impl Store {
                 .next()
                 .context("a ticket without its first article")?;
             return Ok((ticket, first, false));
-        };
-        let ticket = Ticket::try_from(row)?;
-        let article = insert_article(&mut tx, ticket.id, new.first, now).await?;
-        outbox::enqueue(&mut tx, &events::created(&ticket, &article)).await?;
-        tx.commit().await?;
+        }
+        self.signal.committed();
         metrics::counter!("hotline_tickets_opened_total", "channel" => ticket.channel.as_str())
             .increment(1);
         Ok((ticket, article, true))
@@ -395,6 +440,7 @@ impl Store {
         let events = events::changed(&before, &after, &change, article.as_ref(), now);
         outbox::enqueue(&mut tx, &events).await?;
         tx.commit().await?;
+        self.signal.committed();
         Ok((after, article))
     }
 }

@@ -78,15 +78,26 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn create_tickets(concurrency: usize, duration: Duration, connections: usize) -> anyhow::Result<()> {
+async fn create_tickets(
+    concurrency: usize,
+    duration: Duration,
+    connections: usize,
+) -> anyhow::Result<()> {
     let config = Config::load(None)?;
-    let server = std::env::var("HOTLINE_SERVER").unwrap_or_else(|_| "http://127.0.0.1:50051".into());
+    let server =
+        std::env::var("HOTLINE_SERVER").unwrap_or_else(|_| "http://127.0.0.1:50051".into());
     let token = std::env::var("HOTLINE_TOKEN").context("HOTLINE_TOKEN is not set")?;
 
     let progress: Arc<Mutex<HashMap<String, Progress>>> = Arc::default();
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
     let confirmed = Arc::new(AtomicU64::new(0));
-    let tap = watch_created(&config, progress.clone(), latencies.clone(), confirmed.clone()).await?;
+    let tap = watch_created(
+        &config,
+        progress.clone(),
+        latencies.clone(),
+        confirmed.clone(),
+    )
+    .await?;
 
     let channels: Vec<_> = (0..connections.max(1))
         .map(|_| grpc::channel(&server))
@@ -128,7 +139,9 @@ async fn create_tickets(concurrency: usize, duration: Duration, connections: usi
                     match client.create_ticket(request).await {
                         Ok(response) => {
                             rpc_latencies.lock().unwrap().push(ms(sent.elapsed()));
-                            let Some(ticket) = response.into_inner().ticket else { continue };
+                            let Some(ticket) = response.into_inner().ticket else {
+                                continue;
+                            };
                             let mut progress = progress.lock().unwrap();
                             match progress.remove(&ticket.id) {
                                 Some(Progress::Announced(at)) => {
@@ -213,7 +226,11 @@ async fn watch_created(
         .context("connecting to RabbitMQ (HOTLINE_AMQP_URL)")?;
     let channel = connection.create_channel().await?;
     let queue = channel
-        .queue_declare("".into(), QueueDeclareOptions::exclusive(), FieldTable::default())
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions::exclusive(),
+            FieldTable::default(),
+        )
         .await?;
     channel
         .queue_bind(
@@ -240,7 +257,9 @@ async fn watch_created(
         let _connection = connection;
         while let Some(Ok(delivery)) = consumer.next().await {
             let now = Instant::now();
-            let Ok(event) = EventEnvelope::decode(delivery.data.as_slice()) else { continue };
+            let Ok(event) = EventEnvelope::decode(delivery.data.as_slice()) else {
+                continue;
+            };
             let mut progress = progress.lock().unwrap();
             match progress.remove(&event.ticket_id) {
                 Some(Progress::Requested(sent)) => {
