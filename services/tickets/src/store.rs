@@ -3,7 +3,7 @@
 //! events to the outbox — all or nothing.
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use hotline_kit::bus::outbox::{self, OutboxRows, OutboxSignal};
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
@@ -226,6 +226,7 @@ impl Store {
         new: NewTicket,
         now: DateTime<Utc>,
     ) -> Result<(Ticket, Article, bool), StoreError> {
+        let now = stored_precision(now);
         let state = domain::open(new.first.kind, now);
         let number: i64 = sqlx::query_scalar("SELECT nextval('ticket_numbers')")
             .fetch_one(&self.pool)
@@ -391,6 +392,7 @@ impl Store {
         command: Command,
         now: DateTime<Utc>,
     ) -> Result<(Ticket, Option<Article>), StoreError> {
+        let now = stored_precision(now);
         let mut tx = self.pool.begin().await?;
         let before = lookup(&mut tx, key, true).await?;
         let state = before.state();
@@ -443,6 +445,11 @@ impl Store {
         self.signal.committed();
         Ok((after, article))
     }
+}
+
+/// PostgreSQL keeps microseconds: what we return must equal what we read back.
+fn stored_precision(time: DateTime<Utc>) -> DateTime<Utc> {
+    time.trunc_subsecs(6)
 }
 
 /// Finds a ticket by id or number, optionally locking it for a change.
