@@ -154,7 +154,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            filter: "info".into(),
+            filter: "info,sqlx::postgres::notice=warn".into(),
             format: LogFormat::Text,
         }
     }
