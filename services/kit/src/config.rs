@@ -70,10 +70,43 @@ impl Config {
             );
             figment = figment.merge(Toml::file(file));
         }
-        figment
+        let config: Self = figment
             .merge(Env::prefixed("HOTLINE_").split("__"))
             .extract()
-            .context("invalid configuration")
+            .context("invalid configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Refuses values that would make a service spin, stall or overflow.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let bus = &self.bus;
+        anyhow::ensure!(bus.prefetch >= 1, "bus.prefetch must be at least 1");
+        anyhow::ensure!(
+            (1..=10_000).contains(&bus.relay_batch),
+            "bus.relay_batch must be between 1 and 10000"
+        );
+        anyhow::ensure!(
+            (1..=19).contains(&bus.max_attempts),
+            "bus.max_attempts must be between 1 and 19"
+        );
+        anyhow::ensure!(
+            bus.relay_poll >= Duration::from_millis(10),
+            "bus.relay_poll must be at least 10ms"
+        );
+        anyhow::ensure!(
+            bus.relay_linger <= Duration::from_secs(1),
+            "bus.relay_linger must be at most 1s"
+        );
+        anyhow::ensure!(
+            bus.retry_backoff <= Duration::from_secs(60),
+            "bus.retry_backoff must be at most 60s"
+        );
+        anyhow::ensure!(
+            self.db.max_connections >= 1,
+            "db.max_connections must be at least 1"
+        );
+        Ok(())
     }
 
     /// The gRPC endpoint of `service`: configured, or this process.
@@ -131,12 +164,17 @@ impl Default for BusConfig {
 pub struct DbConfig {
     /// Connections per service pool.
     pub max_connections: u32,
+    /// How long a query waits for a connection (and for a down database to
+    /// come back) before it fails.
+    #[serde(deserialize_with = "duration")]
+    pub acquire_timeout: Duration,
 }
 
 impl Default for DbConfig {
     fn default() -> Self {
         Self {
             max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -168,9 +206,33 @@ pub enum LogFormat {
 }
 
 /// A value that must never reach a log: `Debug` prints `[redacted]`.
-#[derive(Clone, Default, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, Default)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    /// Takes any scalar as text: the environment provider reads
+    /// `HOTLINE_AUTH__SECRET=12345` as a number, and a type error must not
+    /// print the value.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Signed(i64),
+            Unsigned(u64),
+            Float(f64),
+            Flag(bool),
+        }
+        match Raw::deserialize(deserializer) {
+            Ok(Raw::Text(text)) => Ok(Secret(text)),
+            Ok(Raw::Signed(n)) => Ok(Secret(n.to_string())),
+            Ok(Raw::Unsigned(n)) => Ok(Secret(n.to_string())),
+            Ok(Raw::Float(n)) => Ok(Secret(n.to_string())),
+            Ok(Raw::Flag(b)) => Ok(Secret(b.to_string())),
+            Err(_) => Err(serde::de::Error::custom("a secret must be text")),
+        }
+    }
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
@@ -274,6 +336,26 @@ mod tests {
         assert!(parse_duration("2 hours").is_err());
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error
+    fn a_numeric_secret_is_read_as_text_and_bad_tuning_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HOTLINE_AUTH__SECRET", "123456789012345678901234567890123");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.auth.secret.expose(),
+                "123456789012345678901234567890123"
+            );
+            jail.set_env("HOTLINE_BUS__RELAY_BATCH", "0");
+            let refused = Config::load(None)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(refused.contains("relay_batch"), "{refused}");
+            Ok(())
+        });
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! schema also holds the bus tables (outbox, inbox, applied versions), from
 //! the kit's own migrations, applied before the service's.
 
-use std::{str::FromStr, time::Duration};
+use std::str::FromStr;
 
 use anyhow::Context;
 use sqlx::{
@@ -41,7 +41,7 @@ pub fn pool(config: &Config, schema: &str) -> anyhow::Result<PgPool> {
         .application_name(&format!("hotline-{schema}"));
     Ok(PgPoolOptions::new()
         .max_connections(config.db.max_connections)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(config.db.acquire_timeout)
         .connect_lazy_with(options))
 }
 

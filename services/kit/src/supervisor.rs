@@ -364,10 +364,13 @@ impl App {
         self.cancel.cancel();
         let drain = async {
             while let Some(joined) = self.tasks.join_next().await {
-                if let Ok((name, Err(error))) = joined {
-                    tracing::error!(task = %name, error = format!("{error:#}"), "failed while stopping");
-                    failure.get_or_insert(error);
-                }
+                let (name, error) = match joined {
+                    Ok((name, Err(error))) => (name, error),
+                    Ok((_, Ok(()))) => continue,
+                    Err(panic) => ("task".to_owned(), anyhow::Error::new(panic)),
+                };
+                tracing::error!(task = %name, error = format!("{error:#}"), "failed while stopping");
+                failure.get_or_insert(error);
             }
         };
         if tokio::time::timeout(Duration::from_secs(30), drain)
@@ -378,7 +381,12 @@ impl App {
             self.tasks.abort_all();
         }
         self.infra_cancel.cancel();
-        let _ = self.bus_task.await;
+        if tokio::time::timeout(Duration::from_secs(10), self.bus_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the RabbitMQ connection did not close within 10s");
+        }
         match failure {
             Some(error) => Err(error),
             None => Ok(()),

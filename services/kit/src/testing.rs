@@ -246,19 +246,6 @@ impl EventTap {
     }
 }
 
-/// Restarts the local RabbitMQ node (fault tests only).
-pub async fn restart_broker() -> anyhow::Result<()> {
-    for step in ["stop_app", "start_app"] {
-        let status = tokio::process::Command::new("rabbitmqctl")
-            .arg(step)
-            .status()
-            .await
-            .context("running rabbitmqctl")?;
-        anyhow::ensure!(status.success(), "rabbitmqctl {step} failed");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::with_database;

@@ -15,7 +15,7 @@ use hotline_kit::{
     },
     config::BusConfig,
     db,
-    testing::{EventTap, TestEnv, restart_broker},
+    testing::{EventTap, TestEnv},
 };
 use hotline_proto::events::v1::{EventEnvelope, TicketCreated, event_envelope::Payload};
 use sqlx::{PgConnection, PgPool};
@@ -38,6 +38,9 @@ impl Fixture {
         let mut env = TestEnv::new().await.unwrap();
         env.config.bus.max_attempts = 3;
         env.config.bus.retry_backoff = Duration::from_millis(20);
+        // A down database fails each attempt fast: an outage outlasts every
+        // retry, so only holding the event can save it.
+        env.config.db.acquire_timeout = Duration::from_millis(300);
         let pool = env.pool(SCHEMA).unwrap();
         db::migrate(&pool, SCHEMA, &EFFECTS).await.unwrap();
         let bus = Bus::new(env.config.amqp_url.clone(), env.config.namespace.clone());
@@ -125,6 +128,14 @@ impl Fixture {
         }
     }
 
+    /// Events applied more than once (must be zero: the inbox dedupes).
+    async fn applied_twice(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) - count(DISTINCT event_id) FROM effects")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
     async fn finish(self) {
         self.cancel.cancel();
         self.env.cleanup_bus(&["recorder"]).await.unwrap();
@@ -137,6 +148,7 @@ struct Recorder;
 impl EventHandler for Recorder {
     async fn handle(&self, conn: &mut PgConnection, event: &EventEnvelope) -> anyhow::Result<()> {
         anyhow::ensure!(event.r#type != "test.poison", "this event always fails");
+        assert!(event.r#type != "test.panic", "this handler has a bug");
         sqlx::query("INSERT INTO effects (event_id, ticket_id, version) VALUES ($1, $2, $3)")
             .bind(Uuid::parse_str(&event.id)?)
             .bind(Uuid::parse_str(&event.ticket_id).ok())
@@ -219,22 +231,33 @@ async fn outbox_publishes_every_row_when_commits_come_out_of_id_order() {
 }
 
 #[tokio::test]
-async fn a_restarted_relay_publishes_what_the_stopped_one_left() {
+async fn a_relay_killed_mid_batch_loses_nothing_and_the_next_one_catches_up() {
     let fixture = Fixture::new().await;
     let mut tap = EventTap::new(&fixture.env.config).await.unwrap();
     let first: Vec<_> = (0..200).map(|_| event("test.written", None)).collect();
     fixture.write(&first).await;
-    let stop = fixture.start_relay();
-    // Stop the relay as soon as it has published something.
+    let relay = fixture.relay();
+    let killed = tokio::spawn(async move { relay.run(CancellationToken::new()).await });
+    // Kill it (no graceful flush) as soon as it has published something.
     let mut received = receive_ids(&mut tap, 1, Duration::from_secs(10)).await;
-    stop.cancel();
+    killed.abort();
     let second: Vec<_> = (0..200).map(|_| event("test.written", None)).collect();
     fixture.write(&second).await;
     fixture.start_relay();
-    received.extend(receive_ids(&mut tap, 400, Duration::from_secs(20)).await);
-    let unique: HashSet<_> = received.into_iter().collect();
     let expected: HashSet<_> = first.iter().chain(&second).map(|e| e.id.clone()).collect();
-    assert_eq!(unique, expected);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while received.iter().collect::<HashSet<_>>().len() < expected.len()
+        && tokio::time::Instant::now() < deadline
+    {
+        if let Some((event, _)) = tap.next(Duration::from_millis(500)).await {
+            received.push(event.id);
+        }
+    }
+    let unique: HashSet<_> = received.into_iter().collect();
+    assert_eq!(
+        unique, expected,
+        "every event published, some perhaps twice"
+    );
     fixture.finish().await;
 }
 
@@ -259,6 +282,7 @@ async fn a_duplicate_delivery_does_nothing() {
         "the duplicate and the marker: {effects:?}"
     );
     assert_eq!(effects_after.len(), 2, "nothing more arrives later");
+    assert_eq!(fixture.applied_twice().await, 0);
     // And the step itself says so.
     let consumer = fixture.consumer();
     assert_eq!(consumer.apply(&once).await.unwrap(), Outcome::Duplicate);
@@ -307,6 +331,8 @@ async fn a_poison_message_is_dead_lettered_while_the_queue_keeps_flowing() {
     );
     let poison = event("test.poison", Some((Uuid::now_v7(), 1)));
     fixture.write(std::slice::from_ref(&poison)).await;
+    let panic = event("test.panic", Some((Uuid::now_v7(), 1)));
+    fixture.write(std::slice::from_ref(&panic)).await;
     let good: Vec<_> = (0..20)
         .map(|_| event("test.good", Some((Uuid::now_v7(), 1))))
         .collect();
@@ -354,6 +380,34 @@ async fn a_poison_message_is_dead_lettered_while_the_queue_keeps_flowing() {
         header_str(headers, "x-hotline-routing-key").as_deref(),
         Some("test.poison")
     );
+    // The panicking handler's event follows it there, and the queue flowed on.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let panicked = loop {
+        let got = channel
+            .basic_get(
+                dead_queue.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap();
+        if let Some(message) = got {
+            break message;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the panic never reached {dead_queue}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let error = header_str(
+        panicked.delivery.properties.headers().as_ref(),
+        "x-hotline-error",
+    )
+    .unwrap_or_default();
+    assert!(
+        error.contains("the handler panicked: this handler has a bug"),
+        "{error}"
+    );
     fixture.finish().await;
 }
 
@@ -388,6 +442,7 @@ async fn fault_broker_restart_mid_flow_loses_nothing() {
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let _broker = BrokerGuard;
     let stop = tokio::process::Command::new("rabbitmqctl")
         .arg("stop_app")
         .status()
@@ -416,7 +471,147 @@ async fn fault_broker_restart_mid_flow_loses_nothing() {
         301,
         "every event applied once after the restart"
     );
+    assert_eq!(fixture.applied_twice().await, 0, "and none twice");
+    let connection =
+        lapin::Connection::connect(fixture.env.config.amqp_url.expose(), Default::default())
+            .await
+            .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let dead = channel
+        .queue_declare(
+            fixture.bus.dead_queue("recorder").into(),
+            lapin::options::QueueDeclareOptions::default().passive(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        dead.message_count(),
+        0,
+        "nothing dead-lettered by the outage"
+    );
     fixture.finish().await;
-    // Leave the broker as the other tests expect it.
-    let _ = restart_broker;
+}
+
+/// Starts the broker again if a fault test fails while it is stopped.
+struct BrokerGuard;
+
+impl Drop for BrokerGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .arg("start_app")
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn the_events_of_one_ticket_are_applied_in_order() {
+    let fixture = Fixture::new().await;
+    fixture.start_consumer();
+    fixture.start_relay();
+    let ticket = Uuid::now_v7();
+    let others: Vec<_> = (0..40)
+        .map(|_| event("test.other", Some((Uuid::now_v7(), 1))))
+        .collect();
+    fixture.write(&others).await;
+    // Twenty successive versions of one ticket, delivered back to back: were
+    // they applied in parallel, a later version would often commit first and
+    // the earlier ones be ignored as stale.
+    let versions: Vec<_> = (1..=20)
+        .map(|v| event("test.changed", Some((ticket, v))))
+        .collect();
+    fixture.write(&versions).await;
+    let effects = fixture.await_effects(60, Duration::from_secs(20)).await;
+    assert_eq!(effects.len(), 60, "every version applied, none found stale");
+    fixture.finish().await;
+}
+
+/// Runs serially (`fault_` tests): it stops the shared PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fault_a_database_outage_holds_events_and_dead_letters_none() {
+    let fixture = Fixture::new().await;
+    fixture.start_consumer();
+    fixture.start_relay();
+    fixture
+        .write(&[event("test.warmup", Some((Uuid::now_v7(), 1)))])
+        .await;
+    assert_eq!(
+        fixture
+            .await_effects(1, Duration::from_secs(20))
+            .await
+            .len(),
+        1
+    );
+
+    let _database = DatabaseGuard;
+    postgres("stop").await;
+    // Events arrive while the consumer cannot reach its database.
+    let connection =
+        lapin::Connection::connect(fixture.env.config.amqp_url.expose(), Default::default())
+            .await
+            .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let during: Vec<_> = (0..30)
+        .map(|_| event("test.during", Some((Uuid::now_v7(), 1))))
+        .collect();
+    for event in &during {
+        channel
+            .basic_publish(
+                fixture.bus.events_exchange().into(),
+                "test.during".into(),
+                Default::default(),
+                &prost::Message::encode_to_vec(event),
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // Far longer than every retry of max_attempts (3) at 300ms each.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    postgres("start").await;
+    let effects = fixture.await_effects(31, Duration::from_secs(60)).await;
+    assert_eq!(
+        effects.len(),
+        31,
+        "every event applied once the database is back"
+    );
+    assert_eq!(fixture.applied_twice().await, 0);
+    let dead = channel
+        .queue_declare(
+            fixture.bus.dead_queue("recorder").into(),
+            lapin::options::QueueDeclareOptions::default().passive(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(dead.message_count(), 0, "an outage dead-letters nothing");
+    fixture.finish().await;
+}
+
+async fn postgres(action: &str) {
+    let status = tokio::process::Command::new("bash")
+        .args([
+            "-c",
+            &format!(
+                "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -1) main {action} {}",
+                if action == "stop" { "-m fast" } else { "" }
+            ),
+        ])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "pg_ctlcluster {action} failed");
+}
+
+/// Starts PostgreSQL again if a fault test fails while it is stopped.
+struct DatabaseGuard;
+
+impl Drop for DatabaseGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .args(["-c", "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -1) main start"])
+            .status();
+    }
 }

@@ -51,11 +51,7 @@ impl TicketApi {
 
     async fn run(&self, ticket: &str, command: Command) -> Result<pb::Ticket, Status> {
         let key = parse_key(ticket)?;
-        let (ticket, _) = self
-            .store
-            .apply(key, command, Utc::now())
-            .await
-            .map_err(status)?;
+        let (ticket, _) = self.store.apply(key, command).await.map_err(status)?;
         Ok(convert::ticket(&ticket))
     }
 }
@@ -98,6 +94,7 @@ fn parse_key(text: &str) -> Result<TicketKey, Status> {
 /// A trimmed optional field, refused past `max` characters.
 fn field(value: &str, name: &str, max: usize) -> Result<Option<String>, Status> {
     let value = value.trim();
+    refuse_nul(value, name)?;
     if value.chars().count() > max {
         return Err(Status::invalid_argument(format!(
             "{name} is longer than {max} characters"
@@ -106,7 +103,18 @@ fn field(value: &str, name: &str, max: usize) -> Result<Option<String>, Status> 
     Ok((!value.is_empty()).then(|| value.to_owned()))
 }
 
+/// PostgreSQL text cannot hold NUL; say so rather than fail inside.
+fn refuse_nul(value: &str, name: &str) -> Result<(), Status> {
+    if value.contains('\0') {
+        return Err(Status::invalid_argument(format!(
+            "{name} contains a NUL character"
+        )));
+    }
+    Ok(())
+}
+
 fn body(value: String) -> Result<String, Status> {
+    refuse_nul(&value, "the body")?;
     if value.len() > MAX_BODY_BYTES {
         return Err(Status::invalid_argument(format!(
             "the body is larger than {MAX_BODY_BYTES} bytes"
@@ -246,11 +254,7 @@ impl TicketService for TicketApi {
             article,
             pending_customer: request.pending_customer,
         };
-        let (ticket, article) = self
-            .store
-            .apply(key, command, Utc::now())
-            .await
-            .map_err(status)?;
+        let (ticket, article) = self.store.apply(key, command).await.map_err(status)?;
         Ok(Response::new(pb::AddArticleResponse {
             ticket: Some(convert::ticket(&ticket)),
             article: article.as_ref().map(convert::article),

@@ -215,10 +215,27 @@ pub fn add_article(
         }
         ClockEffect::Response => {
             after.awaiting_since = None;
-            if state.status == Status::New {
-                after.status = Status::Open;
+            let customer_called = matches!(
+                kind,
+                ArticleKind::Call {
+                    direction: CallDirection::Inbound,
+                    ..
+                }
+            );
+            match state.status {
+                Status::New => after.status = Status::Open,
+                // The customer's call is their next contact, answered.
+                Status::PendingCustomer | Status::Resolved if customer_called => {
+                    after.status = Status::Open;
+                }
+                _ => {}
             }
             if pending_customer {
+                if after.status == Status::Resolved {
+                    return Err(Refusal::Transition(
+                        "the ticket is resolved; reopen it before you wait for the customer".into(),
+                    ));
+                }
                 after.status = Status::PendingCustomer;
             }
         }
@@ -534,6 +551,37 @@ mod tests {
             change.after.awaiting_since,
             Some(t0()),
             "assignment is no response"
+        );
+    }
+
+    #[test]
+    fn a_customers_answered_call_is_their_next_contact() {
+        let pending = add_article(&awaiting(), ArticleKind::AgentReply, true, t0())
+            .unwrap()
+            .after;
+        let change = add_article(&pending, ANSWERED_CALL, false, t0()).unwrap();
+        assert_eq!(change.after.status, Status::Open);
+        assert_eq!(change.after.awaiting_since, None, "and it was answered");
+        let resolved = resolve(&awaiting()).unwrap().after;
+        let change = add_article(&resolved, ANSWERED_CALL, false, t0()).unwrap();
+        assert!(change.reopened());
+        // The desk calling back does not reopen a resolved ticket.
+        let change = add_article(&resolved, CALLBACK_CONNECTED, false, t0()).unwrap();
+        assert_eq!(change.after.status, Status::Resolved);
+    }
+
+    #[test]
+    fn a_resolved_ticket_cannot_wait_for_the_customer() {
+        let resolved = resolve(&awaiting()).unwrap().after;
+        assert!(matches!(
+            add_article(&resolved, ArticleKind::AgentReply, true, t0()),
+            Err(Refusal::Transition(_))
+        ));
+        let replied = add_article(&resolved, ArticleKind::AgentReply, false, t0()).unwrap();
+        assert_eq!(
+            replied.after.status,
+            Status::Resolved,
+            "a follow-up reply keeps it resolved"
         );
     }
 

@@ -385,16 +385,18 @@ impl Store {
         Ok((tickets, next))
     }
 
-    /// Applies `command` to a ticket under a row lock, with its events.
+    /// Applies `command` to a ticket under a row lock, with its events,
+    /// at the time the lock is granted.
     pub async fn apply(
         &self,
         key: TicketKey,
         command: Command,
-        now: DateTime<Utc>,
     ) -> Result<(Ticket, Option<Article>), StoreError> {
-        let now = stored_precision(now);
         let mut tx = self.pool.begin().await?;
         let before = lookup(&mut tx, key, true).await?;
+        // Read the clock only once the ticket is ours: a command that waited
+        // for the lock never records a time before the change it followed.
+        let now = stored_precision(Utc::now());
         let state = before.state();
         let mut priority = before.priority;
         let mut new_article = None;

@@ -402,7 +402,7 @@ async fn lists_filter_and_page_without_gaps_or_overlaps() {
         let subject = if i % 2 == 0 {
             format!("Camera {i} 100% offline")
         } else {
-            format!("Recorder {i}")
+            format!("Recorder {i}0 down")
         };
         create(
             &mut client,

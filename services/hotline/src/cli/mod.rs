@@ -112,7 +112,8 @@ impl From<tonic::Status> for Failure {
 
 /// Where command output goes: JSON or human text.
 pub struct Output {
-    json: bool,
+    /// JSON only on stdout.
+    pub json: bool,
 }
 
 impl Output {
@@ -178,10 +179,15 @@ fn issue_token(
 ) -> Result<(), Failure> {
     let config = Config::load(file.as_deref())?;
     let authority = Authority::new(&config.auth.secret)?;
-    let ttl = chrono::Duration::from_std(ttl).context("--ttl is too long")?;
-    let token = authority.issue(subject, roles, Utc::now(), ttl);
+    let now = Utc::now();
+    let expires_at = chrono::Duration::from_std(ttl)
+        .ok()
+        .and_then(|ttl| now.checked_add_signed(ttl))
+        .filter(|at| at.timestamp() < i64::from(i32::MAX))
+        .context("--ttl is too long")?;
+    let token = authority.issue(subject, roles, now, expires_at - now);
     output.print(
-        json!({ "token": token, "subject": subject, "expires_at": Utc::now() + ttl }),
+        json!({ "token": token, "subject": subject, "expires_at": expires_at }),
         || token.clone(),
     );
     Ok(())

@@ -43,7 +43,8 @@ pub enum TicketsCommand {
         /// Text in the subject.
         #[arg(long)]
         text: Option<String>,
-        #[arg(long, default_value_t = 50)]
+        /// At most this many tickets (pages are followed up to it).
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
     },
     /// A ticket with its conversation. N is the number (HL-10001) or the id.
@@ -129,20 +130,49 @@ pub async fn run(command: TicketsCommand, output: &Output) -> Result<(), Failure
             text,
             limit,
         } => {
-            let response = client
-                .list_tickets(pb::ListTicketsRequest {
-                    status: status
-                        .into_iter()
-                        .map(|s| convert::status(s) as i32)
-                        .collect(),
-                    awaiting_response: awaiting,
-                    assignee: assignee.unwrap_or_default(),
-                    text: text.unwrap_or_default(),
-                    page_size: limit,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
+            // Follow the pages up to --limit: the oldest waiting tickets,
+            // the ones about to breach, are on the last page.
+            let request = pb::ListTicketsRequest {
+                status: status
+                    .into_iter()
+                    .map(|s| convert::status(s) as i32)
+                    .collect(),
+                awaiting_response: awaiting,
+                assignee: assignee.unwrap_or_default(),
+                text: text.unwrap_or_default(),
+                ..Default::default()
+            };
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            let mut found: Vec<pb::Ticket> = Vec::new();
+            let mut page_token = String::new();
+            let more = loop {
+                let wanted = u32::try_from(limit - found.len())
+                    .unwrap_or(u32::MAX)
+                    .min(500);
+                let page = client
+                    .list_tickets(pb::ListTicketsRequest {
+                        page_size: wanted,
+                        page_token: page_token.clone(),
+                        ..request.clone()
+                    })
+                    .await?
+                    .into_inner();
+                found.extend(page.tickets);
+                if page.next_page_token.is_empty() {
+                    break false;
+                }
+                if found.len() >= limit {
+                    break true;
+                }
+                page_token = page.next_page_token;
+            };
+            if more && !output.json {
+                eprintln!("(more tickets match: raise --limit to see them)");
+            }
+            let response = pb::ListTicketsResponse {
+                tickets: found,
+                next_page_token: String::new(),
+            };
             let tickets: Vec<Value> = response.tickets.iter().map(ticket_json).collect();
             output.print(json!(tickets), || {
                 let mut lines = vec![format!(

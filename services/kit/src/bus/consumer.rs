@@ -2,16 +2,32 @@
 //!
 //! Each delivery is applied in one PostgreSQL transaction that also records
 //! the event id in the inbox (a duplicate does nothing) and the ticket's
-//! version (an older fact is ignored), and is acknowledged only after that
-//! transaction commits. A delivery that fails is retried with backoff; at
-//! its last attempt it is published to the dead-letter exchange with its
-//! error and only then acknowledged, so it is never silently dropped and
-//! never blocks the queue.
+//! version (an older fact is ignored, unless the handler wants every fact of
+//! that type), and is acknowledged only after that transaction commits.
+//!
+//! Deliveries are spread over [`LANES`] lanes by ticket: the events of one
+//! ticket are applied one after another in delivery order, those of
+//! different tickets in parallel.
+//!
+//! Failures:
+//! - the database unreachable: the delivery is held and retried until the
+//!   database is back — an outage never dead-letters good events;
+//! - the handler fails or panics: retried with doubling backoff; at its last
+//!   attempt published to the dead-letter exchange with its error and only
+//!   then acknowledged, so it is never silently dropped and never blocks the
+//!   queue;
+//! - undecodable: dead-lettered at once.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    hash::{Hash, Hasher},
+    panic::AssertUnwindSafe,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use hotline_proto::events::v1::EventEnvelope;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection,
@@ -24,13 +40,16 @@ use lapin::{
 };
 use prost::Message;
 use sqlx::{PgConnection, PgPool};
-use tokio::task::JoinSet;
+use tokio::{sync::mpsc, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{BROKER_DELIVERY_LIMIT, Bus, header_int, header_str};
+use super::{BROKER_DELIVERY_LIMIT, Backoff, Bus, header_int, header_str};
 use crate::{config::BusConfig, telemetry};
+
+/// Parallel lanes of one consumer; a ticket's events share a lane.
+pub const LANES: usize = 16;
 
 /// What a service does with one event, inside the consumer's transaction.
 pub trait EventHandler: Send + Sync + 'static {
@@ -39,6 +58,13 @@ pub trait EventHandler: Send + Sync + 'static {
         conn: &mut PgConnection,
         event: &EventEnvelope,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Whether `event` is a fact superseded by newer versions of its ticket
+    /// (then an older one arriving late is ignored). A handler that must see
+    /// every event of a type — an article to send — answers `false`.
+    fn ordered(&self, _event: &EventEnvelope) -> bool {
+        true
+    }
 }
 
 /// What became of a delivered event.
@@ -103,7 +129,7 @@ impl<H: EventHandler> Consumer<H> {
         if !first {
             return Ok(Outcome::Duplicate);
         }
-        if !event.ticket_id.is_empty() {
+        if !event.ticket_id.is_empty() && self.handler.ordered(event) {
             let ticket_id = Uuid::parse_str(&event.ticket_id).context("ticket id is not a UUID")?;
             let current = sqlx::query(
                 "INSERT INTO applied_versions (ticket_id, version) VALUES ($1, $2)
@@ -175,28 +201,43 @@ impl<H: EventHandler> Consumer<H> {
                 FieldTable::default(),
             )
             .await?;
-        let mut in_flight = JoinSet::new();
+        let mut lanes = Vec::with_capacity(LANES);
+        let mut workers = JoinSet::new();
+        for _ in 0..LANES {
+            let (sender, mut receiver) = mpsc::unbounded_channel::<Delivery>();
+            lanes.push(sender);
+            let (consumer, channel, cancel) = (self.clone(), channel.clone(), cancel.clone());
+            workers.spawn(async move {
+                while let Some(delivery) = receiver.recv().await {
+                    consumer.deliver(&channel, delivery, &cancel).await;
+                }
+            });
+        }
         let result = loop {
             tokio::select! {
                 _ = cancel.cancelled() => {
                     let _ = channel.basic_cancel(deliveries.tag(), BasicCancelOptions::default()).await;
                     break Ok(());
                 }
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 delivery = deliveries.next() => match delivery {
                     Some(Ok(delivery)) => {
-                        in_flight.spawn(self.clone().deliver(channel.clone(), delivery));
+                        let lane = lane_of(&delivery.data);
+                        if lanes[lane].send(delivery).is_err() {
+                            break Err(anyhow::anyhow!("a consumer lane stopped"));
+                        }
                     }
                     Some(Err(error)) => break Err(error.into()),
                     None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
                 },
             }
         };
-        while in_flight.join_next().await.is_some() {}
+        // Finish what the lanes hold (at most `prefetch` deliveries).
+        drop(lanes);
+        while workers.join_next().await.is_some() {}
         result
     }
 
-    async fn deliver(self: Arc<Self>, channel: Channel, delivery: Delivery) {
+    async fn deliver(&self, channel: &Channel, delivery: Delivery, cancel: &CancellationToken) {
         let headers = delivery.properties.headers().as_ref();
         let attempt = header_int(headers, "x-delivery-count").unwrap_or(0) + 1;
         let span = tracing::info_span!(
@@ -211,12 +252,22 @@ impl<H: EventHandler> Consumer<H> {
             header_str(headers, "tracestate").as_deref(),
         );
         async {
-            let applied = match EventEnvelope::decode(delivery.data.as_slice()) {
-                Ok(event) => self.apply(&event).await,
+            let event = match EventEnvelope::decode(delivery.data.as_slice()) {
+                Ok(event) => event,
                 Err(error) => {
-                    self.dead_letter(&channel, &delivery, &format!("undecodable event: {error}"), attempt)
-                        .await;
-                    return;
+                    let error = format!("undecodable event: {error}");
+                    return self.dead_letter(channel, &delivery, &error, attempt).await;
+                }
+            };
+            let mut outage = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+            let applied = loop {
+                match self.apply_guarded(&event).await {
+                    Err(error) if is_outage(&error) && !cancel.is_cancelled() => {
+                        let delay = outage.next_delay();
+                        tracing::warn!(error = format!("{error:#}"), ?delay, "database unreachable; holding the event");
+                        tokio::time::sleep(delay).await;
+                    }
+                    other => break other,
                 }
             };
             match applied {
@@ -224,12 +275,15 @@ impl<H: EventHandler> Consumer<H> {
                     tracing::debug!(?outcome, "event applied");
                     metrics::counter!("hotline_events_consumed_total", "service" => self.service.clone())
                         .increment(1);
-                    if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-                        tracing::warn!(%error, "ack failed; the broker will redeliver");
-                    }
+                    settle(delivery.ack(BasicAckOptions::default()).await, "ack");
+                }
+                Err(error) if is_outage(&error) => {
+                    // Stopping during an outage: give it back untouched.
+                    settle(delivery.nack(requeue()).await, "nack");
                 }
                 Err(error) if attempt >= i64::from(self.config.max_attempts) => {
-                    self.dead_letter(&channel, &delivery, &format!("{error:#}"), attempt).await;
+                    self.dead_letter(channel, &delivery, &format!("{error:#}"), attempt)
+                        .await;
                 }
                 Err(error) => {
                     tracing::warn!(error = format!("{error:#}"), "event failed; will retry");
@@ -237,18 +291,27 @@ impl<H: EventHandler> Consumer<H> {
                         .increment(1);
                     let exponent = u32::try_from(attempt - 1).unwrap_or(0).min(6);
                     tokio::time::sleep(self.config.retry_backoff * 2u32.pow(exponent)).await;
-                    let requeue = BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    };
-                    if let Err(error) = delivery.nack(requeue).await {
-                        tracing::warn!(%error, "nack failed; the broker will redeliver");
-                    }
+                    settle(delivery.nack(requeue()).await, "nack");
                 }
             }
         }
         .instrument(span)
         .await;
+    }
+
+    /// [`Consumer::apply`], with a panicking handler turned into an error.
+    async fn apply_guarded(&self, event: &EventEnvelope) -> anyhow::Result<Outcome> {
+        match AssertUnwindSafe(self.apply(event)).catch_unwind().await {
+            Ok(result) => result,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                Err(anyhow::anyhow!("the handler panicked: {message}"))
+            }
+        }
     }
 
     /// Moves a delivery to the service's dead-letter queue with its error,
@@ -258,7 +321,15 @@ impl<H: EventHandler> Consumer<H> {
         tracing::error!(%error, attempt, "event dead-lettered");
         metrics::counter!("hotline_dead_letters_total", "service" => self.service.clone())
             .increment(1);
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        // A replay from the dead-letter queue starts counting afresh.
+        let mut headers = FieldTable::default();
+        if let Some(original) = delivery.properties.headers() {
+            for (key, value) in original.inner() {
+                if key.as_str() != "x-delivery-count" {
+                    headers.insert(key.clone(), value.clone());
+                }
+            }
+        }
         headers
             .insert(
                 "x-hotline-error".into(),
@@ -290,23 +361,70 @@ impl<H: EventHandler> Consumer<H> {
             }
         }
         .await;
-        let acknowledged = match published {
-            Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+        match published {
+            Ok(()) => settle(delivery.ack(BasicAckOptions::default()).await, "ack"),
             Err(publish_error) => {
                 tracing::error!(
                     error = format!("{publish_error:#}"),
                     "cannot dead-letter; requeueing"
                 );
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await
+                settle(delivery.nack(requeue()).await, "nack");
             }
-        };
-        if let Err(error) = acknowledged {
-            tracing::warn!(%error, "settling a dead letter failed; the broker will redeliver");
         }
     }
+}
+
+fn requeue() -> BasicNackOptions {
+    BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    }
+}
+
+/// Logs an ack or nack that did not reach the broker; it will redeliver.
+fn settle(result: lapin::Result<bool>, what: &str) {
+    match result {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!("{what} not sent: the channel closed; the broker will redeliver")
+        }
+        Err(error) => tracing::warn!(%error, "{what} failed; the broker will redeliver"),
+    }
+}
+
+/// The lane of a delivery: by ticket, so one ticket's events stay in order.
+fn lane_of(data: &[u8]) -> usize {
+    let key = EventEnvelope::decode(data)
+        .map(|event| {
+            if event.ticket_id.is_empty() {
+                event.id
+            } else {
+                event.ticket_id
+            }
+        })
+        .unwrap_or_default();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    usize::try_from(hasher.finish() % LANES as u64).unwrap_or(0)
+}
+
+/// Whether `error` means the database could not be reached (as opposed to
+/// the event or the handler being wrong).
+fn is_outage(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<sqlx::Error>()
+            .is_some_and(|e| match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                    // connection exceptions, shutdown, cannot connect now
+                    code.starts_with("08") || code == "57P01" || code == "57P02" || code == "57P03"
+                }),
+                _ => false,
+            })
+    })
 }

@@ -116,12 +116,17 @@ impl Bus {
             backoff.reset();
             tracing::info!(namespace = %self.namespace, "connected to RabbitMQ");
             let mut events = Box::pin(connection.events_listener());
+            if !connection.status().connected() {
+                // It died before we listened: its error event is gone.
+                continue;
+            }
             self.connection.send_replace(Some(connection.clone()));
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => {
                         self.connection.send_replace(None);
-                        let _ = connection.close(200, "shutting down".into()).await;
+                        let close = connection.close(200, "shutting down".into());
+                        let _ = tokio::time::timeout(Duration::from_secs(5), close).await;
                         return Ok(());
                     }
                     event = events.next() => match event {

@@ -131,6 +131,9 @@ pub async fn enqueue(conn: &mut PgConnection, events: &[EventEnvelope]) -> anyho
     Ok(())
 }
 
+/// How long the relay waits for RabbitMQ to confirm a batch.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Wakes the relay of this process once a writer has committed events.
 #[derive(Clone, Default)]
 pub struct OutboxSignal(Arc<Notify>);
@@ -208,19 +211,15 @@ impl Relay {
     }
 
     async fn publish_batch(&self, channel: &Channel) -> anyhow::Result<usize> {
-        // The rows are deleted up front but the deletion commits only once
-        // RabbitMQ has confirmed them; any failure rolls it back.
         let mut tx = self.pool.begin().await?;
-        let mut rows: Vec<OutboxRow> = sqlx::query_as(
-            "DELETE FROM outbox WHERE id IN (
-                 SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-             RETURNING id, event_id, routing_key, envelope, traceparent, tracestate, created_at",
+        let rows: Vec<OutboxRow> = sqlx::query_as(
+            "SELECT id, event_id, routing_key, envelope, traceparent, tracestate, created_at
+             FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(self.batch)
         .fetch_all(&mut *tx)
         .await
-        .context("taking rows from the outbox")?;
-        rows.sort_by_key(|row| row.id);
+        .context("reading the outbox")?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -259,20 +258,44 @@ impl Relay {
                 .context("publishing an event")?;
             confirms.push(confirm);
         }
-        for confirm in futures_util::future::join_all(confirms).await {
-            match confirm.context("awaiting a publisher confirm")? {
-                Confirmation::Ack(_) => {}
-                other => anyhow::bail!("RabbitMQ did not confirm an event: {other:?}"),
+        // Row locks are held while waiting: never wait forever.
+        let confirmations =
+            tokio::time::timeout(CONFIRM_TIMEOUT, futures_util::future::join_all(confirms))
+                .await
+                .context("RabbitMQ did not confirm within 10s")?;
+        // Only confirmed rows leave the outbox; a refused one stays, to be
+        // published again, without holding back the rest.
+        let mut confirmed = Vec::with_capacity(rows.len());
+        let mut refused = 0;
+        for (row, confirmation) in rows.iter().zip(confirmations) {
+            match confirmation {
+                Ok(Confirmation::Ack(_)) => confirmed.push(row.id),
+                Ok(other) => {
+                    refused += 1;
+                    tracing::warn!(event_type = %row.routing_key, ?other, "RabbitMQ refused an event");
+                }
+                Err(error) => {
+                    refused += 1;
+                    tracing::warn!(%error, "lost the confirm of an event");
+                }
             }
         }
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(&confirmed)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await.context("marking events sent")?;
         let now = Utc::now();
-        for row in &rows {
+        for row in rows.iter().filter(|row| confirmed.contains(&row.id)) {
             let lag = (now - row.created_at).to_std().unwrap_or_default();
             metrics::histogram!("hotline_outbox_lag_seconds").record(lag.as_secs_f64());
         }
-        metrics::counter!("hotline_events_published_total").increment(rows.len() as u64);
-        Ok(rows.len())
+        metrics::counter!("hotline_events_published_total").increment(confirmed.len() as u64);
+        anyhow::ensure!(
+            refused == 0,
+            "{refused} events were not confirmed; they stay in the outbox"
+        );
+        Ok(confirmed.len())
     }
 
     /// Publishes until `cancel`, woken by writers and by the poll; on
