@@ -49,10 +49,17 @@ pub fn pool(config: &Config, schema: &str) -> anyhow::Result<PgPool> {
 /// service's own. Safe to run concurrently and repeatedly.
 pub async fn migrate(pool: &PgPool, schema: &str, service: &Migrator) -> anyhow::Result<()> {
     let schema = checked_schema(schema)?;
+    // Two migrators racing on `CREATE SCHEMA IF NOT EXISTS` can still
+    // collide; a transaction-scoped advisory lock serialises them.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('hotline.create_schema'))")
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-        .execute(pool)
+        .execute(&mut *tx)
         .await
         .with_context(|| format!("creating schema {schema}"))?;
+    tx.commit().await?;
     // Both migrators share the schema's `_sqlx_migrations` table, with
     // disjoint versions: each ignores the other's rows.
     for migrator in [&BUS_MIGRATIONS, service] {

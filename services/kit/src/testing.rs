@@ -150,15 +150,21 @@ pub fn with_database(url: &str, database: &str) -> String {
     }
 }
 
-/// Reads every event published in a namespace, through a private queue
-/// bound to `#` on its events exchange.
+/// Reads the events published in a namespace, through a private queue bound
+/// to its events exchange (tests, and the load generator).
 pub struct EventTap {
     _connection: lapin::Connection,
     consumer: lapin::Consumer,
 }
 
 impl EventTap {
+    /// Every event.
     pub async fn new(config: &Config) -> anyhow::Result<Self> {
+        Self::bound(config, "#").await
+    }
+
+    /// The events whose type matches `binding` (`ticket.created`, `ticket.*`).
+    pub async fn bound(config: &Config, binding: &str) -> anyhow::Result<Self> {
         use lapin::{
             ExchangeKind,
             options::{
@@ -192,7 +198,7 @@ impl EventTap {
             .queue_bind(
                 queue.name().clone(),
                 exchange.into(),
-                "#".into(),
+                binding.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )

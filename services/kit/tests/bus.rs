@@ -128,6 +128,66 @@ impl Fixture {
         }
     }
 
+    /// Starts the consumer and the relay, and waits until an event has gone
+    /// all the way through.
+    async fn start_flowing(&self) {
+        self.start_consumer();
+        self.start_relay();
+        self.write(&[event("test.warmup", Some((Uuid::now_v7(), 1)))])
+            .await;
+        let applied = self.await_effects(1, Duration::from_secs(20)).await;
+        assert_eq!(applied.len(), 1, "the warm-up event never arrived");
+    }
+
+    /// The first `count` messages of the dead-letter queue, waiting for them.
+    async fn dead_letters(&self, count: usize) -> Vec<lapin::message::BasicGetMessage> {
+        let connection =
+            lapin::Connection::connect(self.env.config.amqp_url.expose(), Default::default())
+                .await
+                .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let queue = self.bus.dead_queue("recorder");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut messages = Vec::new();
+        while messages.len() < count {
+            let options = lapin::options::BasicGetOptions { no_ack: true };
+            match channel
+                .basic_get(queue.as_str().into(), options)
+                .await
+                .unwrap()
+            {
+                Some(message) => messages.push(message),
+                None => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "only {} of {count} dead letters reached {queue}",
+                        messages.len()
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        messages
+    }
+
+    /// Messages waiting in the dead-letter queue.
+    async fn dead_letter_count(&self) -> u32 {
+        let connection =
+            lapin::Connection::connect(self.env.config.amqp_url.expose(), Default::default())
+                .await
+                .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .queue_declare(
+                self.bus.dead_queue("recorder").into(),
+                lapin::options::QueueDeclareOptions::default().passive(),
+                Default::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
+    }
+
     /// Events applied more than once (must be zero: the inbox dedupes).
     async fn applied_twice(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) - count(DISTINCT event_id) FROM effects")
@@ -316,19 +376,7 @@ async fn an_older_fact_arriving_late_is_ignored() {
 #[tokio::test]
 async fn a_poison_message_is_dead_lettered_while_the_queue_keeps_flowing() {
     let fixture = Fixture::new().await;
-    fixture.start_consumer();
-    fixture.start_relay();
-    // Wait until the consumer's queue exists, so nothing goes unrouted.
-    fixture
-        .write(&[event("test.warmup", Some((Uuid::now_v7(), 1)))])
-        .await;
-    assert_eq!(
-        fixture
-            .await_effects(1, Duration::from_secs(20))
-            .await
-            .len(),
-        1
-    );
+    fixture.start_flowing().await;
     let poison = event("test.poison", Some((Uuid::now_v7(), 1)));
     fixture.write(std::slice::from_ref(&poison)).await;
     let panic = event("test.panic", Some((Uuid::now_v7(), 1)));
@@ -340,70 +388,30 @@ async fn a_poison_message_is_dead_lettered_while_the_queue_keeps_flowing() {
     let effects = fixture.await_effects(21, Duration::from_secs(20)).await;
     assert_eq!(effects.len(), 21, "every good event is applied");
 
-    let connection =
-        lapin::Connection::connect(fixture.env.config.amqp_url.expose(), Default::default())
-            .await
-            .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let dead_queue = fixture.bus.dead_queue("recorder");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let dead = loop {
-        let got = channel
-            .basic_get(
-                dead_queue.as_str().into(),
-                lapin::options::BasicGetOptions { no_ack: true },
-            )
-            .await
-            .unwrap();
-        if let Some(message) = got {
-            break message;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the poison never reached {dead_queue}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let dead = fixture.dead_letters(2).await;
+    let find = |id: &str| {
+        dead.iter()
+            .find(|m| {
+                m.delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|m| m.as_str())
+                    == Some(id)
+            })
+            .map(|m| m.delivery.properties.headers().clone())
+            .unwrap_or_else(|| panic!("{id} is not among the dead letters"))
     };
-    let headers = dead.delivery.properties.headers().as_ref();
-    assert_eq!(
-        dead.delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|m| m.as_str()),
-        Some(poison.id.as_str())
-    );
-    let error = header_str(headers, "x-hotline-error").unwrap_or_default();
+    let headers = find(&poison.id);
+    let error = header_str(headers.as_ref(), "x-hotline-error").unwrap_or_default();
     assert!(error.contains("this event always fails"), "{error}");
-    assert_eq!(header_int(headers, "x-hotline-attempts"), Some(3));
+    assert_eq!(header_int(headers.as_ref(), "x-hotline-attempts"), Some(3));
     assert_eq!(
-        header_str(headers, "x-hotline-routing-key").as_deref(),
+        header_str(headers.as_ref(), "x-hotline-routing-key").as_deref(),
         Some("test.poison")
     );
-    // The panicking handler's event follows it there, and the queue flowed on.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let panicked = loop {
-        let got = channel
-            .basic_get(
-                dead_queue.as_str().into(),
-                lapin::options::BasicGetOptions { no_ack: true },
-            )
-            .await
-            .unwrap();
-        if let Some(message) = got {
-            break message;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the panic never reached {dead_queue}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let error = header_str(
-        panicked.delivery.properties.headers().as_ref(),
-        "x-hotline-error",
-    )
-    .unwrap_or_default();
+    let headers = find(&panic.id);
+    let error = header_str(headers.as_ref(), "x-hotline-error").unwrap_or_default();
     assert!(
         error.contains("the handler panicked: this handler has a bug"),
         "{error}"
@@ -415,18 +423,7 @@ async fn a_poison_message_is_dead_lettered_while_the_queue_keeps_flowing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fault_broker_restart_mid_flow_loses_nothing() {
     let fixture = Fixture::new().await;
-    fixture.start_consumer();
-    fixture.start_relay();
-    fixture
-        .write(&[event("test.warmup", Some((Uuid::now_v7(), 1)))])
-        .await;
-    assert_eq!(
-        fixture
-            .await_effects(1, Duration::from_secs(20))
-            .await
-            .len(),
-        1
-    );
+    fixture.start_flowing().await;
 
     let writer = {
         let pool = fixture.pool.clone();
@@ -472,21 +469,8 @@ async fn fault_broker_restart_mid_flow_loses_nothing() {
         "every event applied once after the restart"
     );
     assert_eq!(fixture.applied_twice().await, 0, "and none twice");
-    let connection =
-        lapin::Connection::connect(fixture.env.config.amqp_url.expose(), Default::default())
-            .await
-            .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let dead = channel
-        .queue_declare(
-            fixture.bus.dead_queue("recorder").into(),
-            lapin::options::QueueDeclareOptions::default().passive(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
     assert_eq!(
-        dead.message_count(),
+        fixture.dead_letter_count().await,
         0,
         "nothing dead-lettered by the outage"
     );
@@ -530,18 +514,7 @@ async fn the_events_of_one_ticket_are_applied_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fault_a_database_outage_holds_events_and_dead_letters_none() {
     let fixture = Fixture::new().await;
-    fixture.start_consumer();
-    fixture.start_relay();
-    fixture
-        .write(&[event("test.warmup", Some((Uuid::now_v7(), 1)))])
-        .await;
-    assert_eq!(
-        fixture
-            .await_effects(1, Duration::from_secs(20))
-            .await
-            .len(),
-        1
-    );
+    fixture.start_flowing().await;
 
     let _database = DatabaseGuard;
     postgres("stop").await;
@@ -578,15 +551,11 @@ async fn fault_a_database_outage_holds_events_and_dead_letters_none() {
         "every event applied once the database is back"
     );
     assert_eq!(fixture.applied_twice().await, 0);
-    let dead = channel
-        .queue_declare(
-            fixture.bus.dead_queue("recorder").into(),
-            lapin::options::QueueDeclareOptions::default().passive(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(dead.message_count(), 0, "an outage dead-letters nothing");
+    assert_eq!(
+        fixture.dead_letter_count().await,
+        0,
+        "an outage dead-letters nothing"
+    );
     fixture.finish().await;
 }
 

@@ -442,80 +442,75 @@ async fn lists_filter_and_page_without_gaps_or_overlaps() {
                 .tickets
         }
     };
-    assert_eq!(
-        list(pb::ListTicketsRequest {
-            channel: pb::Channel::Email as i32,
-            ..Default::default()
-        })
-        .await
-        .len(),
-        4
-    );
-    assert_eq!(
-        list(pb::ListTicketsRequest {
-            awaiting_response: true,
-            ..Default::default()
-        })
-        .await
-        .len(),
-        7
-    );
-    assert_eq!(
-        list(pb::ListTicketsRequest {
-            assignee: "bob".into(),
-            ..Default::default()
-        })
-        .await
-        .len(),
-        1
-    );
-    assert_eq!(
-        list(pb::ListTicketsRequest {
-            contact: "site0@acme.example".into(),
-            ..Default::default()
-        })
-        .await
-        .len(),
-        3
-    );
-    assert_eq!(
-        list(pb::ListTicketsRequest {
-            text: "camera".into(),
-            ..Default::default()
-        })
-        .await
-        .len(),
-        4
-    );
-    assert_eq!(
-        list(pb::ListTicketsRequest {
-            text: "100%".into(),
-            ..Default::default()
-        })
-        .await
-        .len(),
-        4
-    );
-    assert_eq!(
-        list(pb::ListTicketsRequest {
-            text: "0%".into(),
-            ..Default::default()
-        })
-        .await
-        .len(),
-        4,
-        "% is literal"
-    );
-    assert_eq!(
-        list(pb::ListTicketsRequest {
-            text: "_".into(),
-            ..Default::default()
-        })
-        .await
-        .len(),
-        0,
-        "_ is literal"
-    );
+    let filters = [
+        (
+            "channel email",
+            pb::ListTicketsRequest {
+                channel: pb::Channel::Email as i32,
+                ..Default::default()
+            },
+            4,
+        ),
+        (
+            "awaiting",
+            pb::ListTicketsRequest {
+                awaiting_response: true,
+                ..Default::default()
+            },
+            7,
+        ),
+        (
+            "assignee",
+            pb::ListTicketsRequest {
+                assignee: "bob".into(),
+                ..Default::default()
+            },
+            1,
+        ),
+        (
+            "contact",
+            pb::ListTicketsRequest {
+                contact: "site0@acme.example".into(),
+                ..Default::default()
+            },
+            3,
+        ),
+        (
+            "text, any case",
+            pb::ListTicketsRequest {
+                text: "camera".into(),
+                ..Default::default()
+            },
+            4,
+        ),
+        (
+            "text with %",
+            pb::ListTicketsRequest {
+                text: "100%".into(),
+                ..Default::default()
+            },
+            4,
+        ),
+        (
+            "% is literal",
+            pb::ListTicketsRequest {
+                text: "0%".into(),
+                ..Default::default()
+            },
+            4,
+        ),
+        (
+            "_ is literal",
+            pb::ListTicketsRequest {
+                text: "_".into(),
+                ..Default::default()
+            },
+            0,
+        ),
+    ];
+    for (label, request, expected) in filters {
+        assert_eq!(list(request).await.len(), expected, "{label}");
+    }
     let open = list(pb::ListTicketsRequest {
         status: vec![pb::Status::Open as i32],
         ..Default::default()

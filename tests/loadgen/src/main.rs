@@ -22,20 +22,12 @@ use std::{
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use futures_util::StreamExt;
 use hotline_kit::{
     config::{Config, parse_duration},
     grpc::{self, BearerToken},
+    testing::EventTap,
 };
-use hotline_proto::{
-    events::v1::EventEnvelope,
-    tickets::v1::{CreateTicketRequest, ticket_service_client::TicketServiceClient},
-};
-use lapin::{
-    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
-use prost::Message;
+use hotline_proto::tickets::v1::{CreateTicketRequest, ticket_service_client::TicketServiceClient};
 use serde_json::json;
 use tonic::service::interceptor::InterceptedService;
 
@@ -221,45 +213,12 @@ async fn watch_created(
     latencies: Arc<Mutex<Vec<f64>>>,
     confirmed: Arc<AtomicU64>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let connection = lapin::Connection::connect(config.amqp_url.expose(), Default::default())
-        .await
-        .context("connecting to RabbitMQ (HOTLINE_AMQP_URL)")?;
-    let channel = connection.create_channel().await?;
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions::exclusive(),
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            format!("{}.events", config.namespace).into(),
-            "ticket.created".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .context("binding to the fleet's events exchange (is the fleet running, HOTLINE_NAMESPACE right?)")?;
-    let mut consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            "loadgen".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut tap = EventTap::bound(config, "ticket.created").await.context(
+        "binding to the fleet's events exchange (is the fleet running, HOTLINE_NAMESPACE right?)",
+    )?;
     Ok(tokio::spawn(async move {
-        let _connection = connection;
-        while let Some(Ok(delivery)) = consumer.next().await {
+        while let Some((event, _)) = tap.next(Duration::from_secs(3600)).await {
             let now = Instant::now();
-            let Ok(event) = EventEnvelope::decode(delivery.data.as_slice()) else {
-                continue;
-            };
             let mut progress = progress.lock().unwrap();
             match progress.remove(&event.ticket_id) {
                 Some(Progress::Requested(sent)) => {
