@@ -126,6 +126,46 @@ impl TestApp {
         format!("http://{}{path}", self.http_addr)
     }
 
+    /// `GET path` on the app's HTTP port: the status code and the body.
+    pub async fn http_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.http_addr).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: hotline\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .context("not an HTTP response")?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    /// Waits until `/readyz` answers `want` (200 or 503), at most `limit`.
+    pub async fn await_readiness(
+        &self,
+        want: u16,
+        limit: std::time::Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let (status, body) = self.http_get("/readyz").await?;
+            if status == want {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "/readyz stayed {status} ({body}) instead of {want}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Stops the app as SIGTERM would, and returns how it ended.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.stop.cancel();

@@ -424,6 +424,11 @@ async fn a_poison_message_is_dead_lettered_while_the_queue_keeps_flowing() {
 async fn fault_broker_restart_mid_flow_loses_nothing() {
     let fixture = Fixture::new().await;
     fixture.start_flowing().await;
+    // A process in the same namespace, to watch its readiness.
+    let app = fixture.env.start(&[]).await.unwrap();
+    app.await_readiness(200, Duration::from_secs(10))
+        .await
+        .unwrap();
 
     let writer = {
         let pool = fixture.pool.clone();
@@ -454,6 +459,9 @@ async fn fault_broker_restart_mid_flow_loses_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    app.await_readiness(503, Duration::from_secs(10))
+        .await
+        .unwrap();
     let start = tokio::process::Command::new("rabbitmqctl")
         .arg("start_app")
         .status()
@@ -463,6 +471,10 @@ async fn fault_broker_restart_mid_flow_loses_nothing() {
     writer.await.unwrap();
     let effects = fixture.await_effects(301, Duration::from_secs(60)).await;
     assert!(fixture.bus.is_connected(), "the bus reconnected by itself");
+    app.await_readiness(200, Duration::from_secs(20))
+        .await
+        .unwrap();
+    app.stop().await.unwrap();
     assert_eq!(
         effects.len(),
         301,

@@ -70,11 +70,11 @@ async fn a_failing_task_stops_the_process_with_its_error() {
 async fn a_stop_signal_drains_every_module_and_ends_cleanly() {
     let env = TestEnv::new().await.unwrap();
     let app = env.start(&[module("patient", &[], patient)]).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !curl(&app.http_url("/readyz")).await.ends_with("200") {
-        assert!(tokio::time::Instant::now() < deadline, "never became ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    app.await_readiness(200, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let (status, body) = app.http_get("/healthz").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok"));
     tokio::time::timeout(Duration::from_secs(10), app.stop())
         .await
         .expect("stops promptly")
@@ -108,14 +108,4 @@ fn redis_keys_live_under_the_namespace() {
     let two = Redis::new(&url, "t0002").unwrap();
     assert_eq!(one.key("sla:due"), "t0001:sla:due");
     assert_ne!(one.key("sla:due"), two.key("sla:due"));
-}
-
-/// `curl -s -w '\n%{http_code}'`.
-async fn curl(url: &str) -> String {
-    let output = tokio::process::Command::new("curl")
-        .args(["-s", "-w", "\n%{http_code}", url])
-        .output()
-        .await
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }

@@ -677,24 +677,13 @@ async fn every_change_is_announced_with_the_tickets_version_and_trace() {
 async fn health_readiness_and_metrics_answer_over_http() {
     let desk = Desk::start().await;
     create(&mut desk.agent(), report("Metrics")).await;
-    let get = |path: &str| {
-        let url = desk.app.http_url(path);
-        async move {
-            let output = tokio::process::Command::new("curl")
-                .args(["-s", "-w", "\n%{http_code}", &url])
-                .output()
-                .await
-                .unwrap();
-            String::from_utf8_lossy(&output.stdout).into_owned()
-        }
-    };
-    assert!(get("/healthz").await.ends_with("200"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !get("/readyz").await.ends_with("200") {
-        assert!(tokio::time::Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let metrics = get("/metrics").await;
+    assert_eq!(desk.app.http_get("/healthz").await.unwrap().0, 200);
+    desk.app
+        .await_readiness(200, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let (status, metrics) = desk.app.http_get("/metrics").await.unwrap();
+    assert_eq!(status, 200);
     assert!(
         metrics.contains("hotline_tickets_opened_total"),
         "{metrics}"
