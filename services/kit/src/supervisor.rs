@@ -57,7 +57,10 @@ pub struct Module {
 /// What a module sees while it starts, and where it registers what it runs.
 pub struct ModuleContext {
     pub config: Arc<Config>,
-    pub bus: Arc<Bus>,
+    /// The connection relays publish on.
+    pub publisher: Arc<Bus>,
+    /// The connection consumers consume (and dead-letter) on.
+    pub subscriber: Arc<Bus>,
     pub authority: Arc<Authority>,
     redis: Arc<Redis>,
     routes: RoutesBuilder,
@@ -125,7 +128,7 @@ struct Readiness {
     pools: Vec<PgPool>,
     uses_redis: bool,
     redis: Arc<Redis>,
-    bus: Arc<Bus>,
+    buses: Vec<Arc<Bus>>,
 }
 
 impl Readiness {
@@ -134,7 +137,7 @@ impl Readiness {
         if !self.started.load(Ordering::SeqCst) {
             return Err("starting or stopping".into());
         }
-        if !self.bus.is_connected() {
+        if !self.buses.iter().all(|bus| bus.is_connected()) {
             return Err("RabbitMQ is not connected".into());
         }
         for pool in &self.pools {
@@ -200,7 +203,7 @@ pub async fn migrate(config: &Config, modules: &[Module]) -> anyhow::Result<()> 
         .filter(|m| !m.consumes.is_empty())
         .map(|m| (m.name, m.consumes))
         .collect();
-    Bus::new(config.amqp_url.clone(), config.namespace.clone())
+    Bus::new(config.amqp_url.clone(), config.namespace.clone(), "migrate")
         .declare_topology(&queues)
         .await
 }
@@ -215,7 +218,8 @@ pub struct App {
     /// Stops the bus connection, after the modules have drained.
     infra_cancel: CancellationToken,
     tasks: JoinSet<(String, anyhow::Result<()>)>,
-    bus_task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The two bus connections' reconnect loops.
+    bus_tasks: JoinSet<anyhow::Result<()>>,
     health: tonic_health::server::HealthReporter,
 }
 
@@ -224,7 +228,8 @@ impl App {
         let config = Arc::new(config);
         telemetry::metrics();
         let authority = Arc::new(Authority::new(&config.auth.secret)?);
-        let bus = Bus::new(config.amqp_url.clone(), config.namespace.clone());
+        let publisher = Bus::new(config.amqp_url.clone(), config.namespace.clone(), "publish");
+        let subscriber = Bus::new(config.amqp_url.clone(), config.namespace.clone(), "consume");
         let redis = Arc::new(Redis::new(&config.redis_url, &config.namespace)?);
         let grpc_listener = TcpListener::bind(config.grpc_addr)
             .await
@@ -237,14 +242,16 @@ impl App {
 
         let cancel = CancellationToken::new();
         let infra_cancel = CancellationToken::new();
-        let bus_task = tokio::spawn(bus.clone().run(infra_cancel.clone()));
+        let mut bus_tasks = JoinSet::new();
+        bus_tasks.spawn(publisher.clone().run(infra_cancel.clone()));
+        bus_tasks.spawn(subscriber.clone().run(infra_cancel.clone()));
         let started = Arc::new(AtomicBool::new(false));
         let mut readiness = Readiness {
             started: started.clone(),
             pools: Vec::new(),
             uses_redis: false,
             redis: redis.clone(),
-            bus: bus.clone(),
+            buses: vec![publisher.clone(), subscriber.clone()],
         };
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -258,7 +265,8 @@ impl App {
         for module in start_order(modules)? {
             let mut context = ModuleContext {
                 config: config.clone(),
-                bus: bus.clone(),
+                publisher: publisher.clone(),
+                subscriber: subscriber.clone(),
                 authority: authority.clone(),
                 redis: redis.clone(),
                 routes,
@@ -331,7 +339,7 @@ impl App {
             cancel,
             infra_cancel,
             tasks,
-            bus_task,
+            bus_tasks,
             health,
         })
     }
@@ -381,11 +389,12 @@ impl App {
             self.tasks.abort_all();
         }
         self.infra_cancel.cancel();
-        if tokio::time::timeout(Duration::from_secs(10), self.bus_task)
+        let closing = async { while self.bus_tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(10), closing)
             .await
             .is_err()
         {
-            tracing::warn!("the RabbitMQ connection did not close within 10s");
+            tracing::warn!("the RabbitMQ connections did not close within 10s");
         }
         match failure {
             Some(error) => Err(error),

@@ -43,7 +43,11 @@ impl Fixture {
         env.config.db.acquire_timeout = Duration::from_millis(300);
         let pool = env.pool(SCHEMA).unwrap();
         db::migrate(&pool, SCHEMA, &EFFECTS).await.unwrap();
-        let bus = Bus::new(env.config.amqp_url.clone(), env.config.namespace.clone());
+        let bus = Bus::new(
+            env.config.amqp_url.clone(),
+            env.config.namespace.clone(),
+            "test",
+        );
         bus.declare_topology(&[("recorder", &["test.#"])])
             .await
             .unwrap();

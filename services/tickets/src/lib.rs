@@ -48,7 +48,7 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
     );
-    let relay = Relay::new(pool, signal, context.bus.clone(), &context.config.bus);
+    let relay = Relay::new(pool, signal, context.publisher.clone(), &context.config.bus);
     let cancel = context.cancel.clone();
     context.spawn("outbox-relay", async move { relay.run(cancel).await });
     Ok(())

@@ -1,8 +1,10 @@
 //! The event bus on RabbitMQ (ARCHITECTURE §5–§6).
 //!
-//! - [`Bus`] owns the one AMQP connection of a process: it connects,
-//!   declares the exchanges, reconnects with backoff after a broker restart,
-//!   and tells readiness whether it is connected.
+//! - [`Bus`] owns one AMQP connection: it connects, declares the exchanges,
+//!   reconnects with backoff after a broker restart, and tells readiness
+//!   whether it is connected. A process has two, one to publish and one to
+//!   consume, as RabbitMQ advises: a publisher blocked by a broker alarm must
+//!   not stall the acknowledgements that let queues drain.
 //! - [`outbox`]: services write events in their own transaction; the
 //!   [`outbox::Relay`] publishes them with confirms.
 //! - [`consumer`]: a service's durable queue, deduplicated through the inbox,
@@ -34,6 +36,9 @@ use crate::config::Secret;
 pub struct Bus {
     /// Prefix of every exchange and queue name.
     namespace: String,
+    /// What this connection is for (`publish`, `consume`): its name on the
+    /// broker's side.
+    purpose: &'static str,
     url: Secret,
     /// The live connection, `None` while disconnected. Publishers and
     /// consumers wait on it and start over when it changes.
@@ -41,9 +46,10 @@ pub struct Bus {
 }
 
 impl Bus {
-    pub fn new(url: Secret, namespace: impl Into<String>) -> Arc<Self> {
+    pub fn new(url: Secret, namespace: impl Into<String>, purpose: &'static str) -> Arc<Self> {
         Arc::new(Self {
             namespace: namespace.into(),
+            purpose,
             url,
             connection: watch::Sender::new(None),
         })
@@ -114,7 +120,7 @@ impl Bus {
                 }
             };
             backoff.reset();
-            tracing::info!(namespace = %self.namespace, "connected to RabbitMQ");
+            tracing::info!(namespace = %self.namespace, purpose = self.purpose, "connected to RabbitMQ");
             let mut events = Box::pin(connection.events_listener());
             if !connection.status().connected() {
                 // It died before we listened: its error event is gone.
@@ -147,7 +153,7 @@ impl Bus {
 
     async fn connect(&self) -> anyhow::Result<Connection> {
         let properties = ConnectionProperties::default()
-            .with_connection_name(format!("hotline:{}", self.namespace).into());
+            .with_connection_name(format!("hotline:{}:{}", self.namespace, self.purpose).into());
         let connection = Connection::connect(self.url.expose(), properties).await?;
         let channel = connection.create_channel().await?;
         self.declare_exchanges(&channel).await?;
