@@ -70,10 +70,22 @@ impl Config {
             );
             figment = figment.merge(Toml::file(file));
         }
-        let config: Self = figment
+        let mut config: Self = figment
             .merge(Env::prefixed("HOTLINE_").split("__"))
             .extract()
             .context("invalid configuration")?;
+        // The environment provider parses values (`007123` becomes 7123):
+        // secrets are taken from the environment verbatim instead.
+        for (variable, secret) in [
+            ("HOTLINE_DATABASE_URL", &mut config.database_url),
+            ("HOTLINE_AMQP_URL", &mut config.amqp_url),
+            ("HOTLINE_REDIS_URL", &mut config.redis_url),
+            ("HOTLINE_AUTH__SECRET", &mut config.auth.secret),
+        ] {
+            if let Ok(value) = std::env::var(variable) {
+                *secret = Secret::new(value);
+            }
+        }
         config.validate()?;
         Ok(config)
     }
@@ -340,13 +352,14 @@ mod tests {
 
     #[test]
     #[allow(clippy::result_large_err)] // figment's Jail API returns its own error
-    fn a_numeric_secret_is_read_as_text_and_bad_tuning_is_refused() {
+    fn a_numeric_secret_is_read_verbatim_and_bad_tuning_is_refused() {
         figment::Jail::expect_with(|jail| {
-            jail.set_env("HOTLINE_AUTH__SECRET", "123456789012345678901234567890123");
+            jail.set_env("HOTLINE_AUTH__SECRET", "0012345678901234567890123456789012");
             let config = Config::load(None).map_err(|e| e.to_string())?;
             assert_eq!(
                 config.auth.secret.expose(),
-                "123456789012345678901234567890123"
+                "0012345678901234567890123456789012",
+                "taken verbatim, leading zeros and all"
             );
             jail.set_env("HOTLINE_BUS__RELAY_BATCH", "0");
             let refused = Config::load(None)

@@ -67,7 +67,8 @@ pub struct ModuleContext {
     health: Vec<&'static str>,
     http: Router,
     tasks: Vec<(String, BoxFuture<anyhow::Result<()>>)>,
-    /// Fires when the process stops; background tasks return soon after.
+    /// Fires when the process stops, once the servers have finished their
+    /// last requests; background tasks return soon after.
     pub cancel: CancellationToken,
     readiness: Readiness,
     module: &'static str,
@@ -213,7 +214,11 @@ pub struct App {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
     started: Arc<AtomicBool>,
-    /// Stops the modules' work and the servers.
+    /// Stops the servers: first, so no request is left half done.
+    server_cancel: CancellationToken,
+    servers: JoinSet<(String, anyhow::Result<()>)>,
+    /// Stops the modules' work, once the servers have drained: a relay
+    /// still publishes what the last requests committed.
     cancel: CancellationToken,
     /// Stops the bus connection, after the modules have drained.
     infra_cancel: CancellationToken,
@@ -241,6 +246,7 @@ impl App {
         let http_addr = http_listener.local_addr()?;
 
         let cancel = CancellationToken::new();
+        let server_cancel = CancellationToken::new();
         let infra_cancel = CancellationToken::new();
         let mut bus_tasks = JoinSet::new();
         bus_tasks.spawn(publisher.clone().run(infra_cancel.clone()));
@@ -302,9 +308,10 @@ impl App {
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-                cancel.clone().cancelled_owned(),
+                server_cancel.clone().cancelled_owned(),
             );
-        tasks.spawn(async move {
+        let mut servers = JoinSet::new();
+        servers.spawn(async move {
             let result = grpc_server.await.context("gRPC server failed");
             ("grpc".to_owned(), result)
         });
@@ -313,8 +320,8 @@ impl App {
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(move || ready(readiness.clone())))
             .route("/metrics", get(|| async { telemetry::metrics().render() }));
-        let http_cancel = cancel.clone();
-        tasks.spawn(async move {
+        let http_cancel = server_cancel.clone();
+        servers.spawn(async move {
             let result = axum::serve(http_listener, http)
                 .with_graceful_shutdown(http_cancel.cancelled_owned())
                 .await
@@ -336,6 +343,8 @@ impl App {
             grpc_addr,
             http_addr,
             started,
+            server_cancel,
+            servers,
             cancel,
             infra_cancel,
             tasks,
@@ -358,36 +367,17 @@ impl App {
         let mut failure = None;
         tokio::select! {
             _ = stop => tracing::info!("stopping"),
-            Some(joined) = self.tasks.join_next() => {
-                let (name, result) = joined.unwrap_or_else(|e| ("task".into(), Err(e.into())));
-                let error = result.err().unwrap_or_else(|| anyhow::anyhow!("exited unexpectedly"));
-                tracing::error!(task = %name, error = format!("{error:#}"), "a task failed; stopping");
-                failure = Some(error.context(format!("task {name} failed")));
-            }
+            Some(joined) = self.tasks.join_next() => failure = Some(early_exit(joined)),
+            Some(joined) = self.servers.join_next() => failure = Some(early_exit(joined)),
         }
         self.started.store(false, Ordering::SeqCst);
         self.health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
+        self.server_cancel.cancel();
+        drain(&mut self.servers, "requests", &mut failure).await;
         self.cancel.cancel();
-        let drain = async {
-            while let Some(joined) = self.tasks.join_next().await {
-                let (name, error) = match joined {
-                    Ok((name, Err(error))) => (name, error),
-                    Ok((_, Ok(()))) => continue,
-                    Err(panic) => ("task".to_owned(), anyhow::Error::new(panic)),
-                };
-                tracing::error!(task = %name, error = format!("{error:#}"), "failed while stopping");
-                failure.get_or_insert(error);
-            }
-        };
-        if tokio::time::timeout(Duration::from_secs(30), drain)
-            .await
-            .is_err()
-        {
-            tracing::error!("in-flight work did not drain within 30s");
-            self.tasks.abort_all();
-        }
+        drain(&mut self.tasks, "background work", &mut failure).await;
         self.infra_cancel.cancel();
         let closing = async { while self.bus_tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(Duration::from_secs(10), closing)
@@ -400,6 +390,46 @@ impl App {
             Some(error) => Err(error),
             None => Ok(()),
         }
+    }
+}
+
+/// The error of a task that ended while the process was serving.
+fn early_exit(
+    joined: Result<(String, anyhow::Result<()>), tokio::task::JoinError>,
+) -> anyhow::Error {
+    let (name, result) = joined.unwrap_or_else(|e| ("task".into(), Err(e.into())));
+    let error = result
+        .err()
+        .unwrap_or_else(|| anyhow::anyhow!("exited unexpectedly"));
+    tracing::error!(task = %name, error = format!("{error:#}"), "a task failed; stopping");
+    error.context(format!("task {name} failed"))
+}
+
+/// Waits up to 30 s for `tasks` to finish, recording the first failure; a
+/// drain that times out is a failure too.
+async fn drain(
+    tasks: &mut JoinSet<(String, anyhow::Result<()>)>,
+    what: &str,
+    failure: &mut Option<anyhow::Error>,
+) {
+    let all = async {
+        while let Some(joined) = tasks.join_next().await {
+            let (name, error) = match joined {
+                Ok((name, Err(error))) => (name, error),
+                Ok((_, Ok(()))) => continue,
+                Err(panic) => ("task".to_owned(), anyhow::Error::new(panic)),
+            };
+            tracing::error!(task = %name, error = format!("{error:#}"), "failed while stopping");
+            failure.get_or_insert(error);
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(30), all)
+        .await
+        .is_err()
+    {
+        tracing::error!("{what} did not drain within 30s");
+        tasks.abort_all();
+        failure.get_or_insert(anyhow::anyhow!("{what} did not drain within 30s"));
     }
 }
 

@@ -34,7 +34,7 @@ use lapin::{
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-        BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+        BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
     },
     types::{AMQPValue, FieldTable},
 };
@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{BROKER_DELIVERY_LIMIT, Backoff, Bus, header_int, header_str};
+use super::{BROKER_DELIVERY_LIMIT, Backoff, Bus, ConfirmChannel, header_int, header_str};
 use crate::{config::BusConfig, telemetry};
 
 /// Parallel lanes of one consumer; a ticket's events share a lane.
@@ -84,7 +84,12 @@ pub struct Consumer<H> {
     /// Routing keys (event types, `*`/`#` patterns allowed) to receive.
     bindings: Vec<String>,
     pool: PgPool,
+    /// The connection it consumes on.
     bus: Arc<Bus>,
+    /// Dead letters go out on the publishing connection: a channel that
+    /// publishes may be blocked by a broker alarm, and must not be the one
+    /// carrying this consumer's acknowledgements.
+    dead_letters: ConfirmChannel,
     handler: H,
     config: BusConfig,
 }
@@ -94,7 +99,8 @@ impl<H: EventHandler> Consumer<H> {
         service: &str,
         bindings: &[&str],
         pool: PgPool,
-        bus: Arc<Bus>,
+        subscriber: Arc<Bus>,
+        publisher: Arc<Bus>,
         handler: H,
         config: BusConfig,
     ) -> anyhow::Result<Self> {
@@ -107,7 +113,8 @@ impl<H: EventHandler> Consumer<H> {
             service: service.to_owned(),
             bindings: bindings.iter().map(|b| (*b).to_owned()).collect(),
             pool,
-            bus,
+            bus: subscriber,
+            dead_letters: ConfirmChannel::new(publisher),
             handler,
             config,
         })
@@ -186,9 +193,6 @@ impl<H: EventHandler> Consumer<H> {
         cancel: &CancellationToken,
     ) -> anyhow::Result<()> {
         let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
         self.declare(&channel).await?;
         channel
             .basic_qos(self.config.prefetch, BasicQosOptions::default())
@@ -201,15 +205,18 @@ impl<H: EventHandler> Consumer<H> {
                 FieldTable::default(),
             )
             .await?;
+        // Ends with this subscription (a stop, or the channel failing): lane
+        // workers then give back what they hold instead of working on it.
+        let session = cancel.child_token();
         let mut lanes = Vec::with_capacity(LANES);
         let mut workers = JoinSet::new();
         for _ in 0..LANES {
             let (sender, mut receiver) = mpsc::unbounded_channel::<Delivery>();
             lanes.push(sender);
-            let (consumer, channel, cancel) = (self.clone(), channel.clone(), cancel.clone());
+            let (consumer, session) = (self.clone(), session.clone());
             workers.spawn(async move {
                 while let Some(delivery) = receiver.recv().await {
-                    consumer.deliver(&channel, delivery, &cancel).await;
+                    consumer.deliver(delivery, &session).await;
                 }
             });
         }
@@ -231,13 +238,18 @@ impl<H: EventHandler> Consumer<H> {
                 },
             }
         };
-        // Finish what the lanes hold (at most `prefetch` deliveries).
+        // What the lanes still hold goes back to the broker, unacknowledged,
+        // when this channel closes; what they are applying now finishes.
+        session.cancel();
         drop(lanes);
         while workers.join_next().await.is_some() {}
         result
     }
 
-    async fn deliver(&self, channel: &Channel, delivery: Delivery, cancel: &CancellationToken) {
+    async fn deliver(&self, delivery: Delivery, session: &CancellationToken) {
+        if session.is_cancelled() {
+            return;
+        }
         let headers = delivery.properties.headers().as_ref();
         let attempt = header_int(headers, "x-delivery-count").unwrap_or(0) + 1;
         let span = tracing::info_span!(
@@ -256,16 +268,19 @@ impl<H: EventHandler> Consumer<H> {
                 Ok(event) => event,
                 Err(error) => {
                     let error = format!("undecodable event: {error}");
-                    return self.dead_letter(channel, &delivery, &error, attempt).await;
+                    return self.dead_letter(&delivery, &error, attempt, session).await;
                 }
             };
             let mut outage = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
             let applied = loop {
                 match self.apply_guarded(&event).await {
-                    Err(error) if is_outage(&error) && !cancel.is_cancelled() => {
+                    Err(error) if is_outage(&error) && !session.is_cancelled() => {
                         let delay = outage.next_delay();
                         tracing::warn!(error = format!("{error:#}"), ?delay, "database unreachable; holding the event");
-                        tokio::time::sleep(delay).await;
+                        tokio::select! {
+                            _ = session.cancelled() => {}
+                            _ = tokio::time::sleep(delay) => {}
+                        }
                     }
                     other => break other,
                 }
@@ -282,7 +297,7 @@ impl<H: EventHandler> Consumer<H> {
                     settle(delivery.nack(requeue()).await, "nack");
                 }
                 Err(error) if attempt >= i64::from(self.config.max_attempts) => {
-                    self.dead_letter(channel, &delivery, &format!("{error:#}"), attempt)
+                    self.dead_letter(&delivery, &format!("{error:#}"), attempt, session)
                         .await;
                 }
                 Err(error) => {
@@ -290,8 +305,14 @@ impl<H: EventHandler> Consumer<H> {
                     metrics::counter!("hotline_consumer_redeliveries_total", "service" => self.service.clone())
                         .increment(1);
                     let exponent = u32::try_from(attempt - 1).unwrap_or(0).min(6);
-                    tokio::time::sleep(self.config.retry_backoff * 2u32.pow(exponent)).await;
-                    settle(delivery.nack(requeue()).await, "nack");
+                    tokio::select! {
+                        _ = session.cancelled() => {}
+                        _ = tokio::time::sleep(self.config.retry_backoff * 2u32.pow(exponent)) => {}
+                    }
+                    // `reject` (not `nack`): the return that counts as a
+                    // failed delivery on every RabbitMQ version.
+                    let retry = BasicRejectOptions { requeue: true };
+                    settle(delivery.reject(retry).await, "reject");
                 }
             }
         }
@@ -317,7 +338,13 @@ impl<H: EventHandler> Consumer<H> {
     /// Moves a delivery to the service's dead-letter queue with its error,
     /// then acknowledges it. If the dead letter is not confirmed the delivery
     /// is requeued instead: it is never dropped.
-    async fn dead_letter(&self, channel: &Channel, delivery: &Delivery, error: &str, attempt: i64) {
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        error: &str,
+        attempt: i64,
+        session: &CancellationToken,
+    ) {
         tracing::error!(%error, attempt, "event dead-lettered");
         metrics::counter!("hotline_dead_letters_total", "service" => self.service.clone())
             .increment(1);
@@ -342,6 +369,7 @@ impl<H: EventHandler> Consumer<H> {
             .insert("x-hotline-attempts".into(), AMQPValue::LongLongInt(attempt));
         let properties: BasicProperties = delivery.properties.clone().with_headers(headers);
         let published = async {
+            let channel = self.dead_letters.get(session).await?;
             let confirm = channel
                 .basic_publish(
                     self.bus.dead_exchange().into(),
@@ -359,11 +387,18 @@ impl<H: EventHandler> Consumer<H> {
                 Confirmation::Ack(None) => anyhow::Ok(()),
                 other => anyhow::bail!("dead letter not confirmed: {other:?}"),
             }
-        }
-        .await;
+        };
+        let published = tokio::time::timeout(Duration::from_secs(10), published)
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "the dead letter was not confirmed within 10s"
+                ))
+            });
         match published {
             Ok(()) => settle(delivery.ack(BasicAckOptions::default()).await, "ack"),
             Err(publish_error) => {
+                self.dead_letters.reset().await;
                 tracing::error!(
                     error = format!("{publish_error:#}"),
                     "cannot dead-letter; requeueing"
@@ -408,8 +443,9 @@ fn lane_of(data: &[u8]) -> usize {
     usize::try_from(hasher.finish() % LANES as u64).unwrap_or(0)
 }
 
-/// Whether `error` means the database could not be reached (as opposed to
-/// the event or the handler being wrong).
+/// Whether `error` is the database's passing trouble (unreachable, failing
+/// over, a serialization conflict) rather than the event or the handler
+/// being wrong: such an event is held and retried, never dead-lettered.
 fn is_outage(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         cause
@@ -421,8 +457,15 @@ fn is_outage(error: &anyhow::Error) -> bool {
                 | sqlx::Error::PoolClosed
                 | sqlx::Error::WorkerCrashed => true,
                 sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-                    // connection exceptions, shutdown, cannot connect now
-                    code.starts_with("08") || code == "57P01" || code == "57P02" || code == "57P03"
+                    // Connection exceptions (a protocol violation is a bug,
+                    // though), shutdown, cannot connect now, a read-only
+                    // standby during failover, serialization failures and
+                    // deadlocks: all pass.
+                    (code.starts_with("08") && code != "08P01")
+                        || matches!(
+                            &*code,
+                            "57P01" | "57P02" | "57P03" | "25006" | "40001" | "40P01"
+                        )
                 }),
                 _ => false,
             })

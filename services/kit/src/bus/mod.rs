@@ -102,7 +102,11 @@ impl Bus {
         loop {
             let attempt = tokio::select! {
                 _ = cancel.cancelled() => break,
-                attempt = self.connect() => attempt,
+                // A broker that accepts TCP but never finishes the handshake
+                // must not stall reconnection.
+                attempt = tokio::time::timeout(Duration::from_secs(10), self.connect()) => {
+                    attempt.unwrap_or_else(|_| Err(anyhow::anyhow!("the AMQP handshake timed out")))
+                }
             };
             let connection = match attempt {
                 Ok(connection) => Arc::new(connection),
@@ -119,13 +123,14 @@ impl Bus {
                     }
                 }
             };
-            backoff.reset();
-            tracing::info!(namespace = %self.namespace, purpose = self.purpose, "connected to RabbitMQ");
             let mut events = Box::pin(connection.events_listener());
             if !connection.status().connected() {
                 // It died before we listened: its error event is gone.
+                tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
+            backoff.reset();
+            tracing::info!(namespace = %self.namespace, purpose = self.purpose, "connected to RabbitMQ");
             self.connection.send_replace(Some(connection.clone()));
             loop {
                 tokio::select! {
@@ -271,6 +276,48 @@ async fn declare_queue(
             .await?;
     }
     Ok(())
+}
+
+/// A publisher-confirm channel on a [`Bus`], opened on first use and again
+/// after a failure.
+pub struct ConfirmChannel {
+    bus: Arc<Bus>,
+    slot: tokio::sync::Mutex<Option<Channel>>,
+}
+
+impl ConfirmChannel {
+    pub fn new(bus: Arc<Bus>) -> Self {
+        Self {
+            bus,
+            slot: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// The open channel, waiting for the broker if need be; `Err` once
+    /// `cancel` fires first.
+    pub async fn get(&self, cancel: &CancellationToken) -> anyhow::Result<Channel> {
+        let mut slot = self.slot.lock().await;
+        if let Some(channel) = slot.as_ref().filter(|c| c.status().connected()) {
+            return Ok(channel.clone());
+        }
+        let connection = self.bus.connection(cancel).await.context("shutting down")?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await?;
+        *slot = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// Forgets the channel after a failure: the next [`ConfirmChannel::get`]
+    /// opens a fresh one.
+    pub async fn reset(&self) {
+        *self.slot.lock().await = None;
+    }
 }
 
 /// Exponential backoff between `min` and `max`.

@@ -20,16 +20,16 @@ use chrono::{DateTime, Utc};
 use hotline_proto::events::v1::{EventEnvelope, event_envelope::Payload};
 use lapin::{
     BasicProperties, Channel, Confirmation,
-    options::{BasicPublishOptions, ConfirmSelectOptions},
+    options::BasicPublishOptions,
     types::{AMQPValue, FieldTable},
 };
 use prost::Message;
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Backoff, Bus};
+use super::{Backoff, Bus, ConfirmChannel};
 use crate::{config::BusConfig, telemetry, time::timestamp};
 
 /// A new event stamped with a fresh UUIDv7, the time, and the current trace.
@@ -150,14 +150,13 @@ impl OutboxSignal {
 pub struct Relay {
     pool: PgPool,
     signal: OutboxSignal,
-    bus: Arc<Bus>,
     batch: i64,
     poll: Duration,
     /// How long the relay lets writers add rows after a wake-up, so one
     /// round publishes many rows rather than one.
     linger: Duration,
-    /// A confirm-mode channel, opened on first use and after a failure.
-    channel: Mutex<Option<Channel>>,
+    /// Where it publishes, with confirms.
+    channel: ConfirmChannel,
 }
 
 #[derive(sqlx::FromRow)]
@@ -176,36 +175,21 @@ impl Relay {
         Self {
             pool,
             signal,
-            bus,
             batch: config.relay_batch,
             poll: config.relay_poll,
             linger: config.relay_linger,
-            channel: Mutex::new(None),
+            channel: ConfirmChannel::new(bus),
         }
-    }
-
-    async fn channel(&self, cancel: &CancellationToken) -> anyhow::Result<Channel> {
-        let mut slot = self.channel.lock().await;
-        if let Some(channel) = slot.as_ref().filter(|c| c.status().connected()) {
-            return Ok(channel.clone());
-        }
-        let connection = self.bus.connection(cancel).await.context("shutting down")?;
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        *slot = Some(channel.clone());
-        Ok(channel)
     }
 
     /// Publishes up to one batch of pending rows and deletes them once
     /// confirmed. Returns how many were published.
     pub async fn try_publish_batch(&self, cancel: &CancellationToken) -> anyhow::Result<usize> {
-        let channel = self.channel(cancel).await?;
+        let channel = self.channel.get(cancel).await?;
         let result = self.publish_batch(&channel).await;
         if result.is_err() {
             // The channel may be broken; the next round opens a fresh one.
-            *self.channel.lock().await = None;
+            self.channel.reset().await;
         }
         result
     }
@@ -223,9 +207,55 @@ impl Relay {
         if rows.is_empty() {
             return Ok(0);
         }
-        let exchange = self.bus.events_exchange();
+        // Row locks are held meanwhile: a broker that blocks publishers (an
+        // alarm) or never confirms must not hold them forever.
+        let confirmations = tokio::time::timeout(CONFIRM_TIMEOUT, self.publish(channel, &rows))
+            .await
+            .context("RabbitMQ did not take and confirm the batch within 10s")??;
+        // Only confirmed rows leave the outbox; a refused one stays, to be
+        // published again, without holding back the rest.
+        let now = Utc::now();
+        let mut confirmed = Vec::with_capacity(rows.len());
+        let mut refused = 0;
+        for (row, confirmation) in rows.iter().zip(confirmations) {
+            match confirmation {
+                Ok(Confirmation::Ack(_)) => {
+                    confirmed.push(row.id);
+                    let lag = (now - row.created_at).to_std().unwrap_or_default();
+                    metrics::histogram!("hotline_outbox_lag_seconds").record(lag.as_secs_f64());
+                }
+                Ok(other) => {
+                    refused += 1;
+                    tracing::warn!(event_type = %row.routing_key, ?other, "RabbitMQ refused an event");
+                }
+                Err(error) => {
+                    refused += 1;
+                    tracing::warn!(%error, "lost the confirm of an event");
+                }
+            }
+        }
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(&confirmed)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await.context("marking events sent")?;
+        metrics::counter!("hotline_events_published_total").increment(confirmed.len() as u64);
+        anyhow::ensure!(
+            refused == 0,
+            "{refused} events were not confirmed; they stay in the outbox"
+        );
+        Ok(confirmed.len())
+    }
+
+    /// Publishes `rows` and awaits every confirm, in row order.
+    async fn publish(
+        &self,
+        channel: &Channel,
+        rows: &[OutboxRow],
+    ) -> anyhow::Result<Vec<lapin::Result<Confirmation>>> {
+        let exchange = self.channel.bus().events_exchange();
         let mut confirms = Vec::with_capacity(rows.len());
-        for row in &rows {
+        for row in rows {
             let mut headers = FieldTable::default();
             if let Some(traceparent) = &row.traceparent {
                 headers.insert(
@@ -258,44 +288,7 @@ impl Relay {
                 .context("publishing an event")?;
             confirms.push(confirm);
         }
-        // Row locks are held while waiting: never wait forever.
-        let confirmations =
-            tokio::time::timeout(CONFIRM_TIMEOUT, futures_util::future::join_all(confirms))
-                .await
-                .context("RabbitMQ did not confirm within 10s")?;
-        // Only confirmed rows leave the outbox; a refused one stays, to be
-        // published again, without holding back the rest.
-        let mut confirmed = Vec::with_capacity(rows.len());
-        let mut refused = 0;
-        for (row, confirmation) in rows.iter().zip(confirmations) {
-            match confirmation {
-                Ok(Confirmation::Ack(_)) => confirmed.push(row.id),
-                Ok(other) => {
-                    refused += 1;
-                    tracing::warn!(event_type = %row.routing_key, ?other, "RabbitMQ refused an event");
-                }
-                Err(error) => {
-                    refused += 1;
-                    tracing::warn!(%error, "lost the confirm of an event");
-                }
-            }
-        }
-        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-            .bind(&confirmed)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await.context("marking events sent")?;
-        let now = Utc::now();
-        for row in rows.iter().filter(|row| confirmed.contains(&row.id)) {
-            let lag = (now - row.created_at).to_std().unwrap_or_default();
-            metrics::histogram!("hotline_outbox_lag_seconds").record(lag.as_secs_f64());
-        }
-        metrics::counter!("hotline_events_published_total").increment(confirmed.len() as u64);
-        anyhow::ensure!(
-            refused == 0,
-            "{refused} events were not confirmed; they stay in the outbox"
-        );
-        Ok(confirmed.len())
+        Ok(futures_util::future::join_all(confirms).await)
     }
 
     /// Publishes until `cancel`, woken by writers and by the poll; on
