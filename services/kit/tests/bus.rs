@@ -493,6 +493,22 @@ async fn fault_broker_restart_mid_flow_loses_nothing() {
         .await
         .unwrap();
     app.stop().await.unwrap();
+    if effects.len() != 301 {
+        // Say where the missing ones are, for whoever reads the failure.
+        let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&fixture.pool)
+            .await
+            .unwrap();
+        let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+            .fetch_one(&fixture.pool)
+            .await
+            .unwrap();
+        eprintln!(
+            "{} applied; {outbox} still in the outbox; {inbox} in the inbox; {} dead-lettered",
+            effects.len(),
+            fixture.dead_letter_count().await
+        );
+    }
     assert_eq!(
         effects.len(),
         301,
