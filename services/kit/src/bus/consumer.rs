@@ -168,18 +168,28 @@ impl<H: EventHandler> Consumer<H> {
     /// Consumes until `cancel`, starting over after every broker outage; on
     /// cancel, stops taking deliveries and finishes those in flight.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> anyhow::Result<()> {
+        // Grows while subscriptions keep failing at once (a broker shutting
+        // down cancels consumers over and over), so deliveries are not
+        // bounced towards the broker's delivery limit.
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         while let Some(connection) = self.bus.connection(&cancel).await {
+            let started = tokio::time::Instant::now();
             match self.clone().consume(&connection, &cancel).await {
                 Ok(()) => break,
                 Err(error) => {
+                    if started.elapsed() > Duration::from_secs(10) {
+                        backoff.reset();
+                    }
+                    let delay = backoff.next_delay();
                     tracing::warn!(
                         service = %self.service,
                         error = format!("{error:#}"),
+                        ?delay,
                         "consumer interrupted; resuming when the broker is back"
                     );
                     tokio::select! {
                         _ = cancel.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        _ = tokio::time::sleep(delay) => {}
                     }
                 }
             }
@@ -238,9 +248,14 @@ impl<H: EventHandler> Consumer<H> {
                 },
             }
         };
-        // What the lanes still hold goes back to the broker, unacknowledged,
-        // when this channel closes; what they are applying now finishes.
-        session.cancel();
+        // On a dead channel (or when stopping: `session` is a child of
+        // `cancel`) what the lanes still hold goes back to the broker,
+        // unacknowledged; what they are applying now finishes. On a live one
+        // (the broker only cancelled the consumer) they finish and ack it all,
+        // so no delivery is returned for nothing.
+        if !channel.status().connected() {
+            session.cancel();
+        }
         drop(lanes);
         while workers.join_next().await.is_some() {}
         result
