@@ -49,10 +49,17 @@ impl TicketApi {
         Self { store }
     }
 
-    async fn run(&self, ticket: &str, command: Command) -> Result<pb::Ticket, Status> {
+    /// Applies `command` to the named ticket and answers with the result.
+    async fn run(
+        &self,
+        ticket: &str,
+        command: Command,
+    ) -> Result<Response<pb::TicketResponse>, Status> {
         let key = parse_key(ticket)?;
         let (ticket, _) = self.store.apply(key, command).await.map_err(status)?;
-        Ok(convert::ticket(&ticket))
+        Ok(Response::new(pb::TicketResponse {
+            ticket: Some(convert::ticket(&ticket)),
+        }))
     }
 }
 
@@ -267,12 +274,8 @@ impl TicketService for TicketApi {
     ) -> Result<Response<pb::TicketResponse>, Status> {
         authorize(&request, WORKERS)?;
         let assignee = field(&request.get_ref().assignee, "assignee", MAX_FIELD_CHARS)?;
-        let ticket = self
-            .run(&request.get_ref().ticket, Command::Assign(assignee))
-            .await?;
-        Ok(Response::new(pb::TicketResponse {
-            ticket: Some(ticket),
-        }))
+        self.run(&request.get_ref().ticket, Command::Assign(assignee))
+            .await
     }
 
     async fn set_priority(
@@ -285,12 +288,8 @@ impl TicketService for TicketApi {
             .ok_or_else(|| {
                 Status::invalid_argument("name the priority: low, normal, high or urgent")
             })?;
-        let ticket = self
-            .run(&request.get_ref().ticket, Command::SetPriority(priority))
-            .await?;
-        Ok(Response::new(pb::TicketResponse {
-            ticket: Some(ticket),
-        }))
+        self.run(&request.get_ref().ticket, Command::SetPriority(priority))
+            .await
     }
 
     async fn resolve_ticket(
@@ -298,12 +297,7 @@ impl TicketService for TicketApi {
         request: Request<pb::TicketRef>,
     ) -> Result<Response<pb::TicketResponse>, Status> {
         authorize(&request, RESOLVERS)?;
-        let ticket = self
-            .run(&request.get_ref().ticket, Command::Resolve)
-            .await?;
-        Ok(Response::new(pb::TicketResponse {
-            ticket: Some(ticket),
-        }))
+        self.run(&request.get_ref().ticket, Command::Resolve).await
     }
 
     async fn close_ticket(
@@ -311,10 +305,7 @@ impl TicketService for TicketApi {
         request: Request<pb::TicketRef>,
     ) -> Result<Response<pb::TicketResponse>, Status> {
         authorize(&request, WORKERS)?;
-        let ticket = self.run(&request.get_ref().ticket, Command::Close).await?;
-        Ok(Response::new(pb::TicketResponse {
-            ticket: Some(ticket),
-        }))
+        self.run(&request.get_ref().ticket, Command::Close).await
     }
 
     async fn reopen_ticket(
@@ -322,9 +313,6 @@ impl TicketService for TicketApi {
         request: Request<pb::TicketRef>,
     ) -> Result<Response<pb::TicketResponse>, Status> {
         authorize(&request, WORKERS)?;
-        let ticket = self.run(&request.get_ref().ticket, Command::Reopen).await?;
-        Ok(Response::new(pb::TicketResponse {
-            ticket: Some(ticket),
-        }))
+        self.run(&request.get_ref().ticket, Command::Reopen).await
     }
 }
