@@ -462,13 +462,8 @@ async fn fault_broker_restart_mid_flow_loses_nothing() {
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _broker = BrokerGuard;
-    let stop = tokio::process::Command::new("rabbitmqctl")
-        .arg("stop_app")
-        .status()
-        .await
-        .unwrap();
-    assert!(stop.success());
+    let _broker = OnDrop(BROKER_START.into());
+    control(BROKER_STOP).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while fixture.bus.is_connected() {
         assert!(
@@ -480,12 +475,7 @@ async fn fault_broker_restart_mid_flow_loses_nothing() {
     app.await_readiness(503, Duration::from_secs(10))
         .await
         .unwrap();
-    let start = tokio::process::Command::new("rabbitmqctl")
-        .arg("start_app")
-        .status()
-        .await
-        .unwrap();
-    assert!(start.success());
+    control(BROKER_START).await;
     writer.await.unwrap();
     let effects = fixture.await_effects(301, Duration::from_secs(60)).await;
     assert!(fixture.bus.is_connected(), "the bus reconnected by itself");
@@ -523,17 +513,6 @@ async fn fault_broker_restart_mid_flow_loses_nothing() {
     fixture.finish().await;
 }
 
-/// Starts the broker again if a fault test fails while it is stopped.
-struct BrokerGuard;
-
-impl Drop for BrokerGuard {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .arg("start_app")
-            .status();
-    }
-}
-
 #[tokio::test]
 async fn the_events_of_one_ticket_are_applied_in_order() {
     let fixture = Fixture::new().await;
@@ -562,8 +541,8 @@ async fn fault_a_database_outage_holds_events_and_dead_letters_none() {
     let fixture = Fixture::new().await;
     fixture.start_flowing().await;
 
-    let _database = DatabaseGuard;
-    postgres("stop").await;
+    let _database = OnDrop(format!("{POSTGRES} start"));
+    control(&format!("{POSTGRES} stop -m fast")).await;
     // Events arrive while the consumer cannot reach its database.
     let connection =
         lapin::Connection::connect(fixture.env.config.amqp_url.expose(), Default::default())
@@ -589,7 +568,7 @@ async fn fault_a_database_outage_holds_events_and_dead_letters_none() {
     }
     // Far longer than every retry of max_attempts (3) at 300ms each.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    postgres("start").await;
+    control(&format!("{POSTGRES} start")).await;
     let effects = fixture.await_effects(31, Duration::from_secs(60)).await;
     assert_eq!(
         effects.len(),
@@ -605,28 +584,30 @@ async fn fault_a_database_outage_holds_events_and_dead_letters_none() {
     fixture.finish().await;
 }
 
-async fn postgres(action: &str) {
+/// Control commands of the shared servers the fault tests stop.
+const BROKER_STOP: &str = "rabbitmqctl stop_app";
+const BROKER_START: &str = "rabbitmqctl start_app";
+const POSTGRES: &str =
+    "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -1) main";
+
+/// Runs a control command through the shell; it must succeed.
+async fn control(command: &str) {
     let status = tokio::process::Command::new("bash")
-        .args([
-            "-c",
-            &format!(
-                "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -1) main {action} {}",
-                if action == "stop" { "-m fast" } else { "" }
-            ),
-        ])
+        .args(["-c", command])
         .status()
         .await
         .unwrap();
-    assert!(status.success(), "pg_ctlcluster {action} failed");
+    assert!(status.success(), "{command} failed");
 }
 
-/// Starts PostgreSQL again if a fault test fails while it is stopped.
-struct DatabaseGuard;
+/// Runs a command when dropped, so a fault test that fails mid-way still
+/// starts again what it stopped.
+struct OnDrop(String);
 
-impl Drop for DatabaseGuard {
+impl Drop for OnDrop {
     fn drop(&mut self) {
         let _ = std::process::Command::new("bash")
-            .args(["-c", "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -1) main start"])
+            .args(["-c", &self.0])
             .status();
     }
 }
