@@ -6,6 +6,8 @@ use std::{env, path::PathBuf};
 const PROTOS: &[&str] = &[
     "hotline/tickets/v1/tickets.proto",
     "hotline/events/v1/events.proto",
+    "hotline/sla/v1/sla.proto",
+    "hotline/pager/v1/pager.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

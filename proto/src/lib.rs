@@ -18,3 +18,15 @@ pub mod events {
         tonic::include_proto!("hotline.events.v1");
     }
 }
+
+pub mod sla {
+    pub mod v1 {
+        tonic::include_proto!("hotline.sla.v1");
+    }
+}
+
+pub mod pager {
+    pub mod v1 {
+        tonic::include_proto!("hotline.pager.v1");
+    }
+}

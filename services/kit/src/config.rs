@@ -11,7 +11,7 @@ use figment::{
     Figment,
     providers::{Env, Format, Toml},
 };
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, de::DeserializeOwned};
 
 /// Everything a Hotline process needs to know about its surroundings.
 #[derive(Debug, Clone, Deserialize)]
@@ -38,6 +38,11 @@ pub struct Config {
     pub bus: BusConfig,
     pub db: DbConfig,
     pub log: LogConfig,
+    /// The settings of individual modules (`[sla]` in the file,
+    /// `HOTLINE_SLA__RESPONSE_TARGET` in the environment), each read and
+    /// validated by its module with [`Config::section`].
+    #[serde(flatten)]
+    pub sections: BTreeMap<String, figment::value::Value>,
 }
 
 impl Default for Config {
@@ -54,6 +59,7 @@ impl Default for Config {
             bus: BusConfig::default(),
             db: DbConfig::default(),
             log: LogConfig::default(),
+            sections: BTreeMap::new(),
         }
     }
 }
@@ -119,6 +125,32 @@ impl Config {
             "db.max_connections must be at least 1"
         );
         Ok(())
+    }
+
+    /// A module's settings: its section, over the section type's defaults.
+    pub fn section<T: DeserializeOwned + Default>(&self, name: &str) -> anyhow::Result<T> {
+        match self.sections.get(name) {
+            None => Ok(T::default()),
+            Some(value) => value
+                .deserialize()
+                .with_context(|| format!("invalid configuration in [{name}]")),
+        }
+    }
+
+    /// Sets one key of a module's section, as the environment would
+    /// (`set("sla", "response_target", "3s")`).
+    pub fn set(&mut self, section: &str, key: &str, value: &str) {
+        let entry = self
+            .sections
+            .entry(section.to_owned())
+            .or_insert_with(|| figment::value::Dict::new().into());
+        if let figment::value::Value::Dict(_, dict) = entry {
+            dict.insert(key.to_owned(), value.into());
+        } else {
+            let mut dict = figment::value::Dict::new();
+            dict.insert(key.to_owned(), value.into());
+            *entry = dict.into();
+        }
     }
 
     /// The gRPC endpoint of `service`: configured, or this process.
@@ -333,6 +365,27 @@ pub fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, 
     }
 }
 
+/// Serde adapter for a list of durations: `"15m,30m"` or a TOML array.
+pub fn durations<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        Text(String),
+        Seconds(u64),
+    }
+    let parts = match Raw::deserialize(deserializer)? {
+        Raw::List(list) => list,
+        Raw::Text(text) => text.split(',').map(str::to_owned).collect(),
+        Raw::Seconds(seconds) => vec![seconds.to_string()],
+    };
+    parts
+        .iter()
+        .filter(|part| !part.trim().is_empty())
+        .map(|part| parse_duration(part).map_err(serde::de::Error::custom))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,6 +455,39 @@ mod tests {
             assert_eq!(config.auth.secret.expose(), "s3cret");
             assert_eq!(config.endpoint("tickets"), "http://10.0.0.1:50051");
             assert_eq!(config.endpoint("sla"), "http://127.0.0.1:50051");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error
+    fn a_module_reads_its_own_section_over_its_defaults() {
+        #[derive(Deserialize, Default, Debug)]
+        #[serde(default)]
+        struct Sla {
+            #[serde(deserialize_with = "duration")]
+            response_target: Duration,
+            name: String,
+        }
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("hotline.toml", "[sla]\nname = \"desk\"\n")?;
+            jail.set_env("HOTLINE_SLA__RESPONSE_TARGET", "90m");
+            let config =
+                Config::load(Some(Path::new("hotline.toml"))).map_err(|e| e.to_string())?;
+            let sla: Sla = config.section("sla").map_err(|e| e.to_string())?;
+            assert_eq!(sla.response_target, Duration::from_secs(5400));
+            assert_eq!(sla.name, "desk");
+            let absent: Sla = config.section("pager").map_err(|e| e.to_string())?;
+            assert_eq!(absent.response_target, Duration::ZERO);
+            let mut config = config;
+            config.set("sla", "response_target", "3s");
+            let sla: Sla = config.section("sla").map_err(|e| e.to_string())?;
+            assert_eq!(sla.response_target, Duration::from_secs(3));
+            assert_eq!(sla.name, "desk", "setting one key keeps the others");
+            jail.set_env("HOTLINE_SLA__RESPONSE_TARGET", "soon");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            let refused = config.section::<Sla>("sla").err().map(|e| format!("{e:#}"));
+            assert!(refused.is_some_and(|e| e.contains("[sla]")));
             Ok(())
         });
     }

@@ -45,7 +45,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{BROKER_DELIVERY_LIMIT, Backoff, Bus, ConfirmChannel, header_int, header_str};
+use super::{
+    BROKER_DELIVERY_LIMIT, Backoff, Bus, ConfirmChannel, header_int, header_str,
+    outbox::OutboxSignal,
+};
 use crate::{config::BusConfig, telemetry};
 
 /// Parallel lanes of one consumer; a ticket's events share a lane.
@@ -92,6 +95,8 @@ pub struct Consumer<H> {
     dead_letters: ConfirmChannel,
     handler: H,
     config: BusConfig,
+    /// Woken after each commit, when the handler writes events of its own.
+    outbox: Option<OutboxSignal>,
 }
 
 impl<H: EventHandler> Consumer<H> {
@@ -117,7 +122,14 @@ impl<H: EventHandler> Consumer<H> {
             dead_letters: ConfirmChannel::new(publisher),
             handler,
             config,
+            outbox: None,
         })
+    }
+
+    /// For a handler that enqueues events: wakes the relay after each commit.
+    pub fn waking(mut self, relay: OutboxSignal) -> Self {
+        self.outbox = Some(relay);
+        self
     }
 
     /// Applies one event exactly once: the single step the loop runs.
@@ -156,6 +168,9 @@ impl<H: EventHandler> Consumer<H> {
         }
         self.handler.handle(&mut tx, event).await?;
         tx.commit().await?;
+        if let Some(relay) = &self.outbox {
+            relay.committed();
+        }
         Ok(Outcome::Applied)
     }
 
