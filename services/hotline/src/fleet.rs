@@ -4,7 +4,11 @@ use hotline_kit::supervisor::Module;
 
 /// Every module, `--target all`.
 pub fn modules() -> Vec<Module> {
-    vec![hotline_tickets::module()]
+    vec![
+        hotline_tickets::module(),
+        hotline_sla::module(),
+        hotline_pager::module(),
+    ]
 }
 
 /// The modules named by a `--target` value: `all`, or a comma list.

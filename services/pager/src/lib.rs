@@ -1,1 +1,157 @@
-//! pager
+//! `pager`: who gets woken for an escalation, and how (ARCHITECTURE §8).
+//!
+//! - [`events`]: `sla.escalated` queues pages to the level's targets,
+//!   `sla.cleared` resolves them; acknowledgements from any edge.
+//! - [`deliver`]: sends the queue, with retries and every attempt recorded.
+//! - [`messages`]: PagerDuty Events API v2 and generic webhook bodies.
+//! - [`schedule`]: on-call rotations and overrides, pure.
+//! - [`webhook`]: PagerDuty v3 webhooks in (acknowledgements).
+//! - [`store`]: the only SQL.
+//! - [`api`]: the gRPC `PagerService`.
+
+pub mod api;
+pub mod deliver;
+pub mod events;
+pub mod messages;
+pub mod schedule;
+pub mod store;
+pub mod webhook;
+
+use std::{sync::Arc, time::Duration};
+
+use hotline_kit::{
+    bus::{
+        consumer::Consumer,
+        outbox::{OutboxSignal, Relay},
+    },
+    config::{Secret, duration},
+    grpc::MAX_MESSAGE_BYTES,
+    supervisor::{Module, ModuleContext},
+};
+use hotline_proto::pager::v1::pager_service_server::PagerServiceServer;
+use serde::Deserialize;
+
+pub const SCHEMA: &str = "pager";
+const CONSUMES: &[&str] = &["sla.escalated", "sla.cleared"];
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// `[pager]` in the configuration, `HOTLINE_PAGER__*` in the environment.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct PagerConfig {
+    /// With it set, every level pages this PagerDuty service.
+    pub pagerduty_routing_key: Secret,
+    pub pagerduty_url: String,
+    /// Signs PagerDuty's v3 webhooks; without it they are refused.
+    pub pagerduty_webhook_secret: Secret,
+    /// With it set, every level is posted to this URL too.
+    pub webhook_url: String,
+    /// Signs every webhook Hotline sends (`X-Hotline-Signature`).
+    pub webhook_secret: Secret,
+    /// `payload.source` of PagerDuty events.
+    pub source: String,
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// Attempts of one delivery before it is failed.
+    pub max_attempts: i32,
+    /// Wait before the second attempt; doubles after each.
+    #[serde(deserialize_with = "duration")]
+    pub retry_backoff: Duration,
+}
+
+impl Default for PagerConfig {
+    fn default() -> Self {
+        Self {
+            pagerduty_routing_key: Secret::default(),
+            pagerduty_url: "https://events.pagerduty.com/v2/enqueue".into(),
+            pagerduty_webhook_secret: Secret::default(),
+            webhook_url: String::new(),
+            webhook_secret: Secret::default(),
+            source: "hotline".into(),
+            request_timeout: Duration::from_secs(10),
+            max_attempts: 12,
+            retry_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+impl PagerConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (name, url) in [
+            ("pager.pagerduty_url", &self.pagerduty_url),
+            ("pager.webhook_url", &self.webhook_url),
+        ] {
+            anyhow::ensure!(
+                url.is_empty() || url.starts_with("https://") || url.starts_with("http://"),
+                "{name} must be an http(s) URL"
+            );
+        }
+        anyhow::ensure!(
+            (1..=100).contains(&self.max_attempts),
+            "pager.max_attempts must be between 1 and 100"
+        );
+        anyhow::ensure!(
+            self.request_timeout >= Duration::from_millis(100),
+            "pager.request_timeout must be at least 100ms"
+        );
+        Ok(())
+    }
+}
+
+pub fn module() -> Module {
+    Module {
+        name: "pager",
+        depends_on: &["sla"],
+        schema: SCHEMA,
+        migrations: &MIGRATIONS,
+        consumes: CONSUMES,
+        init,
+    }
+}
+
+fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
+    let config: PagerConfig = context.config.section("pager")?;
+    config.validate()?;
+    if config.pagerduty_routing_key.is_empty() {
+        tracing::info!("no PagerDuty routing key: levels page the configured targets only");
+    }
+    let config = Arc::new(config);
+    let pool = context.pool(SCHEMA)?;
+    let relay_signal = OutboxSignal::default();
+    context.add_grpc(
+        PagerServiceServer::new(api::PagerApi::new(pool.clone(), relay_signal.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    );
+    context.add_http(webhook::router(
+        pool.clone(),
+        config.clone(),
+        relay_signal.clone(),
+    ));
+    let relay = Relay::new(
+        pool.clone(),
+        relay_signal.clone(),
+        context.publisher.clone(),
+        &context.config.bus,
+    );
+    let cancel = context.cancel.clone();
+    context.spawn("outbox-relay", async move { relay.run(cancel).await });
+    let consumer = Consumer::new(
+        "pager",
+        CONSUMES,
+        pool.clone(),
+        context.subscriber.clone(),
+        context.publisher.clone(),
+        events::Handler {
+            config: config.clone(),
+        },
+        context.config.bus.clone(),
+    )?
+    .waking(relay_signal);
+    context.spawn("consumer", Arc::new(consumer).run(context.cancel.clone()));
+    let sender = deliver::Sender::new(pool, config)?;
+    let cancel = context.cancel.clone();
+    context.spawn("sender", async move { sender.run(cancel).await });
+    Ok(())
+}

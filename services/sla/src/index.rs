@@ -52,7 +52,7 @@ pub struct DueIndex {
 /// comes due before its clock.
 fn score(at: DateTime<Utc>) -> i64 {
     let millis = at.timestamp_millis();
-    if at.timestamp_subsec_nanos() % 1_000_000 == 0 {
+    if at.timestamp_subsec_nanos().is_multiple_of(1_000_000) {
         millis
     } else {
         millis + 1

@@ -6,7 +6,7 @@
 //! - [`index`]: the Redis due-index, rebuilt from PostgreSQL.
 //! - [`scheduler`]: fires clocks when due, exactly once per step.
 //! - [`events`]: ticket events and acknowledgements in, `sla.*` out.
-//! - [`api`]: `hotline.sla.v1.SlaService`.
+//! - [`api`]: the gRPC `SlaService`.
 
 pub mod api;
 pub mod domain;

@@ -1,9 +1,10 @@
-//! The command line: `serve`, `migrate`, `token issue`, and the agent's
-//! `tickets ...` commands, which talk gRPC to the server at `HOTLINE_SERVER`
+//! The command line: `serve`, `migrate`, `token issue`, and the desk's
+//! `tickets`, `sla`, `oncall` and `pages` commands, which talk gRPC to the server at `HOTLINE_SERVER`
 //! with the token in `HOTLINE_TOKEN`. With `--json` a command prints JSON
 //! only — on failure too (`{"error": ..., "code": ...}`) — and exits non-zero
 //! when it failed.
 
+mod paging;
 mod tickets;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -58,6 +59,15 @@ enum Command {
     /// Work tickets.
     #[command(subcommand)]
     Tickets(tickets::TicketsCommand),
+    /// Response clocks: at risk, breached, one ticket's.
+    #[command(subcommand)]
+    Sla(paging::SlaCommand),
+    /// Who is on call.
+    #[command(subcommand)]
+    Oncall(paging::OncallCommand),
+    /// Pages sent for breaches, and acknowledging them.
+    #[command(subcommand)]
+    Pages(paging::PagesCommand),
 }
 
 #[derive(Subcommand)]
@@ -145,6 +155,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             issue_token(cli.config, &role, &subject, ttl, &output)
         }
         Command::Tickets(command) => tickets::run(command, &output).await,
+        Command::Sla(command) => paging::sla(command, &output).await,
+        Command::Oncall(command) => paging::oncall(command, &output).await,
+        Command::Pages(command) => paging::pages(command, &output).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

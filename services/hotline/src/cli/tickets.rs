@@ -328,7 +328,7 @@ fn changed(output: &Output, response: pb::TicketResponse, verb: &str) {
     output.print(ticket_json(&ticket), || format!("{} {verb}", ticket.number));
 }
 
-fn time(timestamp: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
+pub(super) fn time(timestamp: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
     timestamp.and_then(from_timestamp)
 }
 
@@ -339,14 +339,14 @@ fn status_name(value: i32) -> &'static str {
     }
 }
 
-fn priority_name(value: i32) -> &'static str {
+pub(super) fn priority_name(value: i32) -> &'static str {
     match convert::priority_from(value) {
         Ok(Some(priority)) => priority.as_str(),
         _ => "unknown",
     }
 }
 
-fn channel_name(value: i32) -> &'static str {
+pub(super) fn channel_name(value: i32) -> &'static str {
     match convert::channel_from(value) {
         Ok(Some(channel)) => channel.as_str(),
         _ => "unknown",
@@ -364,7 +364,7 @@ fn kind_name(article: &pb::Article) -> &'static str {
     }
 }
 
-fn optional(value: &str) -> Value {
+pub(super) fn optional(value: &str) -> Value {
     if value.is_empty() {
         Value::Null
     } else {

@@ -1,0 +1,297 @@
+//! `hotline sla ...`, `hotline oncall ...`, `hotline pages ...`: the
+//! response clocks, who is on call, and the pages sent.
+
+use std::time::Duration;
+
+use clap::Subcommand;
+use hotline_kit::config::parse_duration;
+use hotline_proto::{
+    pager::v1::{self as pager, pager_service_client::PagerServiceClient},
+    sla::v1::{self as sla, sla_service_client::SlaServiceClient},
+};
+use serde_json::{Value, json};
+
+use super::{
+    Failure, Output, connect,
+    tickets::{channel_name, optional, priority_name, time},
+};
+
+#[derive(Subcommand)]
+pub enum SlaCommand {
+    /// The response clock of a ticket (number or id).
+    Show { ticket: String },
+    /// Tickets whose response is due soon, soonest first.
+    AtRisk {
+        /// Due within this long, e.g. 30m, 1h.
+        #[arg(long, default_value = "30m", value_parser = parse_duration)]
+        within: Duration,
+    },
+    /// Tickets past due and still awaiting a response.
+    Breached,
+    /// Stop the escalation of a breached ticket (the clock runs on).
+    Ack { ticket: String },
+}
+
+#[derive(Subcommand)]
+pub enum OncallCommand {
+    /// Who is on call on each schedule now.
+    Now,
+}
+
+#[derive(Subcommand)]
+pub enum PagesCommand {
+    /// Pages sent, newest first; of one ticket when given.
+    List { ticket: Option<String> },
+    /// Acknowledge the open breach of a ticket: the ladder stops climbing.
+    Ack { ticket: String },
+}
+
+fn state_name(state: i32) -> &'static str {
+    match sla::ClockState::try_from(state) {
+        Ok(sla::ClockState::Running) => "running",
+        Ok(sla::ClockState::Breached) => "breached",
+        Ok(sla::ClockState::Stopped) => "stopped",
+        _ => "unknown",
+    }
+}
+
+fn seconds(duration: Option<&prost_types::Duration>) -> Option<i64> {
+    duration.map(|d| d.seconds)
+}
+
+fn clock_json(clock: &sla::Clock) -> Value {
+    json!({
+        "ticket_id": clock.ticket_id,
+        "number": clock.number,
+        "subject": clock.subject,
+        "contact": optional(&clock.contact),
+        "channel": channel_name(clock.channel),
+        "priority": priority_name(clock.priority),
+        "state": state_name(clock.state),
+        "awaiting_since": time(clock.awaiting_since.as_ref()),
+        "target_seconds": seconds(clock.target.as_ref()),
+        "due": time(clock.due.as_ref()),
+        "breaches": clock.breaches,
+        "breached_at": time(clock.breached_at.as_ref()),
+        "level": clock.level,
+        "next_escalation_at": time(clock.next_escalation_at.as_ref()),
+        "acknowledged_at": time(clock.acknowledged_at.as_ref()),
+        "acknowledged_by": optional(&clock.acknowledged_by),
+        "last_outcome": optional(&clock.last_outcome),
+    })
+}
+
+fn clock_line(clock: &sla::Clock) -> String {
+    let due = time(clock.due.as_ref())
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default();
+    format!(
+        "{}\t{}\tdue {}\tlevel {}\t{}",
+        clock.number,
+        state_name(clock.state),
+        due,
+        clock.level,
+        clock.subject
+    )
+}
+
+fn clocks(output: &Output, clocks: &[sla::Clock]) {
+    output.print(
+        json!(clocks.iter().map(clock_json).collect::<Vec<_>>()),
+        || {
+            if clocks.is_empty() {
+                "none".into()
+            } else {
+                clocks.iter().map(clock_line).collect::<Vec<_>>().join("\n")
+            }
+        },
+    );
+}
+
+pub async fn sla(command: SlaCommand, output: &Output) -> Result<(), Failure> {
+    let mut client = SlaServiceClient::new(connect()?);
+    match command {
+        SlaCommand::Show { ticket } => {
+            let clock = client
+                .get_clock(sla::GetClockRequest { ticket })
+                .await?
+                .into_inner();
+            output.print(clock_json(&clock), || clock_line(&clock));
+        }
+        SlaCommand::AtRisk { within } => {
+            let response = client
+                .list_at_risk(sla::ListAtRiskRequest {
+                    within: prost_types::Duration::try_from(within).ok(),
+                    limit: 500,
+                })
+                .await?
+                .into_inner();
+            clocks(output, &response.clocks);
+        }
+        SlaCommand::Breached => {
+            let response = client
+                .list_breached(sla::ListBreachedRequest { limit: 500 })
+                .await?
+                .into_inner();
+            clocks(output, &response.clocks);
+        }
+        SlaCommand::Ack { ticket } => {
+            let clock = client
+                .acknowledge(sla::AcknowledgeRequest { ticket })
+                .await?
+                .into_inner();
+            output.print(clock_json(&clock), || {
+                format!("{} acknowledged", clock.number)
+            });
+        }
+    }
+    Ok(())
+}
+
+pub async fn oncall(command: OncallCommand, output: &Output) -> Result<(), Failure> {
+    let mut client = PagerServiceClient::new(connect()?);
+    match command {
+        OncallCommand::Now => {
+            let response = client
+                .who_is_on_call(pager::WhoIsOnCallRequest { at: None })
+                .await?
+                .into_inner();
+            let rows: Vec<Value> = response
+                .on_call
+                .iter()
+                .map(|o| {
+                    json!({
+                        "schedule": o.schedule,
+                        "person": optional(&o.person),
+                        "overridden": o.overridden,
+                        "until": time(o.shift_ends_at.as_ref()),
+                    })
+                })
+                .collect();
+            output.print(json!(rows), || {
+                if response.on_call.is_empty() {
+                    return "no schedules".into();
+                }
+                response
+                    .on_call
+                    .iter()
+                    .map(|o| {
+                        let who = if o.person.is_empty() {
+                            "nobody"
+                        } else {
+                            &o.person
+                        };
+                        let until = time(o.shift_ends_at.as_ref())
+                            .map(|t| format!(" until {}", t.to_rfc3339()))
+                            .unwrap_or_default();
+                        format!("{}\t{who}{until}", o.schedule)
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+    }
+    Ok(())
+}
+
+fn page_state(state: i32) -> &'static str {
+    match pager::PageState::try_from(state) {
+        Ok(pager::PageState::Pending) => "pending",
+        Ok(pager::PageState::Delivered) => "delivered",
+        Ok(pager::PageState::Failed) => "failed",
+        Ok(pager::PageState::Cancelled) => "cancelled",
+        _ => "unknown",
+    }
+}
+
+fn page_json(page: &pager::Page) -> Value {
+    json!({
+        "id": page.id,
+        "ticket_id": page.ticket_id,
+        "number": page.number,
+        "breach": page.breach,
+        "level": page.level,
+        "action": page.action,
+        "channel": page.channel,
+        "target": page.target,
+        "dedup_key": page.dedup_key,
+        "state": page_state(page.state),
+        "last_error": optional(&page.last_error),
+        "created_at": time(page.created_at.as_ref()),
+        "delivered_at": time(page.delivered_at.as_ref()),
+        "attempts": page.attempts.iter().map(|a| json!({
+            "at": time(a.at.as_ref()),
+            "status": a.status,
+            "error": optional(&a.error),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub async fn pages(command: PagesCommand, output: &Output) -> Result<(), Failure> {
+    let mut client = PagerServiceClient::new(connect()?);
+    match command {
+        PagesCommand::List { ticket } => {
+            let response = client
+                .list_pages(pager::ListPagesRequest {
+                    ticket: ticket.unwrap_or_default(),
+                    limit: 500,
+                })
+                .await?
+                .into_inner();
+            output.print(
+                json!(response.pages.iter().map(page_json).collect::<Vec<_>>()),
+                || {
+                    if response.pages.is_empty() {
+                        return "no pages".into();
+                    }
+                    response
+                        .pages
+                        .iter()
+                        .map(|p| {
+                            format!(
+                                "{}\t{} level {}\t{} {} -> {}\t{} ({} attempts)",
+                                p.number,
+                                p.action,
+                                p.level,
+                                p.channel,
+                                p.dedup_key,
+                                p.target,
+                                page_state(p.state),
+                                p.attempts.len()
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+            );
+        }
+        PagesCommand::Ack { ticket } => {
+            let ack = client
+                .acknowledge(pager::AcknowledgeRequest {
+                    ticket: ticket.clone(),
+                })
+                .await?
+                .into_inner();
+            output.print(
+                json!({
+                    "ticket_id": ack.ticket_id,
+                    "breach": ack.breach,
+                    "acknowledged_at": time(ack.acknowledged_at.as_ref()),
+                    "acknowledged_by": ack.acknowledged_by,
+                    "first": ack.first,
+                }),
+                || {
+                    if ack.first {
+                        format!("{ticket} acknowledged")
+                    } else {
+                        format!(
+                            "{ticket} was already acknowledged by {}",
+                            ack.acknowledged_by
+                        )
+                    }
+                },
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! Sends queued deliveries: leases them from PostgreSQL (any number of
+//! `pager` processes share the queue), posts them, and records every
+//! attempt.
+//!
+//! - 2xx: delivered.
+//! - 429, 408, 5xx, a timeout or no connection: retried with doubling
+//!   backoff, up to `max_attempts`.
+//! - any other 4xx: failed at once with the peer's message — a request it
+//!   refuses will not improve by repetition.
+//!
+//! A trigger whose breach was cleared is cancelled instead of sent: never a
+//! page after the ticket was answered.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+use futures_util::future::join_all;
+use hmac::{Hmac, Mac};
+use hotline_kit::bus::Backoff;
+use sha2::Sha256;
+use sqlx::{PgPool, postgres::PgListener};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    PagerConfig,
+    store::{self, Claimed, Settled},
+};
+
+/// Deliveries sent at once by one process.
+const CONCURRENCY: i64 = 32;
+/// The longest wait without looking at the queue.
+const MAX_IDLE: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts of one delivery.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+pub struct Sender {
+    pool: PgPool,
+    client: reqwest::Client,
+    config: Arc<PagerConfig>,
+}
+
+/// The signature of a webhook body: `sha256=<hex HMAC-SHA256>`.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// What one attempt came to.
+struct Answer {
+    status: i32,
+    error: Option<String>,
+    retry: bool,
+}
+
+impl Sender {
+    pub fn new(pool: PgPool, config: Arc<PagerConfig>) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .user_agent(concat!("hotline-pager/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            pool,
+            client,
+            config,
+        })
+    }
+
+    pub async fn run(&self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let mut listener = None;
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        while !cancel.is_cancelled() {
+            if listener.is_none() {
+                listener = self.listen().await;
+            }
+            let claimed = match store::claim(&self.pool, CONCURRENCY, self.lease()).await {
+                Ok(claimed) => {
+                    backoff.reset();
+                    claimed
+                }
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, ?delay, "cannot read the page queue; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    continue;
+                }
+            };
+            if !claimed.is_empty() {
+                join_all(claimed.into_iter().map(|c| self.send(c))).await;
+                continue;
+            }
+            let idle = match store::next_due(&self.pool).await {
+                Ok(Some(next)) => (next - Utc::now()).to_std().unwrap_or_default(),
+                _ => MAX_IDLE,
+            }
+            .min(MAX_IDLE);
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(idle) => {}
+                woken = async {
+                    match listener.as_mut() {
+                        Some(listener) => listener.recv().await.map(|_| ()),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if woken.is_err() {
+                        listener = None;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let mut listener = PgListener::connect_with(&self.pool).await.ok()?;
+        listener.listen("pager_deliveries").await.ok()?;
+        Some(listener)
+    }
+
+    /// How long a sender holds a delivery: its request and some slack.
+    fn lease(&self) -> Duration {
+        self.config.request_timeout * 2 + Duration::from_secs(5)
+    }
+
+    async fn send(&self, delivery: Claimed) {
+        let started = Utc::now();
+        let clock = std::time::Instant::now();
+        let (settled, error, status) = if delivery.action == "trigger" && delivery.cleared {
+            (Settled::Cancelled, None, 0)
+        } else {
+            let answer = self.post(&delivery).await;
+            let settled = if answer.status / 100 == 2 {
+                let latency = (Utc::now() - delivery.created_at)
+                    .to_std()
+                    .unwrap_or_default();
+                metrics::histogram!("hotline_page_delivery_seconds", "channel" => delivery.channel.clone())
+                    .record(latency.as_secs_f64());
+                Settled::Delivered
+            } else if answer.retry && delivery.attempts < self.config.max_attempts {
+                let exponent = u32::try_from(delivery.attempts - 1).unwrap_or(0).min(16);
+                let delay = (self.config.retry_backoff * 2u32.pow(exponent)).min(MAX_BACKOFF);
+                Settled::Retry(Utc::now() + delay)
+            } else {
+                tracing::error!(
+                    delivery = delivery.id,
+                    channel = %delivery.channel,
+                    status = answer.status,
+                    error = answer.error.as_deref().unwrap_or(""),
+                    "page failed for good"
+                );
+                metrics::counter!("hotline_pages_failed_total").increment(1);
+                Settled::Failed
+            };
+            (settled, answer.error, answer.status)
+        };
+        let recorded = store::settle(
+            &self.pool,
+            delivery.id,
+            started,
+            status,
+            error.as_deref(),
+            clock.elapsed(),
+            settled,
+        )
+        .await;
+        if let Err(error) = recorded {
+            // The lease runs out and the delivery is tried again.
+            tracing::warn!(%error, delivery = delivery.id, "cannot record a page attempt");
+        }
+    }
+
+    async fn post(&self, delivery: &Claimed) -> Answer {
+        let request = match delivery.channel.as_str() {
+            "pagerduty" => {
+                let mut body: serde_json::Value = match serde_json::from_str(&delivery.body) {
+                    Ok(body) => body,
+                    Err(error) => return refused(format!("stored body is not JSON: {error}")),
+                };
+                body["routing_key"] = self.config.pagerduty_routing_key.expose().into();
+                self.client
+                    .post(&self.config.pagerduty_url)
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+            }
+            "webhook" => {
+                let mut request = self
+                    .client
+                    .post(&delivery.destination)
+                    .header("content-type", "application/json");
+                if !self.config.webhook_secret.is_empty() {
+                    request = request.header(
+                        "x-hotline-signature",
+                        signature(
+                            self.config.webhook_secret.expose(),
+                            delivery.body.as_bytes(),
+                        ),
+                    );
+                }
+                request.body(delivery.body.clone())
+            }
+            other => return refused(format!("unknown channel {other}")),
+        };
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status();
+                let code = i32::from(status.as_u16());
+                if status.is_success() {
+                    return Answer {
+                        status: code,
+                        error: None,
+                        retry: false,
+                    };
+                }
+                let text = response.text().await.unwrap_or_default();
+                let message: String = text.chars().take(500).collect();
+                Answer {
+                    status: code,
+                    error: Some(format!("{status}: {message}")),
+                    retry: status.as_u16() == 429
+                        || status.as_u16() == 408
+                        || status.is_server_error(),
+                }
+            }
+            Err(error) => Answer {
+                status: 0,
+                error: Some(if error.is_timeout() {
+                    "no answer in time".to_owned()
+                } else {
+                    format!("cannot reach the peer: {error}")
+                }),
+                retry: true,
+            },
+        }
+    }
+}
+
+fn refused(error: String) -> Answer {
+    Answer {
+        status: 0,
+        error: Some(error),
+        retry: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_webhook_signature_is_hmac_sha256_of_the_raw_body() {
+        // RFC 4231, test case 2.
+        assert_eq!(
+            signature("Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}

@@ -1,0 +1,577 @@
+//! The only SQL of `pager`: breaches, deliveries and their attempts, people,
+//! schedules and the level map.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use hotline_kit::time::from_timestamp;
+use hotline_proto::events::v1 as ev;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::schedule::{Override, Rotation, parse_local};
+
+/// A breach as the pager knows it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Breach {
+    pub ticket_id: Uuid,
+    pub breach: i32,
+    pub number: String,
+    pub subject: String,
+    pub contact: String,
+    pub channel: i32,
+    pub priority: i32,
+    pub awaiting_since: Option<DateTime<Utc>>,
+    pub due: Option<DateTime<Utc>>,
+    pub level: i32,
+    pub cleared_at: Option<DateTime<Utc>>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    pub acknowledged_by: Option<String>,
+}
+
+const BREACH_COLUMNS: &str = "ticket_id, breach, number, subject, contact, channel, priority,
+    awaiting_since, due, level, cleared_at, acknowledged_at, acknowledged_by";
+
+/// Records (or refreshes) a breach at `level`, locked; returns it.
+pub async fn upsert_breach(
+    conn: &mut PgConnection,
+    ticket_id: Uuid,
+    breach: &ev::Breach,
+    level: i32,
+) -> sqlx::Result<Breach> {
+    sqlx::query_as(&format!(
+        "INSERT INTO breaches (ticket_id, breach, number, subject, contact, channel, priority,
+             awaiting_since, due, level)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (ticket_id, breach) DO UPDATE
+             SET level = GREATEST(breaches.level, EXCLUDED.level)
+         RETURNING {BREACH_COLUMNS}"
+    ))
+    .bind(ticket_id)
+    .bind(breach.breach)
+    .bind(&breach.number)
+    .bind(&breach.subject)
+    .bind(&breach.contact)
+    .bind(breach.channel)
+    .bind(breach.priority)
+    .bind(breach.awaiting_since.as_ref().and_then(from_timestamp))
+    .bind(breach.due.as_ref().and_then(from_timestamp))
+    .bind(level)
+    .fetch_one(conn)
+    .await
+}
+
+/// Marks a breach cleared; `false` if it already was.
+pub async fn clear(
+    conn: &mut PgConnection,
+    ticket_id: Uuid,
+    breach: i32,
+    at: DateTime<Utc>,
+    reason: &str,
+) -> sqlx::Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE breaches SET cleared_at = $3, cleared_reason = $4
+         WHERE ticket_id = $1 AND breach = $2 AND cleared_at IS NULL",
+    )
+    .bind(ticket_id)
+    .bind(breach)
+    .bind(at)
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Pending triggers of a cleared breach will never be sent.
+pub async fn cancel_triggers(
+    conn: &mut PgConnection,
+    ticket_id: Uuid,
+    breach: i32,
+) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE deliveries SET state = 'cancelled', lease_until = NULL
+         WHERE ticket_id = $1 AND breach = $2 AND action = 'trigger' AND state = 'pending'
+           AND attempts = 0",
+    )
+    .bind(ticket_id)
+    .bind(breach)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+/// A target a breach's trigger reached (or may have reached): it gets the
+/// acknowledgement and the resolution too.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Reached {
+    pub channel: String,
+    pub target: String,
+    pub destination: String,
+    pub dedup_key: String,
+}
+
+pub async fn reached(
+    conn: &mut PgConnection,
+    ticket_id: Uuid,
+    breach: i32,
+) -> sqlx::Result<Vec<Reached>> {
+    sqlx::query_as(
+        "SELECT DISTINCT channel, target, destination, dedup_key FROM deliveries
+         WHERE ticket_id = $1 AND breach = $2 AND action = 'trigger'
+           AND (state = 'delivered' OR attempts > 0)",
+    )
+    .bind(ticket_id)
+    .bind(breach)
+    .fetch_all(conn)
+    .await
+}
+
+/// A delivery to make.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub ticket_id: Uuid,
+    pub breach: i32,
+    pub step: i32,
+    pub level: i32,
+    pub action: &'static str,
+    pub channel: &'static str,
+    pub target: String,
+    pub destination: String,
+    pub dedup_key: String,
+    pub body: String,
+}
+
+/// Queues deliveries; one already queued (a redelivered event) is kept.
+pub async fn queue(conn: &mut PgConnection, deliveries: &[NewDelivery]) -> sqlx::Result<u64> {
+    if deliveries.is_empty() {
+        return Ok(0);
+    }
+    let queued = sqlx::query(
+        "INSERT INTO deliveries (ticket_id, breach, step, level, action, channel, target,
+             destination, dedup_key, body)
+         SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::int[], $5::text[],
+             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(deliveries.iter().map(|d| d.ticket_id).collect::<Vec<_>>())
+    .bind(deliveries.iter().map(|d| d.breach).collect::<Vec<_>>())
+    .bind(deliveries.iter().map(|d| d.step).collect::<Vec<_>>())
+    .bind(deliveries.iter().map(|d| d.level).collect::<Vec<_>>())
+    .bind(deliveries.iter().map(|d| d.action).collect::<Vec<_>>())
+    .bind(deliveries.iter().map(|d| d.channel).collect::<Vec<_>>())
+    .bind(
+        deliveries
+            .iter()
+            .map(|d| d.target.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        deliveries
+            .iter()
+            .map(|d| d.destination.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        deliveries
+            .iter()
+            .map(|d| d.dedup_key.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        deliveries
+            .iter()
+            .map(|d| d.body.clone())
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    sqlx::query("SELECT pg_notify('pager_deliveries', '')")
+        .execute(conn)
+        .await?;
+    Ok(queued)
+}
+
+/// Records the acknowledgement of a breach; `false` if it already was.
+pub async fn acknowledge(
+    conn: &mut PgConnection,
+    ticket_id: Uuid,
+    breach: i32,
+    by: &str,
+    via: &str,
+    at: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE breaches SET acknowledged_at = $3, acknowledged_by = $4, acknowledged_via = $5
+         WHERE ticket_id = $1 AND breach = $2 AND acknowledged_at IS NULL",
+    )
+    .bind(ticket_id)
+    .bind(breach)
+    .bind(at)
+    .bind(by)
+    .bind(via)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// The latest breach of a ticket (by id or number), locked.
+pub async fn latest_breach(conn: &mut PgConnection, ticket: &str) -> sqlx::Result<Option<Breach>> {
+    let (id, number) = ticket_key(ticket);
+    sqlx::query_as(&format!(
+        "SELECT {BREACH_COLUMNS} FROM breaches
+         WHERE ticket_id = $1 OR number = $2
+         ORDER BY breach DESC LIMIT 1 FOR UPDATE"
+    ))
+    .bind(id)
+    .bind(number)
+    .fetch_optional(conn)
+    .await
+}
+
+/// A ticket named by id or number: `(id, "HL-n")`, one of them a dud.
+fn ticket_key(ticket: &str) -> (Uuid, String) {
+    let ticket = ticket.trim();
+    match Uuid::parse_str(ticket) {
+        Ok(id) => (id, String::new()),
+        Err(_) => {
+            let digits = ticket
+                .strip_prefix("HL-")
+                .or_else(|| ticket.strip_prefix("hl-"))
+                .unwrap_or(ticket);
+            (Uuid::nil(), format!("HL-{digits}"))
+        }
+    }
+}
+
+/// A delivery taken for sending.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Claimed {
+    pub id: i64,
+    pub action: String,
+    pub channel: String,
+    pub destination: String,
+    pub body: String,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    /// The breach was cleared: a trigger is no longer wanted.
+    pub cleared: bool,
+}
+
+/// Leases up to `limit` deliveries due now, for `lease`; a sender that dies
+/// lets its lease run out and another takes over.
+pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<Vec<Claimed>> {
+    sqlx::query_as(
+        "UPDATE deliveries d SET lease_until = now() + $2::bigint * interval '1 millisecond',
+             attempts = d.attempts + 1
+         FROM (SELECT id FROM deliveries
+               WHERE state = 'pending' AND next_attempt_at <= now()
+                 AND (lease_until IS NULL OR lease_until < now())
+               ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
+         WHERE d.id = due.id
+         RETURNING d.id, d.action, d.channel, d.destination, d.body, d.attempts, d.created_at,
+             EXISTS (SELECT 1 FROM breaches b WHERE b.ticket_id = d.ticket_id
+                     AND b.breach = d.breach AND b.cleared_at IS NOT NULL) AS cleared",
+    )
+    .bind(limit)
+    .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+    .fetch_all(pool)
+    .await
+}
+
+/// What became of one attempt.
+pub enum Settled {
+    Delivered,
+    /// Try again at this moment.
+    Retry(DateTime<Utc>),
+    Failed,
+    Cancelled,
+}
+
+#[allow(clippy::too_many_arguments)] // one row of the attempts log
+pub async fn settle(
+    pool: &PgPool,
+    id: i64,
+    at: DateTime<Utc>,
+    status: i32,
+    error: Option<&str>,
+    latency: Duration,
+    settled: Settled,
+) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    if !matches!(settled, Settled::Cancelled) {
+        sqlx::query(
+            "INSERT INTO attempts (delivery_id, at, status, error, latency_ms)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(at)
+        .bind(status)
+        .bind(error)
+        .bind(i32::try_from(latency.as_millis()).unwrap_or(i32::MAX))
+        .execute(&mut *tx)
+        .await?;
+    }
+    let (state, next) = match settled {
+        Settled::Delivered => ("delivered", None),
+        Settled::Retry(next) => ("pending", Some(next)),
+        Settled::Failed => ("failed", None),
+        Settled::Cancelled => ("cancelled", None),
+    };
+    sqlx::query(
+        "UPDATE deliveries SET state = $2, lease_until = NULL,
+             next_attempt_at = COALESCE($3, next_attempt_at),
+             last_error = COALESCE($4, last_error),
+             delivered_at = CASE WHEN $2 = 'delivered' THEN $5 ELSE delivered_at END
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(state)
+    .bind(next)
+    .bind(error)
+    .bind(at)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// When the next pending delivery is due (or its lease runs out).
+pub async fn next_due(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar(
+        "SELECT min(GREATEST(next_attempt_at, COALESCE(lease_until, next_attempt_at)))
+         FROM deliveries WHERE state = 'pending'",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PageRow {
+    pub id: i64,
+    pub ticket_id: Uuid,
+    pub number: String,
+    pub breach: i32,
+    pub level: i32,
+    pub action: String,
+    pub channel: String,
+    pub target: String,
+    pub dedup_key: String,
+    pub state: String,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AttemptRow {
+    pub delivery_id: i64,
+    pub at: DateTime<Utc>,
+    pub status: i32,
+    pub error: Option<String>,
+    pub latency_ms: i32,
+}
+
+/// Deliveries, newest first, of one ticket when `ticket` is set; with
+/// their attempts.
+pub async fn pages(
+    pool: &PgPool,
+    ticket: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<(Vec<PageRow>, Vec<AttemptRow>)> {
+    let (id, number) = ticket.map(ticket_key).unzip();
+    let rows: Vec<PageRow> = sqlx::query_as(
+        "SELECT d.id, d.ticket_id, b.number, d.breach, d.level, d.action, d.channel, d.target,
+             d.dedup_key, d.state, d.last_error, d.created_at, d.delivered_at
+         FROM deliveries d JOIN breaches b USING (ticket_id, breach)
+         WHERE $1::uuid IS NULL OR d.ticket_id = $1 OR b.number = $2
+         ORDER BY d.id DESC LIMIT $3",
+    )
+    .bind(id)
+    .bind(number)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let attempts = sqlx::query_as(
+        "SELECT delivery_id, at, status, error, latency_ms FROM attempts
+         WHERE delivery_id = ANY($1) ORDER BY at",
+    )
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    Ok((rows, attempts))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Person {
+    pub name: String,
+    pub email: String,
+    pub webhook_url: String,
+}
+
+pub async fn put_person(pool: &PgPool, person: &Person) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO people (name, email, webhook_url) VALUES ($1, $2, $3)
+         ON CONFLICT (name) DO UPDATE SET email = EXCLUDED.email,
+             webhook_url = EXCLUDED.webhook_url",
+    )
+    .bind(&person.name)
+    .bind(&person.email)
+    .bind(&person.webhook_url)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn people(conn: &mut PgConnection) -> sqlx::Result<Vec<Person>> {
+    sqlx::query_as("SELECT name, email, webhook_url FROM people ORDER BY name")
+        .fetch_all(conn)
+        .await
+}
+
+/// A schedule as stored: its name, and the rotation.
+pub struct Schedule {
+    pub name: String,
+    pub rotation: Rotation,
+    pub overrides: Vec<Override>,
+}
+
+pub async fn put_schedule(pool: &PgPool, name: &str, rotation: &Rotation) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO schedules (name, time_zone, participants, shift_seconds, starts)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (name) DO UPDATE SET time_zone = EXCLUDED.time_zone,
+             participants = EXCLUDED.participants, shift_seconds = EXCLUDED.shift_seconds,
+             starts = EXCLUDED.starts",
+    )
+    .bind(name)
+    .bind(rotation.time_zone.name())
+    .bind(&rotation.participants)
+    .bind(i64::try_from(rotation.shift.as_secs()).unwrap_or(i64::MAX))
+    .bind(rotation.starts)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Every schedule with its overrides (oldest first).
+pub async fn schedules(conn: &mut PgConnection) -> anyhow::Result<Vec<Schedule>> {
+    let rows: Vec<(String, String, Vec<String>, i64, chrono::NaiveDateTime)> = sqlx::query_as(
+        "SELECT name, time_zone, participants, shift_seconds, starts FROM schedules ORDER BY name",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let overrides: Vec<(String, String, DateTime<Utc>, DateTime<Utc>)> =
+        sqlx::query_as("SELECT schedule, person, starts_at, ends_at FROM overrides ORDER BY id")
+            .fetch_all(&mut *conn)
+            .await?;
+    rows.into_iter()
+        .map(|(name, zone, participants, shift, starts)| {
+            let time_zone = zone
+                .parse()
+                .map_err(|_| anyhow::anyhow!("schedule {name} has an unknown time zone {zone}"))?;
+            let overrides = overrides
+                .iter()
+                .filter(|(schedule, ..)| *schedule == name)
+                .map(|(_, person, starts_at, ends_at)| Override {
+                    person: person.clone(),
+                    starts_at: *starts_at,
+                    ends_at: *ends_at,
+                })
+                .collect();
+            Ok(Schedule {
+                name,
+                rotation: Rotation {
+                    time_zone,
+                    participants,
+                    shift: Duration::from_secs(u64::try_from(shift).unwrap_or(0)),
+                    starts,
+                },
+                overrides,
+            })
+        })
+        .collect()
+}
+
+/// `false` when the schedule does not exist.
+pub async fn add_override(pool: &PgPool, schedule: &str, taken: &Override) -> sqlx::Result<bool> {
+    Ok(sqlx::query(
+        "INSERT INTO overrides (schedule, person, starts_at, ends_at)
+         SELECT name, $2, $3, $4 FROM schedules WHERE name = $1",
+    )
+    .bind(schedule)
+    .bind(&taken.person)
+    .bind(taken.starts_at)
+    .bind(taken.ends_at)
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// A target of a level: a schedule or a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Schedule(String),
+    Person(String),
+}
+
+pub async fn set_level_targets(pool: &PgPool, level: i32, targets: &[Target]) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("DELETE FROM level_targets WHERE level = $1")
+        .bind(level)
+        .execute(&mut *tx)
+        .await?;
+    for (position, target) in targets.iter().enumerate() {
+        let (schedule, person) = match target {
+            Target::Schedule(name) => (Some(name), None),
+            Target::Person(name) => (None, Some(name)),
+        };
+        sqlx::query(
+            "INSERT INTO level_targets (level, position, schedule, person) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(level)
+        .bind(i32::try_from(position).unwrap_or(i32::MAX))
+        .bind(schedule)
+        .bind(person)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+/// Every level's targets, by level then position.
+pub async fn level_targets(conn: &mut PgConnection) -> sqlx::Result<Vec<(i32, Target)>> {
+    let rows: Vec<(i32, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT level, schedule, person FROM level_targets ORDER BY level, position",
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(level, schedule, person)| match (schedule, person) {
+            (Some(schedule), _) => Some((level, Target::Schedule(schedule))),
+            (None, Some(person)) => Some((level, Target::Person(person))),
+            (None, None) => None,
+        })
+        .collect())
+}
+
+/// Reads a schedule as the API gives it.
+pub fn rotation(
+    time_zone: &str,
+    participants: Vec<String>,
+    shift: Duration,
+    starts: &str,
+) -> Result<Rotation, String> {
+    Ok(Rotation {
+        time_zone: time_zone
+            .parse()
+            .map_err(|_| format!("{time_zone:?} is not an IANA time zone"))?,
+        participants,
+        shift,
+        starts: parse_local(starts)?,
+    })
+}
