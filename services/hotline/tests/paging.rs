@@ -1,0 +1,659 @@
+//! The 2-hour promise end to end: the whole fleet with a 3-second target, a
+//! local HTTP server speaking PagerDuty Events API v2, and the command line.
+//!
+//! Tests named `fault_*` flush the shared Redis; they run one at a time.
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{Json, Router, body::Bytes, extract::State, http::StatusCode, routing::post};
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use hotline_kit::{
+    auth::Role,
+    supervisor::Module,
+    testing::{TestApp, TestEnv},
+    time::from_timestamp,
+};
+use hotline_proto::{
+    pager::v1::{
+        AcknowledgeRequest, ListPagesRequest, PageState, pager_service_client::PagerServiceClient,
+    },
+    sla::v1::{
+        ClockState, GetClockRequest, ListBreachedRequest, SetPolicyRequest,
+        sla_service_client::SlaServiceClient,
+    },
+    tickets::v1::{
+        AddArticleRequest, ArticleKind, Channel, CreateTicketRequest, Priority, Ticket,
+        ticket_service_client::TicketServiceClient,
+    },
+};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+type Authed = tonic::service::interceptor::InterceptedService<
+    tonic::transport::Channel,
+    hotline_kit::grpc::BearerToken,
+>;
+
+const TARGET: Duration = Duration::from_secs(3);
+const ROUTING_KEY: &str = "R0UT1NGKEY0123456789abcdefabcdef";
+const PD_WEBHOOK_SECRET: &str = "pd-webhook-secret";
+
+/// One request the PagerDuty stand-in received.
+#[derive(Debug, Clone)]
+struct Received {
+    at: DateTime<Utc>,
+    body: Value,
+    status: u16,
+}
+
+/// A local PagerDuty Events API v2: records every event and answers with
+/// the scripted statuses first, then 202.
+#[derive(Clone, Default)]
+struct PagerDuty {
+    received: Arc<Mutex<Vec<Received>>>,
+    script: Arc<Mutex<VecDeque<u16>>>,
+}
+
+impl PagerDuty {
+    async fn start() -> (Self, SocketAddr) {
+        let pagerduty = Self::default();
+        let router = Router::new()
+            .route("/v2/enqueue", post(enqueue))
+            .with_state(pagerduty.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        (pagerduty, addr)
+    }
+
+    fn answer_next(&self, statuses: &[u16]) {
+        self.script.lock().unwrap().extend(statuses);
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    fn events(&self, action: &str) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.body["event_action"] == action)
+            .collect()
+    }
+
+    /// Waits until `count` events of `action` arrived (accepted or not).
+    async fn wait_for(&self, action: &str, count: usize, limit: Duration) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let events = self.events(action);
+            if events.len() >= count || tokio::time::Instant::now() > deadline {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn enqueue(State(pd): State<PagerDuty>, body: Bytes) -> (StatusCode, Json<Value>) {
+    let at = Utc::now();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let status = pd.script.lock().unwrap().pop_front().unwrap_or(202);
+    pd.received.lock().unwrap().push(Received {
+        at,
+        body: body.clone(),
+        status,
+    });
+    let reply = match status {
+        202 => {
+            json!({"status": "success", "message": "Event processed", "dedup_key": body["dedup_key"]})
+        }
+        400 => {
+            json!({"status": "invalid event", "message": "Event object is invalid", "errors": ["'payload.severity' is missing"]})
+        }
+        _ => json!({"status": "error", "message": "try again"}),
+    };
+    (StatusCode::from_u16(status).unwrap(), Json(reply))
+}
+
+struct Desk {
+    env: TestEnv,
+    apps: Vec<TestApp>,
+    pd: PagerDuty,
+    agent: String,
+}
+
+impl Desk {
+    /// The fleet with a 3 s target, paging the local PagerDuty, with the
+    /// ladder's later levels `delays` apart.
+    async fn start(delays: &str) -> Self {
+        let (pd, addr) = PagerDuty::start().await;
+        let mut env = TestEnv::new().await.unwrap();
+        env.config.set("sla", "response_target", "3s");
+        env.config.set("sla", "level_delays", delays);
+        env.config.set("sla", "repeat_every", delays);
+        env.config
+            .set("pager", "pagerduty_routing_key", ROUTING_KEY);
+        env.config.set(
+            "pager",
+            "pagerduty_url",
+            &format!("http://{addr}/v2/enqueue"),
+        );
+        env.config
+            .set("pager", "pagerduty_webhook_secret", PD_WEBHOOK_SECRET);
+        env.config.set("pager", "retry_backoff", "300ms");
+        let app = env.start(&hotline::fleet::modules()).await.unwrap();
+        let agent = env.token("ana", Role::Agent);
+        Self {
+            env,
+            apps: vec![app],
+            pd,
+            agent,
+        }
+    }
+
+    fn app(&self) -> &TestApp {
+        &self.apps[0]
+    }
+
+    fn tickets(&self) -> TicketServiceClient<Authed> {
+        TicketServiceClient::new(self.app().channel(&self.agent))
+    }
+
+    fn sla(&self) -> SlaServiceClient<Authed> {
+        SlaServiceClient::new(self.app().channel(&self.agent))
+    }
+
+    fn pager(&self) -> PagerServiceClient<Authed> {
+        PagerServiceClient::new(self.app().channel(&self.agent))
+    }
+
+    /// A customer's email: a ticket awaiting a response. Returns it and
+    /// when it is due.
+    async fn report(&self, subject: &str) -> (Ticket, DateTime<Utc>) {
+        let ticket = self
+            .tickets()
+            .create_ticket(CreateTicketRequest {
+                subject: subject.into(),
+                body: "The recorder shows no picture since 02:00".into(),
+                contact: "ops@customer.example".into(),
+                priority: Priority::Normal as i32,
+                channel: Channel::Email as i32,
+                idempotency_key: uuid::Uuid::new_v4().to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .ticket
+            .unwrap();
+        let since = ticket
+            .awaiting_since
+            .as_ref()
+            .and_then(from_timestamp)
+            .unwrap();
+        (ticket, since + chrono::Duration::from_std(TARGET).unwrap())
+    }
+
+    async fn respond(&self, ticket: &Ticket) {
+        self.tickets()
+            .add_article(AddArticleRequest {
+                ticket: ticket.number.clone(),
+                kind: ArticleKind::AgentReply as i32,
+                body: "A technician is on the way.".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn stop(self) {
+        for app in self.apps {
+            app.stop().await.unwrap();
+        }
+        self.env.cleanup_bus(&["sla", "pager"]).await.unwrap();
+    }
+}
+
+fn lag(received: &Received, due: DateTime<Utc>) -> chrono::Duration {
+    received.at - due
+}
+
+#[tokio::test]
+async fn a_waiting_ticket_pages_once_at_due_and_the_response_resolves_the_page() {
+    let desk = Desk::start("1h").await;
+    let (ticket, due) = desk.report("NVR-16 offline at the main gate").await;
+    let triggers = desk
+        .pd
+        .wait_for("trigger", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(triggers.len(), 1, "paged once: {triggers:?}");
+    let page = &triggers[0];
+    assert!(
+        lag(page, due) >= chrono::Duration::zero(),
+        "paged early: {:?}",
+        lag(page, due)
+    );
+    assert!(
+        lag(page, due) < chrono::Duration::seconds(2),
+        "paged {:?} after due",
+        lag(page, due)
+    );
+    let body = &page.body;
+    assert_eq!(body["routing_key"], ROUTING_KEY);
+    let summary = body["payload"]["summary"].as_str().unwrap();
+    assert!(summary.contains(&ticket.number) && summary.contains("NVR-16 offline"));
+    assert_eq!(body["payload"]["source"], "hotline");
+    assert_eq!(
+        body["payload"]["custom_details"]["customer"],
+        "ops@customer.example"
+    );
+    assert_eq!(body["payload"]["custom_details"]["channel"], "email");
+    assert_eq!(body["payload"]["custom_details"]["level"], 1);
+    assert!(body["payload"]["custom_details"]["awaiting_since"].is_string());
+    let dedup_key = body["dedup_key"].as_str().unwrap().to_owned();
+    assert!(dedup_key.contains(&ticket.id));
+
+    // The clock says so, and the breach came within a second of due.
+    let clock = desk
+        .sla()
+        .get_clock(GetClockRequest {
+            ticket: ticket.number.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(clock.state, ClockState::Breached as i32);
+    assert_eq!(clock.level, 1);
+    let breached_at = clock.breached_at.as_ref().and_then(from_timestamp).unwrap();
+    assert!(breached_at >= due && breached_at - due < chrono::Duration::seconds(1));
+    let breached = desk
+        .sla()
+        .list_breached(ListBreachedRequest { limit: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(breached.clocks.iter().any(|c| c.number == ticket.number));
+
+    desk.respond(&ticket).await;
+    let resolves = desk.pd.wait_for("resolve", 1, Duration::from_secs(5)).await;
+    assert_eq!(resolves.len(), 1);
+    assert_eq!(resolves[0].body["dedup_key"], dedup_key.as_str());
+    assert_eq!(resolves[0].body["routing_key"], ROUTING_KEY);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        desk.pd.received().len(),
+        2,
+        "nothing more after the response"
+    );
+    let clock = desk
+        .sla()
+        .get_clock(GetClockRequest {
+            ticket: ticket.number.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(clock.state, ClockState::Stopped as i32);
+    assert_eq!(clock.last_outcome, "breached");
+    desk.stop().await;
+}
+
+#[tokio::test]
+async fn a_response_before_due_pages_nobody() {
+    let desk = Desk::start("1h").await;
+    let (ticket, due) = desk.report("Camera 7 flickers").await;
+    desk.respond(&ticket).await;
+    tokio::time::sleep((due - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(2))
+        .await;
+    assert!(desk.pd.received().is_empty(), "{:?}", desk.pd.received());
+    let clock = desk
+        .sla()
+        .get_clock(GetClockRequest {
+            ticket: ticket.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(clock.last_outcome, "met");
+    desk.stop().await;
+}
+
+#[tokio::test]
+async fn the_ladder_climbs_until_acknowledged_and_an_acknowledgement_stops_it() {
+    let desk = Desk::start("1s").await;
+    let (ticket, _) = desk.report("Whole site dark").await;
+    let triggers = desk
+        .pd
+        .wait_for("trigger", 3, Duration::from_secs(12))
+        .await;
+    let levels: Vec<i64> = triggers
+        .iter()
+        .map(|t| {
+            t.body["payload"]["custom_details"]["level"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        &levels[..3],
+        &[1, 2, 2],
+        "level 1, level 2, then level 2 repeats"
+    );
+    assert!(
+        triggers
+            .iter()
+            .all(|t| t.body["dedup_key"] == triggers[0].body["dedup_key"])
+    );
+    let ack = desk
+        .pager()
+        .acknowledge(AcknowledgeRequest {
+            ticket: ticket.number.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ack.first);
+    assert_eq!(ack.acknowledged_by, "ana");
+    // PagerDuty hears of it, and the climb stops.
+    let acks = desk
+        .pd
+        .wait_for("acknowledge", 1, Duration::from_secs(5))
+        .await;
+    assert_eq!(acks.len(), 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = desk.pd.events("trigger").len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        desk.pd.events("trigger").len(),
+        settled,
+        "no step after the acknowledgement"
+    );
+    let clock = desk
+        .sla()
+        .get_clock(GetClockRequest {
+            ticket: ticket.number.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(clock.acknowledged_by, "ana");
+    assert_eq!(
+        clock.state,
+        ClockState::Breached as i32,
+        "the clock runs on"
+    );
+    desk.stop().await;
+}
+
+fn pd_signature(body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(PD_WEBHOOK_SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test]
+async fn pagerduty_acknowledges_through_its_signed_webhook() {
+    let desk = Desk::start("1s").await;
+    let (_, _) = desk.report("Storage array alarm").await;
+    let triggers = desk
+        .pd
+        .wait_for("trigger", 1, Duration::from_secs(10))
+        .await;
+    let dedup_key = triggers[0].body["dedup_key"].as_str().unwrap().to_owned();
+    let webhook = json!({"event": {
+        "id": "01DFY3L6XLMPZ0TQNKHXDWJ4LM",
+        "event_type": "incident.acknowledged",
+        "resource_type": "incident",
+        "occurred_at": Utc::now().to_rfc3339(),
+        "agent": {"summary": "Bo Engineer", "type": "user_reference"},
+        "data": {"id": "PGR0VU2", "type": "incident", "status": "acknowledged",
+                 "incident_key": dedup_key}
+    }})
+    .to_string();
+    let url = desk.app().http_url("/api/v1/pagerduty/webhook");
+    let client = reqwest_free_post(&url, &webhook, "v1=deadbeef").await;
+    assert_eq!(client.0, 401, "a bad signature is refused: {}", client.1);
+    assert!(client.1.contains("error"));
+    let accepted = reqwest_free_post(&url, &webhook, &pd_signature(webhook.as_bytes())).await;
+    assert_eq!(accepted.0, 200, "{}", accepted.1);
+    let pages = desk
+        .pager()
+        .list_pages(ListPagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        pages.pages.iter().all(|p| p.action != "acknowledge"),
+        "PagerDuty is not told what it said"
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let settled = desk.pd.events("trigger").len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        desk.pd.events("trigger").len(),
+        settled,
+        "the climb stopped"
+    );
+    desk.stop().await;
+}
+
+/// Posts `body` with a PagerDuty signature header over plain HTTP/1.1.
+async fn reqwest_free_post(url: &str, body: &str, signature: &str) -> (u16, String) {
+    let output = tokio::process::Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST", url])
+        .args(["-H", "content-type: application/json"])
+        .args(["-H", &format!("x-pagerduty-signature: {signature}")])
+        .args(["--data-binary", body])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_owned())
+}
+
+#[tokio::test]
+async fn a_receiver_answering_500_then_202_is_paged_exactly_once() {
+    let desk = Desk::start("1h").await;
+    desk.pd.answer_next(&[500]);
+    let (ticket, _) = desk.report("PoE switch down").await;
+    let triggers = desk
+        .pd
+        .wait_for("trigger", 2, Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let triggers_now = desk.pd.events("trigger");
+    assert_eq!(triggers.len(), 2);
+    assert_eq!(
+        triggers_now.len(),
+        2,
+        "retried once, then delivered: {triggers_now:?}"
+    );
+    assert_eq!(
+        triggers_now.iter().filter(|t| t.status == 202).count(),
+        1,
+        "accepted exactly once"
+    );
+    let pages = desk
+        .pager()
+        .list_pages(ListPagesRequest {
+            ticket: ticket.number.clone(),
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pages;
+    assert_eq!(pages.len(), 1);
+    assert_eq!(pages[0].state, PageState::Delivered as i32);
+    let statuses: Vec<i32> = pages[0].attempts.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, vec![500, 202]);
+    desk.stop().await;
+}
+
+#[tokio::test]
+async fn a_400_is_recorded_as_failed_without_a_retry_storm() {
+    let desk = Desk::start("1h").await;
+    desk.pd.answer_next(&[400]);
+    let (ticket, _) = desk.report("Licence server unreachable").await;
+    desk.pd
+        .wait_for("trigger", 1, Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(desk.pd.events("trigger").len(), 1, "never retried");
+    let pages = desk
+        .pager()
+        .list_pages(ListPagesRequest {
+            ticket: ticket.number.clone(),
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pages;
+    assert_eq!(pages[0].state, PageState::Failed as i32);
+    assert!(
+        pages[0].last_error.contains("Event object is invalid"),
+        "{}",
+        pages[0].last_error
+    );
+    desk.stop().await;
+}
+
+#[tokio::test]
+async fn two_sla_processes_page_once() {
+    let mut desk = Desk::start("1h").await;
+    let second: Vec<Module> = vec![hotline_sla::module(), hotline_pager::module()];
+    desk.apps.push(desk.env.start(&second).await.unwrap());
+    let mut tickets = Vec::new();
+    for n in 0..5 {
+        tickets.push(desk.report(&format!("Camera {n} offline")).await);
+    }
+    desk.pd
+        .wait_for("trigger", 5, Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let triggers = desk.pd.events("trigger");
+    let mut keys: Vec<&str> = triggers
+        .iter()
+        .map(|t| t.body["dedup_key"].as_str().unwrap())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(triggers.len(), 5, "one page per ticket: {triggers:?}");
+    assert_eq!(keys.len(), 5);
+    let pool = desk.env.pool("sla").unwrap();
+    let steps: i64 = sqlx::query_scalar("SELECT count(*) FROM escalations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(steps, 5);
+    desk.stop().await;
+}
+
+#[tokio::test]
+async fn a_policy_never_weakens_the_warranty_target() {
+    let desk = Desk::start("1h").await;
+    let manager = desk.env.token("mia", Role::Manager);
+    let mut sla = SlaServiceClient::new(desk.app().channel(&manager));
+    let weaker = sla
+        .set_policy(SetPolicyRequest {
+            priority: Priority::Low as i32,
+            target: Some(prost_types::Duration {
+                seconds: 4,
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(weaker.code(), tonic::Code::InvalidArgument);
+    assert!(weaker.message().contains("warranty"));
+    let denied = desk
+        .sla()
+        .set_policy(SetPolicyRequest {
+            priority: Priority::Urgent as i32,
+            target: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        denied.code(),
+        tonic::Code::PermissionDenied,
+        "agents do not set the promise"
+    );
+    sla.set_policy(SetPolicyRequest {
+        priority: Priority::Urgent as i32,
+        target: Some(prost_types::Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+    })
+    .await
+    .unwrap();
+    let urgent = desk
+        .tickets()
+        .create_ticket(CreateTicketRequest {
+            subject: "Fire alarm integration down".into(),
+            body: "urgent".into(),
+            priority: Priority::Urgent as i32,
+            channel: Channel::Phone as i32,
+            idempotency_key: "urgent-1".into(),
+            first_article: ArticleKind::CustomerMessage as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .unwrap();
+    let triggers = desk
+        .pd
+        .wait_for("trigger", 1, Duration::from_secs(10))
+        .await;
+    let since = urgent
+        .awaiting_since
+        .as_ref()
+        .and_then(from_timestamp)
+        .unwrap();
+    let waited = triggers[0].at - since;
+    assert!(
+        waited >= chrono::Duration::seconds(1) && waited < chrono::Duration::milliseconds(2500),
+        "the urgent target of 1s applied: paged after {waited:?}"
+    );
+    desk.stop().await;
+}
+
+/// Flushes the shared Redis: only in the serial fault phase.
+#[tokio::test]
+async fn fault_flushall_while_waiting_still_pages_exactly_once() {
+    let desk = Desk::start("1h").await;
+    let (_, due) = desk.report("Recorder disk failure").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let redis = redis::Client::open(desk.env.config.redis_url.expose()).unwrap();
+    let mut connection = redis.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let triggers = desk
+        .pd
+        .wait_for("trigger", 1, Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(desk.pd.events("trigger").len(), 1);
+    let lag = lag(&triggers[0], due);
+    assert!(
+        lag >= chrono::Duration::zero() && lag < chrono::Duration::seconds(2),
+        "{lag:?}"
+    );
+    desk.stop().await;
+}
