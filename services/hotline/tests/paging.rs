@@ -657,3 +657,237 @@ async fn fault_flushall_while_waiting_still_pages_exactly_once() {
     );
     desk.stop().await;
 }
+
+/// Runs `hotline args... --json` against `app` and parses its output.
+async fn cli(env: &TestEnv, app: &TestApp, token: &str, args: &[&str]) -> (bool, Value) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_hotline"))
+        .args(args)
+        .arg("--json")
+        .env("HOTLINE_SERVER", format!("http://{}", app.grpc_addr))
+        .env("HOTLINE_AUTH__SECRET", env.config.auth.secret.expose())
+        .env("HOTLINE_TOKEN", token)
+        .output()
+        .await
+        .unwrap();
+    let value = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
+        panic!(
+            "hotline {args:?} printed no JSON: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.success(), value)
+}
+
+#[tokio::test]
+async fn the_desk_reads_clocks_and_pages_and_acknowledges_from_the_shell() {
+    let desk = Desk::start("1h").await;
+    let (ticket, _) = desk.report("Intercom dead at gate 2").await;
+    // The clock is armed as soon as sla has the ticket's events.
+    let mut listed = false;
+    for _ in 0..50 {
+        let (ok, at_risk) = cli(
+            &desk.env,
+            desk.app(),
+            &desk.agent,
+            &["sla", "at-risk", "--within", "1h"],
+        )
+        .await;
+        assert!(ok, "{at_risk}");
+        listed = at_risk
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["number"] == ticket.number.as_str());
+        if listed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(listed, "the waiting ticket is at risk");
+    let (_, early) = cli(
+        &desk.env,
+        desk.app(),
+        &desk.agent,
+        &["pages", "ack", &ticket.number],
+    )
+    .await;
+    assert_eq!(
+        early["code"], "NotFound",
+        "nothing to acknowledge before a breach: {early}"
+    );
+    desk.pd
+        .wait_for("trigger", 1, Duration::from_secs(10))
+        .await;
+    let (ok, clock) = cli(
+        &desk.env,
+        desk.app(),
+        &desk.agent,
+        &["sla", "show", &ticket.number],
+    )
+    .await;
+    assert!(ok);
+    assert_eq!(clock["state"], "breached");
+    assert_eq!(clock["level"], 1);
+    assert!(clock["breached_at"].is_string() && clock["due"].is_string());
+    let (_, breached) = cli(&desk.env, desk.app(), &desk.agent, &["sla", "breached"]).await;
+    assert_eq!(breached[0]["number"], ticket.number.as_str());
+    let (ok, pages) = cli(
+        &desk.env,
+        desk.app(),
+        &desk.agent,
+        &["pages", "list", &ticket.number],
+    )
+    .await;
+    assert!(ok);
+    assert_eq!(pages[0]["channel"], "pagerduty");
+    assert_eq!(pages[0]["state"], "delivered");
+    assert_eq!(pages[0]["attempts"][0]["status"], 202);
+    let (ok, ack) = cli(
+        &desk.env,
+        desk.app(),
+        &desk.agent,
+        &["pages", "ack", &ticket.number],
+    )
+    .await;
+    assert!(ok, "{ack}");
+    assert_eq!(
+        (ack["first"].as_bool(), ack["acknowledged_by"].as_str()),
+        (Some(true), Some("ana"))
+    );
+    let (_, again) = cli(
+        &desk.env,
+        desk.app(),
+        &desk.agent,
+        &["pages", "ack", &ticket.number],
+    )
+    .await;
+    assert_eq!(again["first"], false, "the first acknowledgement stands");
+
+    let dispatcher = desk.env.token("dan", Role::Dispatcher);
+    PagerServiceClient::new(desk.app().channel(&dispatcher))
+        .put_schedule(hotline_proto::pager::v1::Schedule {
+            name: "field-engineers".into(),
+            time_zone: "Europe/Berlin".into(),
+            participants: vec!["bo".into(), "cy".into()],
+            shift_length: Some(prost_types::Duration {
+                seconds: 86_400,
+                nanos: 0,
+            }),
+            starts: "2026-01-05T09:00".into(),
+        })
+        .await
+        .unwrap();
+    let (ok, on_call) = cli(&desk.env, desk.app(), &desk.agent, &["oncall", "now"]).await;
+    assert!(ok);
+    assert_eq!(on_call[0]["schedule"], "field-engineers");
+    assert!(["bo", "cy"].contains(&on_call[0]["person"].as_str().unwrap()));
+    desk.stop().await;
+}
+
+/// A free loopback port (bound, read, released).
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// `hotline serve` as its own process, so it can be killed with SIGKILL.
+async fn serve(
+    env: &TestEnv,
+    pd: SocketAddr,
+    grpc: SocketAddr,
+    http: SocketAddr,
+) -> tokio::process::Child {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hotline"))
+        .arg("serve")
+        .env("HOTLINE_DATABASE_URL", env.config.database_url.expose())
+        .env("HOTLINE_AMQP_URL", env.config.amqp_url.expose())
+        .env("HOTLINE_REDIS_URL", env.config.redis_url.expose())
+        .env("HOTLINE_NAMESPACE", &env.config.namespace)
+        .env("HOTLINE_GRPC_ADDR", grpc.to_string())
+        .env("HOTLINE_HTTP_ADDR", http.to_string())
+        .env("HOTLINE_AUTH__SECRET", env.config.auth.secret.expose())
+        .env("HOTLINE_SLA__RESPONSE_TARGET", "3s")
+        .env("HOTLINE_PAGER__PAGERDUTY_ROUTING_KEY", ROUTING_KEY)
+        .env(
+            "HOTLINE_PAGER__PAGERDUTY_URL",
+            format!("http://{pd}/v2/enqueue"),
+        )
+        .env("HOTLINE_LOG__FILTER", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let ready = format!("http://{http}/readyz");
+    for _ in 0..100 {
+        let status = tokio::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &ready])
+            .output()
+            .await
+            .unwrap();
+        if status.stdout == b"200" {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("hotline serve did not become ready");
+}
+
+#[tokio::test]
+async fn killed_while_waiting_and_started_after_due_it_pages_once_right_after_start() {
+    let (pd, pd_addr) = PagerDuty::start().await;
+    let env = TestEnv::new().await.unwrap();
+    hotline_kit::supervisor::migrate(&env.config, &hotline::fleet::modules())
+        .await
+        .unwrap();
+    let (grpc, http) = (free_port(), free_port());
+    let mut first = serve(&env, pd_addr, grpc, http).await;
+    let agent = env.token("ana", Role::Agent);
+    let channel = tonic::service::interceptor::InterceptedService::new(
+        hotline_kit::grpc::channel(&format!("http://{grpc}")).unwrap(),
+        hotline_kit::grpc::BearerToken::new(&agent).unwrap(),
+    );
+    let ticket = TicketServiceClient::new(channel)
+        .create_ticket(CreateTicketRequest {
+            subject: "Recorder reboots in a loop".into(),
+            body: "since the power cut".into(),
+            channel: Channel::Email as i32,
+            idempotency_key: "kill-9".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .unwrap();
+    let due = ticket
+        .awaiting_since
+        .as_ref()
+        .and_then(from_timestamp)
+        .unwrap()
+        + chrono::Duration::from_std(TARGET).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first.start_kill().unwrap(); // SIGKILL
+    first.wait().await.unwrap();
+    tokio::time::sleep((due - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(2))
+        .await;
+    assert!(
+        pd.received().is_empty(),
+        "nothing pages while the desk is down"
+    );
+    let restarted = Utc::now();
+    let mut second = serve(&env, pd_addr, grpc, http).await;
+    let triggers = pd.wait_for("trigger", 1, Duration::from_secs(10)).await;
+    assert_eq!(triggers.len(), 1, "the overdue clock fired on return");
+    let after_start = triggers[0].at - restarted;
+    assert!(
+        after_start < chrono::Duration::seconds(3),
+        "paged {after_start:?} after the restart"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(pd.events("trigger").len(), 1, "exactly once");
+    second.start_kill().unwrap();
+    second.wait().await.unwrap();
+    env.cleanup_bus(&["sla", "pager"]).await.unwrap();
+}
