@@ -7,9 +7,14 @@
 //! seen on a queue bound to the fleet's events exchange. Latency runs from
 //! the request to that event.
 //!
+//! `clocks`, `burst` and `restart` load the response clocks (see
+//! [`clocks`]).
+//!
 //! The fleet is found like the CLI finds it (`HOTLINE_SERVER`,
 //! `HOTLINE_TOKEN`); the broker and namespace come from the fleet's own
 //! configuration variables (`HOTLINE_AMQP_URL`, `HOTLINE_NAMESPACE`).
+
+mod clocks;
 
 use std::{
     collections::HashMap,
@@ -50,6 +55,43 @@ enum Scenario {
         #[arg(long, default_value_t = 4)]
         connections: usize,
     },
+    /// Arm ARMED clocks, RATE per second coming due; report breach lag
+    /// over WINDOW, and memory per clock. Needs a running `sla`.
+    Clocks {
+        #[arg(long, default_value_t = 1_000_000)]
+        armed: i64,
+        #[arg(long, default_value_t = 1_000)]
+        rate: u32,
+        /// Time before the first clock is due (arming and index rebuild).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        lead: Duration,
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        window: Duration,
+    },
+    /// COUNT clocks due in the same second: time until all are escalated.
+    /// Needs a running `sla`.
+    Burst {
+        #[arg(long, default_value_t = 100_000)]
+        count: i64,
+        #[arg(long, default_value = "15s", value_parser = parse_duration)]
+        lead: Duration,
+    },
+    /// Runs `hotline serve --target sla` itself (no other `sla` may run in
+    /// the namespace), arms ARMED clocks, kills it with SIGKILL for DOWN,
+    /// starts it again: time until every overdue clock has fired.
+    Restart {
+        /// The `hotline` binary.
+        #[arg(long, default_value = "target/release/hotline")]
+        hotline: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        armed: i64,
+        #[arg(long, default_value_t = 1_000)]
+        rate: u32,
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        lead: Duration,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        down: Duration,
+    },
 }
 
 /// Where one ticket is between its request and its event.
@@ -67,6 +109,20 @@ async fn main() -> anyhow::Result<()> {
             duration,
             connections,
         } => create_tickets(concurrency, duration, connections).await,
+        Scenario::Clocks {
+            armed,
+            rate,
+            lead,
+            window,
+        } => clocks::clocks(armed, rate, lead, window).await,
+        Scenario::Burst { count, lead } => clocks::burst(count, lead).await,
+        Scenario::Restart {
+            hotline,
+            armed,
+            rate,
+            lead,
+            down,
+        } => clocks::restart(&hotline, armed, rate, lead, down).await,
     }
 }
 
