@@ -80,17 +80,13 @@ impl Config {
             .merge(Env::prefixed("HOTLINE_").split("__"))
             .extract()
             .context("invalid configuration")?;
-        // The environment provider parses values (`007123` becomes 7123):
-        // secrets are taken from the environment verbatim instead.
         for (variable, secret) in [
             ("HOTLINE_DATABASE_URL", &mut config.database_url),
             ("HOTLINE_AMQP_URL", &mut config.amqp_url),
             ("HOTLINE_REDIS_URL", &mut config.redis_url),
             ("HOTLINE_AUTH__SECRET", &mut config.auth.secret),
         ] {
-            if let Ok(value) = std::env::var(variable) {
-                *secret = Secret::new(value);
-            }
+            secret.take_verbatim_from_env(variable);
         }
         config.validate()?;
         Ok(config)
@@ -281,6 +277,15 @@ impl<'de> Deserialize<'de> for Secret {
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
+    }
+
+    /// Replaces the value with `variable` exactly as the environment holds
+    /// it, when set: the environment provider parses values (`007123`
+    /// becomes 7123), which a secret must never go through.
+    pub fn take_verbatim_from_env(&mut self, variable: &str) {
+        if let Ok(value) = std::env::var(variable) {
+            self.0 = value;
+        }
     }
 
     /// The value itself, for the one place that uses it.

@@ -77,6 +77,23 @@ impl Default for PagerConfig {
 }
 
 impl PagerConfig {
+    /// Secrets as the environment holds them, never parsed.
+    fn secrets_from_env(&mut self) {
+        for (variable, secret) in [
+            (
+                "HOTLINE_PAGER__PAGERDUTY_ROUTING_KEY",
+                &mut self.pagerduty_routing_key,
+            ),
+            (
+                "HOTLINE_PAGER__PAGERDUTY_WEBHOOK_SECRET",
+                &mut self.pagerduty_webhook_secret,
+            ),
+            ("HOTLINE_PAGER__WEBHOOK_SECRET", &mut self.webhook_secret),
+        ] {
+            secret.take_verbatim_from_env(variable);
+        }
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         for (name, url) in [
             ("pager.pagerduty_url", &self.pagerduty_url),
@@ -111,7 +128,8 @@ pub fn module() -> Module {
 }
 
 fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
-    let config: PagerConfig = context.config.section("pager")?;
+    let mut config: PagerConfig = context.config.section("pager")?;
+    config.secrets_from_env();
     config.validate()?;
     if config.pagerduty_routing_key.is_empty() {
         tracing::info!("no PagerDuty routing key: levels page the configured targets only");
