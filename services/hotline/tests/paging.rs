@@ -58,6 +58,8 @@ struct Received {
 struct PagerDuty {
     received: Arc<Mutex<Vec<Received>>>,
     script: Arc<Mutex<VecDeque<u16>>>,
+    /// Generic webhooks posted to `/hook/{name}`: (name, signature, body).
+    hooks: Arc<Mutex<Vec<(String, String, String)>>>,
 }
 
 impl PagerDuty {
@@ -65,6 +67,7 @@ impl PagerDuty {
         let pagerduty = Self::default();
         let router = Router::new()
             .route("/v2/enqueue", post(enqueue))
+            .route("/hook/{name}", post(hook))
             .with_state(pagerduty.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -100,6 +103,21 @@ impl PagerDuty {
     }
 }
 
+async fn hook(
+    State(pd): State<PagerDuty>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> StatusCode {
+    let signature = headers
+        .get("x-hotline-signature")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    pd.hooks.lock().unwrap().push((name, signature, body));
+    StatusCode::NO_CONTENT
+}
+
 async fn enqueue(State(pd): State<PagerDuty>, body: Bytes) -> (StatusCode, Json<Value>) {
     let at = Utc::now();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -132,6 +150,11 @@ impl Desk {
     /// The fleet with a 3 s target, paging the local PagerDuty, with the
     /// ladder's later levels `delays` apart.
     async fn start(delays: &str) -> Self {
+        Self::start_with(delays, &[]).await
+    }
+
+    /// As [`Desk::start`], with more `[pager]` settings.
+    async fn start_with(delays: &str, pager: &[(&str, &str)]) -> Self {
         let (pd, addr) = PagerDuty::start().await;
         let mut env = TestEnv::new().await.unwrap();
         env.config.set("sla", "response_target", "3s");
@@ -147,6 +170,9 @@ impl Desk {
         env.config
             .set("pager", "pagerduty_webhook_secret", PD_WEBHOOK_SECRET);
         env.config.set("pager", "retry_backoff", "300ms");
+        for (key, value) in pager {
+            env.config.set("pager", key, value);
+        }
         let app = env.start(&hotline::fleet::modules()).await.unwrap();
         let agent = env.token("ana", Role::Agent);
         Self {
@@ -890,4 +916,189 @@ async fn killed_while_waiting_and_started_after_due_it_pages_once_right_after_st
     second.start_kill().unwrap();
     second.wait().await.unwrap();
     env.cleanup_bus(&["sla", "pager"]).await.unwrap();
+}
+
+/// A local SMTP relay that accepts everything and keeps each message.
+async fn smtp_sink() -> (Arc<Mutex<Vec<String>>>, SocketAddr) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let messages = Arc::new(Mutex::new(Vec::new()));
+    let kept = messages.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let (reader, mut writer) = socket.into_split();
+                let mut lines = BufReader::new(reader).lines();
+                let _ = writer.write_all(b"220 sink ESMTP\r\n").await;
+                let mut data: Option<String> = None;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(message) = data.as_mut() {
+                        if line == "." {
+                            kept.lock().unwrap().push(std::mem::take(message));
+                            data = None;
+                            let _ = writer.write_all(b"250 queued\r\n").await;
+                        } else {
+                            message.push_str(&line);
+                            message.push('\n');
+                        }
+                        continue;
+                    }
+                    let verb = line.split_whitespace().next().unwrap_or("").to_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" | "HELO" => b"250 sink\r\n",
+                        "DATA" => {
+                            data = Some(String::new());
+                            b"354 go ahead\r\n"
+                        }
+                        "QUIT" => {
+                            let _ = writer.write_all(b"221 bye\r\n").await;
+                            break;
+                        }
+                        _ => b"250 ok\r\n",
+                    };
+                    let _ = writer.write_all(reply).await;
+                }
+            });
+        }
+    });
+    (messages, addr)
+}
+
+#[tokio::test]
+async fn without_pagerduty_a_level_pages_the_on_call_person_and_the_lead_and_names_who_it_cannot_reach()
+ {
+    let (mails, relay) = smtp_sink().await;
+    let relay = format!("smtp://{relay}");
+    let desk = Desk::start_with(
+        "1h",
+        &[
+            ("pagerduty_routing_key", ""),
+            ("webhook_secret", "hook-secret"),
+            ("smtp_relay", &relay),
+            ("email_from", "Hotline <hotline@vendor.example>"),
+        ],
+    )
+    .await;
+    let pd_addr = desk
+        .env
+        .config
+        .section::<hotline_pager::PagerConfig>("pager")
+        .unwrap()
+        .pagerduty_url
+        .replace("/v2/enqueue", "");
+    let dispatcher = desk.env.token("dan", Role::Dispatcher);
+    let mut pager = PagerServiceClient::new(desk.app().channel(&dispatcher));
+    use hotline_proto::pager::v1::{LevelTargets, Person, Schedule, Target, target};
+    for person in [
+        Person {
+            name: "bo".into(),
+            webhook_url: format!("{pd_addr}/hook/bo"),
+            ..Default::default()
+        },
+        Person {
+            name: "cy".into(),
+            email: "cy@vendor.example".into(),
+            ..Default::default()
+        },
+        Person {
+            name: "dee".into(),
+            ..Default::default()
+        },
+    ] {
+        pager.put_person(person).await.unwrap();
+    }
+    pager
+        .put_schedule(Schedule {
+            name: "night".into(),
+            time_zone: "UTC".into(),
+            participants: vec!["bo".into()],
+            shift_length: Some(prost_types::Duration {
+                seconds: 86_400,
+                nanos: 0,
+            }),
+            starts: "2026-01-01T00:00".into(),
+        })
+        .await
+        .unwrap();
+    let target = |t| Target { target: Some(t) };
+    pager
+        .set_level_targets(LevelTargets {
+            level: 1,
+            targets: vec![
+                target(target::Target::Schedule("night".into())),
+                target(target::Target::Person("cy".into())),
+                target(target::Target::Person("dee".into())),
+            ],
+        })
+        .await
+        .unwrap();
+    let mut failures = hotline_kit::testing::EventTap::bound(&desk.env.config, "page.failed")
+        .await
+        .unwrap();
+
+    let (ticket, _) = desk.report("Door controller offline").await;
+    let (failed, _) = failures
+        .next(Duration::from_secs(10))
+        .await
+        .expect("page.failed");
+    match failed.payload {
+        Some(hotline_proto::events::v1::event_envelope::Payload::PageFailed(failed)) => {
+            assert_eq!(failed.target, "person dee");
+            assert!(
+                failed.reason.contains("no working contact method"),
+                "{}",
+                failed.reason
+            );
+            assert_eq!(failed.level, 1);
+        }
+        other => panic!("not a page.failed: {other:?}"),
+    }
+    // The on-call engineer's webhook, signed over the raw body.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while desk.pd.hooks.lock().unwrap().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (name, signature, body) = desk.pd.hooks.lock().unwrap()[0].clone();
+    assert_eq!(name, "bo");
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(b"hook-secret").unwrap();
+    mac.update(body.as_bytes());
+    assert_eq!(
+        signature,
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    );
+    let hook: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(hook["event"], "escalated");
+    assert_eq!(hook["ticket"]["ticket"], ticket.number.as_str());
+    // The lead's email, through the relay.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while mails.lock().unwrap().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mail = mails
+        .lock()
+        .unwrap()
+        .first()
+        .cloned()
+        .expect("an email page");
+    assert!(mail.contains("To: cy@vendor.example"), "{mail}");
+    assert!(mail.contains(&format!("[{}]", ticket.number)), "{mail}");
+    assert!(
+        desk.pd.received().is_empty(),
+        "no PagerDuty without a routing key"
+    );
+
+    // The answer reaches both.
+    desk.respond(&ticket).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while (desk.pd.hooks.lock().unwrap().len() < 2 || mails.lock().unwrap().len() < 2)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cleared: Value = serde_json::from_str(&desk.pd.hooks.lock().unwrap()[1].2).unwrap();
+    assert_eq!(cleared["event"], "cleared");
+    assert!(mails.lock().unwrap()[1].contains("answered"));
+    desk.stop().await;
 }

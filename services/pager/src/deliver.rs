@@ -2,10 +2,11 @@
 //! `pager` processes share the queue), posts them, and records every
 //! attempt.
 //!
-//! - 2xx: delivered.
+//! - 2xx (an SMTP 2xx for email): delivered.
 //! - 429, 408, 5xx, a timeout or no connection: retried with doubling
 //!   backoff, up to `max_attempts`.
-//! - any other 4xx: failed at once with the peer's message — a request it
+//! - an SMTP 4xx or no answer from the relay: retried; an SMTP 5xx: failed.
+//! - any other HTTP 4xx: failed at once with the peer's message — a request it
 //!   refuses will not improve by repetition.
 //!
 //! A trigger whose breach was cleared is cancelled instead of sent: never a
@@ -17,6 +18,10 @@ use chrono::Utc;
 use futures_util::future::join_all;
 use hmac::{Hmac, Mac};
 use hotline_kit::bus::Backoff;
+use lettre::{
+    AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+    message::{Mailbox, header::ContentType},
+};
 use sha2::Sha256;
 use sqlx::{PgPool, postgres::PgListener};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +41,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 pub struct Sender {
     pool: PgPool,
     client: reqwest::Client,
+    /// The SMTP relay, when email pages are configured.
+    mailer: Option<AsyncSmtpTransport<Tokio1Executor>>,
     config: Arc<PagerConfig>,
 }
 
@@ -60,9 +67,20 @@ impl Sender {
             .timeout(config.request_timeout)
             .user_agent(concat!("hotline-pager/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let mailer = if config.smtp_relay.is_empty() {
+            None
+        } else {
+            // The URL may carry a password: its errors are not printed.
+            let relay = AsyncSmtpTransport::<Tokio1Executor>::from_url(config.smtp_relay.expose())
+                .map_err(|_| {
+                    anyhow::anyhow!("pager.smtp_relay is not a valid smtp:// or smtps:// URL")
+                })?;
+            Some(relay.timeout(Some(config.request_timeout)).build())
+        };
         Ok(Self {
             pool,
             client,
+            mailer,
             config,
         })
     }
@@ -203,6 +221,7 @@ impl Sender {
                 }
                 request.body(delivery.body.clone())
             }
+            "email" => return self.mail(delivery).await,
             other => return refused(format!("unknown channel {other}")),
         };
         match request.send().await {
@@ -234,6 +253,54 @@ impl Sender {
                     format!("cannot reach the peer: {error}")
                 }),
                 retry: true,
+            },
+        }
+    }
+}
+
+impl Sender {
+    /// Sends an email page through the relay: a 4xx reply or no answer is
+    /// retried, a 5xx is final.
+    async fn mail(&self, delivery: &Claimed) -> Answer {
+        let Some(mailer) = &self.mailer else {
+            return refused("email pages need pager.smtp_relay".into());
+        };
+        let body: serde_json::Value = match serde_json::from_str(&delivery.body) {
+            Ok(body) => body,
+            Err(error) => return refused(format!("stored body is not JSON: {error}")),
+        };
+        let (Ok(from), Ok(to)) = (
+            self.config.email_from.parse::<Mailbox>(),
+            delivery.destination.parse::<Mailbox>(),
+        ) else {
+            return refused(format!(
+                "{:?} is not an email address",
+                delivery.destination
+            ));
+        };
+        let message = Message::builder()
+            .from(from)
+            .to(to)
+            .subject(body["subject"].as_str().unwrap_or("Hotline page"))
+            .header(ContentType::TEXT_PLAIN)
+            .body(body["text"].as_str().unwrap_or_default().to_owned());
+        let message = match message {
+            Ok(message) => message,
+            Err(error) => return refused(format!("cannot build the email: {error}")),
+        };
+        match mailer.send(message).await {
+            Ok(reply) => Answer {
+                status: reply.code().to_string().parse().unwrap_or(250),
+                error: None,
+                retry: false,
+            },
+            Err(error) => Answer {
+                status: error
+                    .status()
+                    .and_then(|code| code.to_string().parse().ok())
+                    .unwrap_or(0),
+                error: Some(format!("the SMTP relay refused the page: {error}")),
+                retry: !error.is_permanent(),
             },
         }
     }

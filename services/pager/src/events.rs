@@ -98,15 +98,22 @@ impl Handler {
                 body.to_string(),
             ));
         }
-        let (people, unreachable) = people_for(conn, level, at).await?;
+        let email = !self.config.smtp_relay.is_empty();
+        let (people, unreachable) = people_for(conn, level, at, email).await?;
         for person in &people {
-            let body = messages::webhook("escalated", &row, level, escalated.step);
-            deliveries.push(page(
-                "webhook",
-                &person.name,
-                &person.webhook_url,
-                body.to_string(),
-            ));
+            if !person.webhook_url.is_empty() {
+                let body = messages::webhook("escalated", &row, level, escalated.step);
+                deliveries.push(page(
+                    "webhook",
+                    &person.name,
+                    &person.webhook_url,
+                    body.to_string(),
+                ));
+            }
+            if email && !person.email.is_empty() {
+                let body = messages::email("escalated", &row, level);
+                deliveries.push(page("email", &person.name, &person.email, body.to_string()));
+            }
         }
         let mut failures: Vec<(String, String)> = unreachable;
         if deliveries.is_empty() && failures.is_empty() {
@@ -165,16 +172,19 @@ async fn followups(
     Ok(reached
         .into_iter()
         .map(|r| {
-            let (channel, body) = if r.channel == "pagerduty" {
-                (
+            let (channel, body) = match r.channel.as_str() {
+                "pagerduty" => (
                     "pagerduty",
                     messages::pagerduty_followup(action, &r.dedup_key),
-                )
-            } else {
-                (
+                ),
+                "email" => (
+                    "email",
+                    messages::email(webhook_event, breach, breach.level),
+                ),
+                _ => (
                     "webhook",
                     messages::webhook(webhook_event, breach, breach.level, 0),
-                )
+                ),
             };
             NewDelivery {
                 ticket_id: breach.ticket_id,
@@ -192,12 +202,14 @@ async fn followups(
         .collect())
 }
 
-/// The people `level` pages at `at` who have a working contact method, and
-/// the targets that reach nobody, with why.
+/// The people `level` pages at `at` who have a working contact method (a
+/// webhook, or an email address when `email` pages can be sent), and the
+/// targets that reach nobody, with why.
 async fn people_for(
     conn: &mut PgConnection,
     level: i32,
     at: DateTime<Utc>,
+    email: bool,
 ) -> anyhow::Result<(Vec<store::Person>, Vec<(String, String)>)> {
     let map = store::level_targets(conn).await?;
     // A level without its own targets uses the nearest level below it.
@@ -225,14 +237,20 @@ async fn people_for(
             continue;
         };
         match people.iter().find(|p| p.name == name) {
-            Some(person) if !person.webhook_url.is_empty() => {
+            Some(person) if !person.webhook_url.is_empty() || (email && !person.email.is_empty()) => {
                 if !reached.iter().any(|p| p.name == person.name) {
                     reached.push(person.clone());
                 }
             }
             Some(_) => unreachable.push((
                 label,
-                format!("{name} has no working contact method (a webhook URL is needed)"),
+                if email {
+                    format!("{name} has no working contact method (neither webhook nor email)")
+                } else {
+                    format!(
+                        "{name} has no working contact method (a webhook URL, or an email address with pager.smtp_relay set)"
+                    )
+                },
             )),
             None => unreachable.push((label, format!("{name} is not a known person"))),
         }

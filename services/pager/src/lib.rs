@@ -2,7 +2,8 @@
 //!
 //! - [`events`]: `sla.escalated` queues pages to the level's targets,
 //!   `sla.cleared` resolves them; acknowledgements from any edge.
-//! - [`deliver`]: sends the queue, with retries and every attempt recorded.
+//! - [`deliver`]: sends the queue (PagerDuty, webhooks, email), with
+//!   retries and every attempt recorded.
 //! - [`messages`]: PagerDuty Events API v2 and generic webhook bodies.
 //! - [`schedule`]: on-call rotations and overrides, pure.
 //! - [`webhook`]: PagerDuty v3 webhooks in (acknowledgements).
@@ -49,6 +50,12 @@ pub struct PagerConfig {
     pub webhook_url: String,
     /// Signs every webhook Hotline sends (`X-Hotline-Signature`).
     pub webhook_secret: Secret,
+    /// The SMTP relay email pages go through, e.g. `smtp://127.0.0.1:25`,
+    /// `smtp://user:password@relay:587?tls=required`; without it, people are
+    /// paged on their webhooks only.
+    pub smtp_relay: Secret,
+    /// The sender of email pages.
+    pub email_from: String,
     /// `payload.source` of PagerDuty events.
     pub source: String,
     #[serde(deserialize_with = "duration")]
@@ -68,6 +75,8 @@ impl Default for PagerConfig {
             pagerduty_webhook_secret: Secret::default(),
             webhook_url: String::new(),
             webhook_secret: Secret::default(),
+            smtp_relay: Secret::default(),
+            email_from: "Hotline <hotline@localhost>".into(),
             source: "hotline".into(),
             request_timeout: Duration::from_secs(10),
             max_attempts: 12,
@@ -89,6 +98,7 @@ impl PagerConfig {
                 &mut self.pagerduty_webhook_secret,
             ),
             ("HOTLINE_PAGER__WEBHOOK_SECRET", &mut self.webhook_secret),
+            ("HOTLINE_PAGER__SMTP_RELAY", &mut self.smtp_relay),
         ] {
             secret.take_verbatim_from_env(variable);
         }
@@ -104,6 +114,10 @@ impl PagerConfig {
                 "{name} must be an http(s) URL"
             );
         }
+        anyhow::ensure!(
+            self.email_from.parse::<lettre::message::Mailbox>().is_ok(),
+            "pager.email_from must be an address like \"Hotline <hotline@example.com>\""
+        );
         anyhow::ensure!(
             (1..=100).contains(&self.max_attempts),
             "pager.max_attempts must be between 1 and 100"

@@ -103,6 +103,32 @@ pub fn webhook(event: &str, breach: &Breach, level: i32, step: i32) -> Value {
     })
 }
 
+/// An email page: `{"subject": ..., "text": ...}`; `event` as for
+/// [`webhook`].
+pub fn email(event: &str, breach: &Breach, level: i32) -> Value {
+    let what = match event {
+        "escalated" => format!("awaiting a response past due (level {level})"),
+        "acknowledged" => "acknowledged".to_owned(),
+        _ => "answered; the page is resolved".to_owned(),
+    };
+    let since = breach
+        .awaiting_since
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default();
+    json!({
+        "subject": format!("[{}] {what}: {}", breach.number, breach.subject),
+        "text": format!(
+            "Ticket {} is {what}.\n\nSubject: {}\nCustomer: {}\nChannel: {}\nAwaiting since: {since}\nBreach: {}\n\nAcknowledge: hotline pages ack {}\n",
+            breach.number,
+            breach.subject,
+            breach.contact,
+            channel_name(breach.channel),
+            breach.breach,
+            breach.number,
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
