@@ -1102,3 +1102,50 @@ async fn without_pagerduty_a_level_pages_the_on_call_person_and_the_lead_and_nam
     assert!(mails.lock().unwrap()[1].contains("answered"));
     desk.stop().await;
 }
+
+/// Stops the shared broker: only in the serial fault phase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fault_a_broker_outage_at_due_breaches_on_time_and_pages_once_when_it_is_back() {
+    let desk = Desk::start("1h").await;
+    let (ticket, due) = desk.report("Video wall frozen").await;
+    // The clock is armed once sla has the ticket's events.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while desk
+        .sla()
+        .get_clock(GetClockRequest {
+            ticket: ticket.number.clone(),
+        })
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the clock was never armed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let outage = hotline_kit::testing::Outage::broker().await;
+    tokio::time::sleep((due - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(2))
+        .await;
+    // The breach does not wait for the broker: it is decided in PostgreSQL.
+    let pool = desk.env.pool("sla").unwrap();
+    let fired: Vec<(i32, DateTime<Utc>)> = sqlx::query_as("SELECT step, fired_at FROM escalations")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(fired.len(), 1, "breached once during the outage");
+    assert!(fired[0].1 >= due && fired[0].1 - due < chrono::Duration::seconds(1));
+    assert!(
+        desk.pd.received().is_empty(),
+        "the page waits for the broker"
+    );
+    outage.end().await;
+    let triggers = desk
+        .pd
+        .wait_for("trigger", 1, Duration::from_secs(30))
+        .await;
+    assert_eq!(triggers.len(), 1);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(desk.pd.events("trigger").len(), 1, "paged exactly once");
+    desk.stop().await;
+}

@@ -292,6 +292,64 @@ impl EventTap {
     }
 }
 
+/// A shared backing service stopped by a fault test (`fault_*` tests run
+/// one at a time). It is started again by [`Outage::end`], or when the guard
+/// drops, so a test failing mid-way never leaves it down.
+pub struct Outage {
+    start: Option<String>,
+}
+
+const POSTGRES_CLUSTER: &str =
+    "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -1) main";
+
+impl Outage {
+    /// Stops RabbitMQ (the node stays up, the broker application stops).
+    pub async fn broker() -> Self {
+        Self::begin("rabbitmqctl stop_app", "rabbitmqctl start_app".into()).await
+    }
+
+    /// Stops PostgreSQL (fast shutdown: connections are cut).
+    pub async fn database() -> Self {
+        Self::begin(
+            &format!("{POSTGRES_CLUSTER} stop -m fast"),
+            format!("{POSTGRES_CLUSTER} start"),
+        )
+        .await
+    }
+
+    async fn begin(stop: &str, start: String) -> Self {
+        control(stop).await;
+        Self { start: Some(start) }
+    }
+
+    /// Starts the service again.
+    pub async fn end(mut self) {
+        if let Some(start) = self.start.take() {
+            control(&start).await;
+        }
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        if let Some(start) = self.start.take() {
+            let _ = std::process::Command::new("bash")
+                .args(["-c", &start])
+                .status();
+        }
+    }
+}
+
+/// Runs a control command through the shell; it must succeed.
+async fn control(command: &str) {
+    let status = tokio::process::Command::new("bash")
+        .args(["-c", command])
+        .status()
+        .await
+        .map(|status| status.success());
+    assert!(matches!(status, Ok(true)), "{command} failed");
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_database;

@@ -15,7 +15,7 @@ use hotline_kit::{
     },
     config::BusConfig,
     db,
-    testing::{EventTap, TestEnv},
+    testing::{EventTap, Outage, TestEnv},
 };
 use hotline_proto::events::v1::{EventEnvelope, TicketCreated, event_envelope::Payload};
 use sqlx::{PgConnection, PgPool};
@@ -462,8 +462,7 @@ async fn fault_broker_restart_mid_flow_loses_nothing() {
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _broker = OnDrop(BROKER_START.into());
-    control(BROKER_STOP).await;
+    let outage = Outage::broker().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while fixture.bus.is_connected() {
         assert!(
@@ -475,7 +474,7 @@ async fn fault_broker_restart_mid_flow_loses_nothing() {
     app.await_readiness(503, Duration::from_secs(10))
         .await
         .unwrap();
-    control(BROKER_START).await;
+    outage.end().await;
     writer.await.unwrap();
     let effects = fixture.await_effects(301, Duration::from_secs(60)).await;
     assert!(fixture.bus.is_connected(), "the bus reconnected by itself");
@@ -541,8 +540,7 @@ async fn fault_a_database_outage_holds_events_and_dead_letters_none() {
     let fixture = Fixture::new().await;
     fixture.start_flowing().await;
 
-    let _database = OnDrop(format!("{POSTGRES} start"));
-    control(&format!("{POSTGRES} stop -m fast")).await;
+    let outage = Outage::database().await;
     // Events arrive while the consumer cannot reach its database.
     let connection =
         lapin::Connection::connect(fixture.env.config.amqp_url.expose(), Default::default())
@@ -568,7 +566,7 @@ async fn fault_a_database_outage_holds_events_and_dead_letters_none() {
     }
     // Far longer than every retry of max_attempts (3) at 300ms each.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    control(&format!("{POSTGRES} start")).await;
+    outage.end().await;
     let effects = fixture.await_effects(31, Duration::from_secs(60)).await;
     assert_eq!(
         effects.len(),
@@ -582,32 +580,4 @@ async fn fault_a_database_outage_holds_events_and_dead_letters_none() {
         "an outage dead-letters nothing"
     );
     fixture.finish().await;
-}
-
-/// Control commands of the shared servers the fault tests stop.
-const BROKER_STOP: &str = "rabbitmqctl stop_app";
-const BROKER_START: &str = "rabbitmqctl start_app";
-const POSTGRES: &str =
-    "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -1) main";
-
-/// Runs a control command through the shell; it must succeed.
-async fn control(command: &str) {
-    let status = tokio::process::Command::new("bash")
-        .args(["-c", command])
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success(), "{command} failed");
-}
-
-/// Runs a command when dropped, so a fault test that fails mid-way still
-/// starts again what it stopped.
-struct OnDrop(String);
-
-impl Drop for OnDrop {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("bash")
-            .args(["-c", &self.0])
-            .status();
-    }
 }
