@@ -176,6 +176,7 @@ impl TicketService for TicketApi {
                     .call
                     .as_ref()
                     .and_then(|c| (!c.call_id.is_empty()).then(|| c.call_id.clone())),
+                idempotency_key: None,
             },
         };
         let (ticket, _, created) = self.store.create(new, Utc::now()).await.map_err(status)?;
@@ -256,6 +257,7 @@ impl TicketService for TicketApi {
                 .call
                 .as_ref()
                 .and_then(|c| (!c.call_id.is_empty()).then(|| c.call_id.clone())),
+            idempotency_key: field(&request.idempotency_key, "idempotency_key", 200)?,
         };
         let command = Command::AddArticle {
             article,

@@ -69,6 +69,8 @@ pub struct NewArticle {
     pub body: String,
     pub author: String,
     pub call_id: Option<String>,
+    /// Adds the article once: a retry with the same key changes nothing.
+    pub idempotency_key: Option<String>,
 }
 
 /// A change to an existing ticket.
@@ -394,6 +396,18 @@ impl Store {
     ) -> Result<(Ticket, Option<Article>), StoreError> {
         let mut tx = self.pool.begin().await?;
         let before = lookup(&mut tx, key, true).await?;
+        if let Command::AddArticle { article, .. } = &command
+            && let Some(key) = &article.idempotency_key
+            && let Some(added) = article_by_key(&mut tx, key).await?
+        {
+            if added.ticket_id != before.id {
+                return Err(Refusal::Invalid(format!(
+                    "idempotency key {key:?} was used for an article of another ticket"
+                ))
+                .into());
+            }
+            return Ok((before, Some(added)));
+        }
         // Read the clock only once the ticket is ours: a command that waited
         // for the lock never records a time before the change it followed.
         let now = stored_precision(Utc::now());
@@ -471,6 +485,18 @@ async fn lookup(conn: &mut PgConnection, key: TicketKey, lock: bool) -> Result<T
     Ok(Ticket::try_from(row.ok_or(StoreError::NotFound(shown))?)?)
 }
 
+/// The article added with idempotency key `key`, if any.
+async fn article_by_key(conn: &mut PgConnection, key: &str) -> Result<Option<Article>, StoreError> {
+    let row: Option<ArticleRow> = sqlx::query_as(
+        "SELECT id, ticket_id, kind, body, author, call_direction, call_outcome, call_id, created_at
+         FROM articles WHERE idempotency_key = $1",
+    )
+    .bind(key)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(Article::try_from).transpose()?)
+}
+
 async fn insert_article(
     conn: &mut PgConnection,
     ticket_id: Uuid,
@@ -480,8 +506,9 @@ async fn insert_article(
     let id = Uuid::now_v7();
     let (kind, direction, outcome) = kind_columns(article.kind);
     sqlx::query(
-        "INSERT INTO articles (id, ticket_id, kind, body, author, call_direction, call_outcome, call_id, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO articles (id, ticket_id, kind, body, author, call_direction, call_outcome,
+             call_id, created_at, idempotency_key)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(id)
     .bind(ticket_id)
@@ -492,6 +519,7 @@ async fn insert_article(
     .bind(outcome.map(CallOutcome::as_str))
     .bind(&article.call_id)
     .bind(now)
+    .bind(&article.idempotency_key)
     .execute(conn)
     .await?;
     Ok(Article {

@@ -154,6 +154,61 @@ async fn the_same_idempotency_key_never_opens_a_second_ticket() {
 }
 
 #[tokio::test]
+async fn a_bridge_retrying_an_article_adds_it_once() {
+    let desk = Desk::start().await;
+    let mut bridge = desk.client(Role::Bridge);
+    let ticket = create(&mut bridge, report("Camera 9 offline")).await;
+    let retry = |key: &str| pb::AddArticleRequest {
+        ticket: ticket.number.clone(),
+        kind: pb::ArticleKind::CustomerMessage as i32,
+        body: "Still offline.".into(),
+        idempotency_key: key.into(),
+        ..Default::default()
+    };
+    let attempts = (0..6).map(|_| {
+        let (mut bridge, request) = (desk.client(Role::Bridge), retry("<m-42@customer.example>"));
+        tokio::spawn(async move { bridge.add_article(request).await.unwrap().into_inner() })
+    });
+    let mut articles = HashSet::new();
+    let mut versions = HashSet::new();
+    for attempt in attempts {
+        let response = attempt.await.unwrap();
+        articles.insert(response.article.unwrap().id);
+        versions.insert(response.ticket.unwrap().version);
+    }
+    assert_eq!(articles.len(), 1, "one article for one key");
+    assert_eq!(versions.len(), 1, "retries change nothing");
+    let shown = bridge
+        .get_ticket(pb::GetTicketRequest {
+            ticket: ticket.number.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        shown.articles.len(),
+        2,
+        "the first message and the one added"
+    );
+
+    let other = create(&mut bridge, report("Another site")).await;
+    let reused = bridge
+        .add_article(pb::AddArticleRequest {
+            ticket: other.number.clone(),
+            ..retry("<m-42@customer.example>")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), Code::InvalidArgument);
+    assert!(
+        reused.message().contains("another ticket"),
+        "{}",
+        reused.message()
+    );
+    desk.stop().await;
+}
+
+#[tokio::test]
 async fn the_awaiting_response_rule_follows_contacts_and_responses() {
     let desk = Desk::start().await;
     let mut client = desk.agent();
