@@ -196,6 +196,11 @@ impl PagerService for PagerApi {
         authorize(&request, PLANNERS)?;
         let person = request.into_inner();
         let name = required(&person.name, "name")?;
+        if name == "pagerduty" || name == "webhook" {
+            return Err(Status::invalid_argument(format!(
+                "{name:?} names the configured {name} target; choose another name"
+            )));
+        }
         check_url(person.webhook_url.trim())?;
         let stored = store::Person {
             name,
@@ -241,8 +246,10 @@ impl PagerService for PagerApi {
         let shift = schedule
             .shift_length
             .and_then(|d| Duration::try_from(d).ok())
-            .filter(|d| *d >= Duration::from_secs(60))
-            .ok_or_else(|| Status::invalid_argument("shift_length must be at least a minute"))?;
+            .filter(|d| (Duration::from_secs(60)..=Duration::from_secs(366 * 86_400)).contains(d))
+            .ok_or_else(|| {
+                Status::invalid_argument("shift_length must be between a minute and a year")
+            })?;
         if schedule.participants.iter().any(|p| p.trim().is_empty()) {
             return Err(Status::invalid_argument("a participant needs a name"));
         }

@@ -151,7 +151,15 @@ impl Sender {
         let (settled, error, status) = if delivery.action == "trigger" && delivery.cleared {
             (Settled::Cancelled, None, 0)
         } else {
-            let answer = self.post(&delivery).await;
+            // Bounds the whole attempt: lettre's timeout covers only the
+            // connect, and a stalled peer must not hold the sender.
+            let answer = tokio::time::timeout(self.config.request_timeout, self.post(&delivery))
+                .await
+                .unwrap_or_else(|_| Answer {
+                    status: 0,
+                    error: Some("no answer in time".into()),
+                    retry: true,
+                });
             let settled = if answer.status / 100 == 2 {
                 let latency = (Utc::now() - delivery.created_at)
                     .to_std()
@@ -179,6 +187,7 @@ impl Sender {
         let recorded = store::settle(
             &self.pool,
             delivery.id,
+            delivery.attempts,
             started,
             status,
             error.as_deref(),
@@ -252,7 +261,8 @@ impl Sender {
                 } else {
                     format!("cannot reach the peer: {error}")
                 }),
-                retry: true,
+                // A bad URL or a redirect loop will not heal by itself.
+                retry: error.is_timeout() || error.is_connect() || error.is_request(),
             },
         }
     }

@@ -149,10 +149,7 @@ impl Handler {
             return Ok(());
         }
         store::cancel_triggers(conn, ticket_id, breach).await?;
-        let Some(row) = store::latest_breach(conn, &ticket_id.to_string())
-            .await?
-            .filter(|b| b.breach == breach)
-        else {
+        let Some(row) = store::breach(conn, ticket_id, breach).await? else {
             return Ok(());
         };
         let resolves = followups(conn, &row, "resolve", "cleared").await?;

@@ -71,7 +71,9 @@ impl Rotation {
         let index = elapsed.num_seconds() / shift.num_seconds().max(1);
         let count = i64::try_from(self.participants.len()).ok()?;
         let person = self.participants[usize::try_from(index % count).ok()?].clone();
-        let ends = self.starts + shift * i32::try_from(index + 1).ok()?;
+        let ends = self
+            .starts
+            .checked_add_signed(shift.checked_mul(i32::try_from(index + 1).ok()?)?)?;
         Some((person, to_utc(self.time_zone, ends)))
     }
 

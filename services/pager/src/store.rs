@@ -119,7 +119,7 @@ pub async fn reached(
     sqlx::query_as(
         "SELECT DISTINCT channel, target, destination, dedup_key FROM deliveries
          WHERE ticket_id = $1 AND breach = $2 AND action = 'trigger'
-           AND (state = 'delivered' OR attempts > 0)",
+           AND state <> 'cancelled' AND attempts > 0",
     )
     .bind(ticket_id)
     .bind(breach)
@@ -217,6 +217,21 @@ pub async fn acknowledge(
         == 1)
 }
 
+/// One breach of a ticket, locked.
+pub async fn breach(
+    conn: &mut PgConnection,
+    ticket_id: Uuid,
+    breach: i32,
+) -> sqlx::Result<Option<Breach>> {
+    sqlx::query_as(&format!(
+        "SELECT {BREACH_COLUMNS} FROM breaches WHERE ticket_id = $1 AND breach = $2 FOR UPDATE"
+    ))
+    .bind(ticket_id)
+    .bind(breach)
+    .fetch_optional(conn)
+    .await
+}
+
 /// The latest breach of a ticket (by id or number), locked.
 pub async fn latest_breach(conn: &mut PgConnection, ticket: &str) -> sqlx::Result<Option<Breach>> {
     let (id, number) = ticket_key(ticket);
@@ -261,7 +276,10 @@ pub struct Claimed {
 }
 
 /// Leases up to `limit` deliveries due now, for `lease`; a sender that dies
-/// lets its lease run out and another takes over.
+/// lets its lease run out and another takes over (a sender that comes back
+/// late cannot settle what the other now holds: `settle` checks the
+/// attempt). A follow-up (resolve, acknowledge) waits while its trigger is
+/// being sent, so it never overtakes it.
 pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<Vec<Claimed>> {
     sqlx::query_as(
         "UPDATE deliveries d SET lease_until = now() + $2::bigint * interval '1 millisecond',
@@ -269,6 +287,12 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<V
          FROM (SELECT id FROM deliveries
                WHERE state = 'pending' AND next_attempt_at <= now()
                  AND (lease_until IS NULL OR lease_until < now())
+                 AND NOT (action <> 'trigger' AND EXISTS (
+                     SELECT 1 FROM deliveries t
+                     WHERE t.ticket_id = deliveries.ticket_id AND t.breach = deliveries.breach
+                       AND t.channel = deliveries.channel AND t.target = deliveries.target
+                       AND t.action = 'trigger' AND t.state = 'pending'
+                       AND t.lease_until > now()))
                ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
          WHERE d.id = due.id
          RETURNING d.id, d.action, d.channel, d.destination, d.body, d.attempts, d.created_at,
@@ -294,6 +318,7 @@ pub enum Settled {
 pub async fn settle(
     pool: &PgPool,
     id: i64,
+    attempt: i32,
     at: DateTime<Utc>,
     status: i32,
     error: Option<&str>,
@@ -325,13 +350,14 @@ pub async fn settle(
              next_attempt_at = COALESCE($3, next_attempt_at),
              last_error = COALESCE($4, last_error),
              delivered_at = CASE WHEN $2 = 'delivered' THEN $5 ELSE delivered_at END
-         WHERE id = $1",
+         WHERE id = $1 AND attempts = $6 AND state = 'pending'",
     )
     .bind(id)
     .bind(state)
     .bind(next)
     .bind(error)
     .bind(at)
+    .bind(attempt)
     .execute(&mut *tx)
     .await?;
     tx.commit().await

@@ -165,9 +165,10 @@ impl SlaService for SlaApi {
         let within = std_duration(request.within.as_ref())?
             .filter(|d| !d.is_zero())
             .unwrap_or(Duration::from_secs(30 * 60));
-        let until = Utc::now()
-            + chrono::Duration::from_std(within)
-                .map_err(|_| Status::invalid_argument("within is too long"))?;
+        let until = chrono::Duration::from_std(within)
+            .ok()
+            .and_then(|within| Utc::now().checked_add_signed(within))
+            .ok_or_else(|| Status::invalid_argument("within is too long"))?;
         let clocks = store::at_risk(&self.pool, until, limit(request.limit))
             .await
             .map_err(internal)?;

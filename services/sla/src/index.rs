@@ -71,11 +71,15 @@ impl DueIndex {
     }
 
     async fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> anyhow::Result<T> {
-        let mut connection = self.redis.connection().await?;
-        tokio::time::timeout(COMMAND_TIMEOUT, command.query_async(&mut connection))
-            .await
-            .context("Redis did not answer in time")?
-            .context("Redis refused a due-index command")
+        tokio::time::timeout(COMMAND_TIMEOUT, async {
+            let mut connection = self.redis.connection().await?;
+            command
+                .query_async(&mut connection)
+                .await
+                .context("Redis refused a due-index command")
+        })
+        .await
+        .context("Redis did not answer in time")?
     }
 
     /// Puts the truth of one clock in the index: `Some(at)` arms it, `None`
@@ -104,14 +108,16 @@ impl DueIndex {
                 }
             }
         }
-        let written = async {
+        let written = tokio::time::timeout(COMMAND_TIMEOUT, async {
             let mut connection = self.redis.connection().await?;
-            tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async::<()>(&mut connection))
+            pipe.query_async::<()>(&mut connection)
                 .await
-                .context("Redis did not answer in time")?
                 .context("Redis refused a due-index write")
-        };
-        if let Err(error) = written.await {
+        })
+        .await
+        .context("Redis did not answer in time")
+        .and_then(|written| written);
+        if let Err(error) = written {
             self.mark_stale(&error);
         }
         if earliest.is_some() {

@@ -60,7 +60,7 @@ impl Default for SlaConfig {
             response_target: Duration::from_secs(2 * 3600),
             level_delays: vec![Duration::from_secs(15 * 60), Duration::from_secs(30 * 60)],
             repeat_every: Duration::from_secs(30 * 60),
-            safety_net: Duration::from_secs(5),
+            safety_net: Duration::from_millis(500),
         }
     }
 }
@@ -79,8 +79,8 @@ impl SlaConfig {
             "sla.level_delays and sla.repeat_every must each be at least 1s"
         );
         anyhow::ensure!(
-            self.safety_net >= Duration::from_secs(1),
-            "sla.safety_net must be at least 1s"
+            (Duration::from_millis(100)..=Duration::from_secs(1)).contains(&self.safety_net),
+            "sla.safety_net must be between 100ms and 1s (it bounds how late a missed clock fires)"
         );
         Ok(())
     }
@@ -149,6 +149,7 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
         ladder: config.ladder(),
         relay: relay_signal,
         safety_net: config.safety_net,
+        absent_once: Default::default(),
     };
     let cancel = context.cancel.clone();
     context.spawn("scheduler", async move { scheduler.run(cancel).await });

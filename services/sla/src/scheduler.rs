@@ -35,6 +35,9 @@ const BATCH: usize = 1_000;
 /// The longest sleep without looking at the index: bounds how long a flush
 /// or another process's earlier entry goes unnoticed.
 const MAX_SLEEP: Duration = Duration::from_millis(500);
+/// How overdue a clock must be for the safety net to take it: less than
+/// that, the index is about to fire it.
+const NET_GRACE: chrono::Duration = chrono::Duration::milliseconds(250);
 /// How often PostgreSQL is polled while Redis is unreachable.
 const FALLBACK_POLL: Duration = Duration::from_millis(200);
 
@@ -45,6 +48,8 @@ pub struct Scheduler {
     pub relay: OutboxSignal,
     /// How often PostgreSQL is asked for clocks the index missed.
     pub safety_net: Duration,
+    /// Index entries found without a clock once.
+    pub absent_once: std::sync::Mutex<HashSet<Uuid>>,
 }
 
 impl Scheduler {
@@ -96,9 +101,8 @@ impl Scheduler {
             self.fire_overdue(Utc::now()).await?;
         }
         if tokio::time::Instant::now() >= *net {
-            let missed = self
-                .fire_overdue(Utc::now() - chrono::Duration::seconds(1))
-                .await?;
+            // Anything due a little while ago that the index did not fire.
+            let missed = self.fire_overdue(Utc::now() - NET_GRACE).await?;
             if missed > 0 {
                 tracing::warn!(missed, "safety net fired clocks the due-index missed");
             }
@@ -228,9 +232,28 @@ impl Scheduler {
         if !unseen.is_empty() {
             let absent = store::absent(&self.pool, &unseen).await?;
             skipped -= absent.len();
-            let gone: Vec<_> = absent.into_iter().map(|id| (id, None)).collect();
-            self.index.set_many(&gone).await;
+            self.forget(absent).await;
         }
         Ok((changed_clocks.len(), skipped))
+    }
+
+    /// Entries without a clock: one whose clock is being created right now
+    /// (indexed before its commit) is looked at again shortly; one still
+    /// without a clock on the second look is removed.
+    async fn forget(&self, absent: Vec<Uuid>) {
+        let mut entries = Vec::with_capacity(absent.len());
+        {
+            let mut once = self.absent_once.lock().unwrap_or_else(|e| e.into_inner());
+            let again = Utc::now() + chrono::Duration::milliseconds(100);
+            for id in absent {
+                if once.remove(&id) {
+                    entries.push((id, None));
+                } else {
+                    once.insert(id);
+                    entries.push((id, Some(again)));
+                }
+            }
+        }
+        self.index.set_many(&entries).await;
     }
 }
