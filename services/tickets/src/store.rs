@@ -267,8 +267,8 @@ impl Store {
                  RETURNING id
              ), article AS (
                  INSERT INTO articles (id, ticket_id, kind, body, author, call_direction,
-                                       call_outcome, call_id, created_at)
-                 SELECT $11, id, $12, $13, $14, $15, $16, $17, $10 FROM ticket
+                                       call_outcome, call_id, created_at, idempotency_key)
+                 SELECT $11, id, $12, $13, $14, $15, $16, $17, $10, $9 FROM ticket
              ), events AS ({})
              SELECT count(*) FROM ticket",
             OutboxRows::insert_sql(18, Some("EXISTS (SELECT FROM ticket)"))

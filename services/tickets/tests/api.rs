@@ -205,6 +205,30 @@ async fn a_bridge_retrying_an_article_adds_it_once() {
         "{}",
         reused.message()
     );
+
+    // A bridge that opened a ticket and retries as if it had not: the
+    // first article carries the ticket's key, so nothing is added.
+    let opened = create(
+        &mut bridge,
+        pb::CreateTicketRequest {
+            idempotency_key: "cti:c-77".into(),
+            ..report("Missed call")
+        },
+    )
+    .await;
+    let again = bridge
+        .add_article(pb::AddArticleRequest {
+            ticket: opened.number.clone(),
+            ..retry("cti:c-77")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        again.ticket.unwrap().version,
+        opened.version,
+        "nothing added"
+    );
     desk.stop().await;
 }
 
