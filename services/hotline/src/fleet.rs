@@ -8,6 +8,7 @@ pub fn modules() -> Vec<Module> {
         hotline_tickets::module(),
         hotline_sla::module(),
         hotline_pager::module(),
+        hotline_intake::module(),
     ]
 }
 

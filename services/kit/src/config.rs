@@ -151,10 +151,14 @@ impl Config {
 
     /// The gRPC endpoint of `service`: configured, or this process.
     pub fn endpoint(&self, service: &str) -> String {
-        self.endpoints
-            .get(service)
-            .cloned()
-            .unwrap_or_else(|| format!("http://{}", self.grpc_addr))
+        self.endpoints.get(service).cloned().unwrap_or_else(|| {
+            // Listening on every interface: call it on loopback.
+            let mut own = self.grpc_addr;
+            if own.ip().is_unspecified() {
+                own.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{own}")
+        })
     }
 }
 

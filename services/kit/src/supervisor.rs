@@ -229,8 +229,7 @@ pub struct App {
 }
 
 impl App {
-    pub async fn start(config: Config, modules: &[Module]) -> anyhow::Result<Self> {
-        let config = Arc::new(config);
+    pub async fn start(mut config: Config, modules: &[Module]) -> anyhow::Result<Self> {
         telemetry::metrics();
         let authority = Arc::new(Authority::new(&config.auth.secret)?);
         let publisher = Bus::new(config.amqp_url.clone(), config.namespace.clone(), "publish");
@@ -244,6 +243,11 @@ impl App {
             .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
         let grpc_addr = grpc_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
+        // Modules see where this process really listens (port 0 resolved),
+        // so a call to a module of this process finds it.
+        config.grpc_addr = grpc_addr;
+        config.http_addr = http_addr;
+        let config = Arc::new(config);
 
         let cancel = CancellationToken::new();
         let server_cancel = CancellationToken::new();

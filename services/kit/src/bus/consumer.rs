@@ -473,31 +473,42 @@ fn lane_of(data: &[u8]) -> usize {
     usize::try_from(hasher.finish() % LANES as u64).unwrap_or(0)
 }
 
-/// Whether `error` is the database's passing trouble (unreachable, failing
-/// over, a serialization conflict) rather than the event or the handler
-/// being wrong: such an event is held and retried, never dead-lettered.
+/// Whether `error` is passing trouble — the database unreachable, failing
+/// over or in a serialization conflict, another service unavailable —
+/// rather than the event or the handler being wrong: such an event is held
+/// and retried, never dead-lettered.
 fn is_outage(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
-        cause
-            .downcast_ref::<sqlx::Error>()
-            .is_some_and(|e| match e {
-                sqlx::Error::Io(_)
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed => true,
-                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-                    // Connection exceptions (a protocol violation is a bug,
-                    // though), shutdown, cannot connect now, a read-only
-                    // standby during failover, serialization failures and
-                    // deadlocks: all pass.
-                    (code.starts_with("08") && code != "08P01")
-                        || matches!(
-                            &*code,
-                            "57P01" | "57P02" | "57P03" | "25006" | "40001" | "40P01"
-                        )
-                }),
-                _ => false,
-            })
+        // Another service down, timing out or shedding load: it passes too.
+        let downstream = cause.downcast_ref::<tonic::Status>().is_some_and(|status| {
+            matches!(
+                status.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::ResourceExhausted
+            )
+        });
+        downstream
+            || cause
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(|e| match e {
+                    sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed => true,
+                    sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                        // Connection exceptions (a protocol violation is a bug,
+                        // though), shutdown, cannot connect now, a read-only
+                        // standby during failover, serialization failures and
+                        // deadlocks: all pass.
+                        (code.starts_with("08") && code != "08P01")
+                            || matches!(
+                                &*code,
+                                "57P01" | "57P02" | "57P03" | "25006" | "40001" | "40P01"
+                            )
+                    }),
+                    _ => false,
+                })
     })
 }

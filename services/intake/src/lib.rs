@@ -1,0 +1,132 @@
+//! `intake`: the bridges that turn every contact into a ticket (ARCHITECTURE
+//! §2, §8). This slice carries the phone: PBX call events (Generic CTI).
+//!
+//! - [`cti`]: the event format and the call state machine, pure.
+//! - [`phone`]: numbers normalised to E.164.
+//! - [`web`]: `POST /api/v1/cti/{token}`, answered after the commit.
+//! - [`store`]: the only SQL; events, calls, and `intake.call_ended` queued
+//!   in the same transaction.
+//! - [`forward`]: `intake.call_ended` from the bus to `tickets`, idempotent.
+
+pub mod cti;
+pub mod forward;
+pub mod phone;
+pub mod store;
+pub mod web;
+
+use std::sync::Arc;
+
+use hotline_kit::{
+    auth::Role,
+    bus::{
+        consumer::Consumer,
+        outbox::{OutboxSignal, Relay},
+    },
+    config::Secret,
+    grpc::{self, ServiceToken},
+    supervisor::{Module, ModuleContext},
+};
+use hotline_proto::tickets::v1::ticket_service_client::TicketServiceClient;
+use serde::Deserialize;
+use tonic::service::interceptor::InterceptedService;
+
+pub const SCHEMA: &str = "intake";
+const CONSUMES: &[&str] = &["intake.call_ended"];
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// `[intake]` in the configuration, `HOTLINE_INTAKE__*` in the environment.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct IntakeConfig {
+    /// The secret in the PBX's URL (`/api/v1/cti/{token}`); without it every
+    /// PBX event is refused.
+    pub cti_token: Secret,
+    /// Country code for national numbers (`030 1234567` with `49`), digits
+    /// only; without it a national number cannot be matched.
+    pub country_code: String,
+    /// Callers answered `{"action":"reject","reason":"busy"}` (comma list,
+    /// any format; compared in E.164).
+    pub blocked_numbers: String,
+}
+
+impl IntakeConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.country_code.chars().all(|c| c.is_ascii_digit()) && self.country_code.len() <= 3,
+            "intake.country_code must be 1 to 3 digits, like 49 or 86"
+        );
+        for number in self.blocked_list() {
+            anyhow::ensure!(
+                phone::normalise(number, &self.country_code).is_some(),
+                "intake.blocked_numbers: {number:?} is not a phone number"
+            );
+        }
+        Ok(())
+    }
+
+    fn blocked_list(&self) -> impl Iterator<Item = &str> {
+        self.blocked_numbers
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+    }
+
+    /// Whether the E.164 `caller` is on the block list.
+    pub fn blocked(&self, caller: &str) -> bool {
+        self.blocked_list()
+            .any(|n| phone::normalise(n, &self.country_code).as_deref() == Some(caller))
+    }
+
+    fn secrets_from_env(&mut self) {
+        self.cti_token
+            .take_verbatim_from_env("HOTLINE_INTAKE__CTI_TOKEN");
+    }
+}
+
+pub fn module() -> Module {
+    Module {
+        name: "intake",
+        depends_on: &["tickets"],
+        schema: SCHEMA,
+        migrations: &MIGRATIONS,
+        consumes: CONSUMES,
+        init,
+    }
+}
+
+fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
+    let mut config: IntakeConfig = context.config.section("intake")?;
+    config.secrets_from_env();
+    config.validate()?;
+    if config.cti_token.is_empty() {
+        tracing::warn!("intake.cti_token is not set: PBX events are refused");
+    }
+    let config = Arc::new(config);
+    let pool = context.pool(SCHEMA)?;
+    let relay_signal = OutboxSignal::default();
+    context.add_http(web::router(pool.clone(), config, relay_signal.clone()));
+    let relay = Relay::new(
+        pool.clone(),
+        relay_signal.clone(),
+        context.publisher.clone(),
+        &context.config.bus,
+    );
+    let cancel = context.cancel.clone();
+    context.spawn("outbox-relay", async move { relay.run(cancel).await });
+    let tickets = TicketServiceClient::new(InterceptedService::new(
+        grpc::channel(&context.config.endpoint("tickets"))?,
+        ServiceToken::new(context.authority.clone(), "intake", &[Role::Bridge]),
+    ));
+    let consumer = Consumer::new(
+        "intake",
+        CONSUMES,
+        pool,
+        context.subscriber.clone(),
+        context.publisher.clone(),
+        forward::Forwarder { tickets },
+        context.config.bus.clone(),
+    )?;
+    context.spawn("forwarder", Arc::new(consumer).run(context.cancel.clone()));
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! `POST /api/v1/cti/{token}`: the PBX's call events. Answered only after
+//! the event is committed: `200 {}` (or `{"action":"reject","reason":"busy"}`
+//! to a blocked caller's `newCall`), `401` for a wrong token, `422` for a
+//! malformed event, `503` while the database is unavailable — the PBX
+//! retries, and a retry is harmless.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode, header::CONTENT_TYPE},
+    routing::post,
+};
+use chrono::Utc;
+use hotline_kit::bus::outbox::OutboxSignal;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use subtle::ConstantTimeEq;
+
+use crate::{
+    IntakeConfig,
+    cti::{self, Direction, Kind},
+    phone,
+    store::{self, Recorded},
+};
+
+#[derive(Clone)]
+struct Phone {
+    pool: PgPool,
+    config: Arc<IntakeConfig>,
+    relay: OutboxSignal,
+}
+
+pub fn router(pool: PgPool, config: Arc<IntakeConfig>, relay: OutboxSignal) -> Router {
+    Router::new()
+        .route("/api/v1/cti/{token}", post(receive))
+        .with_state(Phone {
+            pool,
+            config,
+            relay,
+        })
+}
+
+type Reply = (StatusCode, Json<Value>);
+
+fn error(status: StatusCode, message: impl Into<String>) -> Reply {
+    (status, Json(json!({ "error": message.into() })))
+}
+
+async fn receive(
+    State(phone): State<Phone>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let expected = phone.config.cti_token.expose().as_bytes();
+    if expected.is_empty() || !bool::from(token.as_bytes().ct_eq(expected)) {
+        return error(StatusCode::UNAUTHORIZED, "unknown CTI token");
+    }
+    let json_body = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let fields = if json_body {
+        match cti::json_fields(&body) {
+            Some(fields) => fields,
+            None => {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "the body is not a JSON object",
+                );
+            }
+        }
+    } else {
+        cti::form_fields(&body)
+    };
+    let event = match cti::parse(&fields) {
+        Ok(event) => event,
+        Err(why) => return error(StatusCode::UNPROCESSABLE_ENTITY, why),
+    };
+    let country = &phone.config.country_code;
+    let blocked = event.kind == Kind::NewCall
+        && event.direction == Direction::In
+        && phone::normalise(&event.from, country)
+            .is_some_and(|caller| phone.config.blocked(&caller));
+    match store::record(&phone.pool, &event, &fields, Utc::now(), country).await {
+        Ok(Recorded::Applied) => {
+            phone.relay.committed();
+            metrics::counter!("hotline_cti_events_total", "event" => event.kind.as_str())
+                .increment(1);
+        }
+        Ok(Recorded::Duplicate) => {}
+        Err(failure) => {
+            tracing::error!(error = format!("{failure:#}"), call = %event.call_id, "cannot record a CTI event");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the event could not be recorded; retry",
+            );
+        }
+    }
+    if blocked {
+        return (
+            StatusCode::OK,
+            Json(json!({"action": "reject", "reason": "busy"})),
+        );
+    }
+    (StatusCode::OK, Json(json!({})))
+}
