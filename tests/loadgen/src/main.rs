@@ -15,6 +15,7 @@
 //! configuration variables (`HOTLINE_AMQP_URL`, `HOTLINE_NAMESPACE`).
 
 mod clocks;
+mod phone;
 
 use std::{
     collections::HashMap,
@@ -76,6 +77,15 @@ enum Scenario {
         #[arg(long, default_value = "15s", value_parser = parse_duration)]
         lead: Duration,
     },
+    /// PBX lines playing answered inbound calls (3 events each) for D;
+    /// reports events accepted and how fast they became tickets. Needs
+    /// `HOTLINE_INTAKE__CTI_TOKEN` and a running fleet.
+    Cti {
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        duration: Duration,
+    },
     /// Runs `hotline serve --target sla` itself (no other `sla` may run in
     /// the namespace), arms ARMED clocks, kills it with SIGKILL for DOWN,
     /// starts it again: time until every overdue clock has fired.
@@ -116,6 +126,10 @@ async fn main() -> anyhow::Result<()> {
             window,
         } => clocks::clocks(armed, rate, lead, window).await,
         Scenario::Burst { count, lead } => clocks::burst(count, lead).await,
+        Scenario::Cti {
+            concurrency,
+            duration,
+        } => phone::cti(concurrency, duration).await,
         Scenario::Restart {
             hotline,
             armed,
