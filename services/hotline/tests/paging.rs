@@ -35,6 +35,8 @@ use hotline_proto::{
 use serde_json::{Value, json};
 use sha2::Sha256;
 
+mod common;
+
 type Authed = tonic::service::interceptor::InterceptedService<
     tonic::transport::Channel,
     hotline_kit::grpc::BearerToken,
@@ -811,53 +813,25 @@ async fn the_desk_reads_clocks_and_pages_and_acknowledges_from_the_shell() {
     desk.stop().await;
 }
 
-/// A free loopback port (bound, read, released).
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// `hotline serve` as its own process, so it can be killed with SIGKILL.
+/// `hotline serve` paging the local PagerDuty with a 3 s target.
 async fn serve(
     env: &TestEnv,
     pd: SocketAddr,
     grpc: SocketAddr,
     http: SocketAddr,
 ) -> tokio::process::Child {
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hotline"))
-        .arg("serve")
-        .env("HOTLINE_DATABASE_URL", env.config.database_url.expose())
-        .env("HOTLINE_AMQP_URL", env.config.amqp_url.expose())
-        .env("HOTLINE_REDIS_URL", env.config.redis_url.expose())
-        .env("HOTLINE_NAMESPACE", &env.config.namespace)
-        .env("HOTLINE_GRPC_ADDR", grpc.to_string())
-        .env("HOTLINE_HTTP_ADDR", http.to_string())
-        .env("HOTLINE_AUTH__SECRET", env.config.auth.secret.expose())
-        .env("HOTLINE_SLA__RESPONSE_TARGET", "3s")
-        .env("HOTLINE_PAGER__PAGERDUTY_ROUTING_KEY", ROUTING_KEY)
-        .env(
-            "HOTLINE_PAGER__PAGERDUTY_URL",
-            format!("http://{pd}/v2/enqueue"),
-        )
-        .env("HOTLINE_LOG__FILTER", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let ready = format!("http://{http}/readyz");
-    for _ in 0..100 {
-        let status = tokio::process::Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &ready])
-            .output()
-            .await
-            .unwrap();
-        if status.stdout == b"200" {
-            return child;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("hotline serve did not become ready");
+    let pagerduty = format!("http://{pd}/v2/enqueue");
+    common::serve(
+        env,
+        grpc,
+        http,
+        &[
+            ("HOTLINE_SLA__RESPONSE_TARGET", "3s"),
+            ("HOTLINE_PAGER__PAGERDUTY_ROUTING_KEY", ROUTING_KEY),
+            ("HOTLINE_PAGER__PAGERDUTY_URL", &pagerduty),
+        ],
+    )
+    .await
 }
 
 #[tokio::test]
@@ -867,7 +841,7 @@ async fn killed_while_waiting_and_started_after_due_it_pages_once_right_after_st
     hotline_kit::supervisor::migrate(&env.config, &hotline::fleet::modules())
         .await
         .unwrap();
-    let (grpc, http) = (free_port(), free_port());
+    let (grpc, http) = (common::free_port(), common::free_port());
     let mut first = serve(&env, pd_addr, grpc, http).await;
     let agent = env.token("ana", Role::Agent);
     let channel = tonic::service::interceptor::InterceptedService::new(

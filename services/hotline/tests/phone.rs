@@ -13,6 +13,8 @@ use hotline_proto::tickets::v1::{
 };
 use serde_json::Value;
 
+mod common;
+
 const TOKEN: &str = "pbx-7f3a9c";
 
 struct Desk {
@@ -331,4 +333,108 @@ async fn the_pbx_gets_clear_answers_and_its_retries_change_nothing() {
         .await
         .unwrap();
     desk.stop().await;
+}
+
+/// Posts one form event to the PBX URL until it is accepted, as a PBX
+/// retries: a refused connection or a 5xx is tried again.
+async fn post_until_accepted(http: std::net::SocketAddr, form: &str) {
+    let url = format!("http://{http}/api/v1/cti/{TOKEN}");
+    loop {
+        let output = tokio::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+            ])
+            .args(["-X", "POST", &url, "--data", form])
+            .output()
+            .await
+            .unwrap();
+        if output.stdout == b"200" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn killing_the_desk_mid_flow_loses_no_call_and_doubles_none() {
+    let env = TestEnv::new().await.unwrap();
+    hotline_kit::supervisor::migrate(&env.config, &hotline::fleet::modules())
+        .await
+        .unwrap();
+    let (grpc, http) = (common::free_port(), common::free_port());
+    let settings = [
+        ("HOTLINE_INTAKE__CTI_TOKEN", TOKEN),
+        ("HOTLINE_INTAKE__COUNTRY_CODE", "49"),
+    ];
+    let mut desk = common::serve(&env, grpc, http, &settings).await;
+    const CALLS: usize = 60;
+    let pbx = tokio::spawn(async move {
+        for n in 0..CALLS {
+            for event in ["event=newCall", "event=hangup&cause=cancel"] {
+                let form = format!("{event}&callId=k{n}&direction=in&from=%2B4930100{n:04}&to=200");
+                post_until_accepted(http, &form).await;
+            }
+        }
+    });
+    // SIGKILL twice while calls are flowing; the PBX keeps retrying.
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        desk.start_kill().unwrap();
+        desk.wait().await.unwrap();
+        desk = common::serve(&env, grpc, http, &settings).await;
+    }
+    pbx.await.unwrap();
+
+    let channel = tonic::service::interceptor::InterceptedService::new(
+        hotline_kit::grpc::channel(&format!("http://{grpc}")).unwrap(),
+        hotline_kit::grpc::BearerToken::new(&env.token("ana", Role::Agent)).unwrap(),
+    );
+    let mut tickets = TicketServiceClient::new(channel);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let listed = loop {
+        let listed = tickets
+            .list_tickets(ListTicketsRequest {
+                page_size: 500,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .tickets;
+        if listed.len() >= CALLS || tokio::time::Instant::now() > deadline {
+            break listed;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut contacts: Vec<String> = listed.iter().map(|t| t.contact.clone()).collect();
+    contacts.sort();
+    contacts.dedup();
+    assert_eq!(listed.len(), CALLS, "one ticket per missed call, none lost");
+    assert_eq!(contacts.len(), CALLS, "none doubled");
+    for ticket in &listed {
+        let shown = tickets
+            .get_ticket(GetTicketRequest {
+                ticket: ticket.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            shown.articles.len(),
+            1,
+            "{}: one call article",
+            ticket.number
+        );
+        assert!(ticket.awaiting_response);
+    }
+    desk.start_kill().unwrap();
+    desk.wait().await.unwrap();
+    env.cleanup_bus(&["sla", "pager", "intake"]).await.unwrap();
 }

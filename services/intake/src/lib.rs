@@ -22,7 +22,7 @@ use hotline_kit::{
         consumer::Consumer,
         outbox::{OutboxSignal, Relay},
     },
-    config::Secret,
+    config::{Secret, text},
     grpc::{self, ServiceToken},
     supervisor::{Module, ModuleContext},
 };
@@ -44,9 +44,11 @@ pub struct IntakeConfig {
     pub cti_token: Secret,
     /// Country code for national numbers (`030 1234567` with `49`), digits
     /// only; without it a national number cannot be matched.
+    #[serde(deserialize_with = "text")]
     pub country_code: String,
     /// Callers answered `{"action":"reject","reason":"busy"}` (comma list,
     /// any format; compared in E.164).
+    #[serde(deserialize_with = "text")]
     pub blocked_numbers: String,
 }
 

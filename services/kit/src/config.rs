@@ -374,6 +374,23 @@ pub fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, 
     }
 }
 
+/// Serde adapter for a text setting the environment may read as a number
+/// (`HOTLINE_INTAKE__COUNTRY_CODE=49`): any scalar, as text.
+pub fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Unsigned(u64),
+        Signed(i64),
+    }
+    Ok(match Raw::deserialize(deserializer)? {
+        Raw::Text(text) => text,
+        Raw::Unsigned(n) => n.to_string(),
+        Raw::Signed(n) => n.to_string(),
+    })
+}
+
 /// Serde adapter for a list of durations: `"15m,30m"` or a TOML array.
 pub fn durations<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Duration>, D::Error> {
     #[derive(Deserialize)]
@@ -477,15 +494,19 @@ mod tests {
             #[serde(deserialize_with = "duration")]
             response_target: Duration,
             name: String,
+            #[serde(deserialize_with = "text")]
+            code: String,
         }
         figment::Jail::expect_with(|jail| {
             jail.create_file("hotline.toml", "[sla]\nname = \"desk\"\n")?;
             jail.set_env("HOTLINE_SLA__RESPONSE_TARGET", "90m");
+            jail.set_env("HOTLINE_SLA__CODE", "49");
             let config =
                 Config::load(Some(Path::new("hotline.toml"))).map_err(|e| e.to_string())?;
             let sla: Sla = config.section("sla").map_err(|e| e.to_string())?;
             assert_eq!(sla.response_target, Duration::from_secs(5400));
             assert_eq!(sla.name, "desk");
+            assert_eq!(sla.code, "49", "a number read as text");
             let absent: Sla = config.section("pager").map_err(|e| e.to_string())?;
             assert_eq!(absent.response_target, Duration::ZERO);
             let mut config = config;
