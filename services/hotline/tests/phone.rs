@@ -221,7 +221,7 @@ async fn a_missed_call_opens_a_ticket_awaiting_a_response_and_an_answered_one_a_
 #[tokio::test]
 async fn calls_land_on_the_callers_open_ticket_and_a_call_back_is_the_response() {
     let desk = Desk::start().await;
-    let caller = "%2B4930999";
+    let caller = "%2B4930999000";
     desk.call(
         "c1",
         "in",
@@ -230,7 +230,7 @@ async fn calls_land_on_the_callers_open_ticket_and_a_call_back_is_the_response()
         &[("newCall", ""), ("hangup", "&cause=cancel")],
     )
     .await;
-    let first = desk.await_articles("+4930999", 1).await;
+    let first = desk.await_articles("+4930999000", 1).await;
     let number = first.ticket.clone().unwrap().number;
     // They try again and give up again: a contact on the same ticket.
     desk.call(
@@ -241,7 +241,7 @@ async fn calls_land_on_the_callers_open_ticket_and_a_call_back_is_the_response()
         &[("newCall", ""), ("hangup", "&cause=noAnswer")],
     )
     .await;
-    let again = desk.await_articles("+4930999", 2).await;
+    let again = desk.await_articles("+4930999000", 2).await;
     assert_eq!(
         again.ticket.clone().unwrap().number,
         number,
@@ -262,14 +262,14 @@ async fn calls_land_on_the_callers_open_ticket_and_a_call_back_is_the_response()
         ],
     )
     .await;
-    let called_back = desk.await_articles("+4930999", 3).await;
+    let called_back = desk.await_articles("+4930999000", 3).await;
     assert_eq!(call_of(&called_back, 2), (OUT, ANSWERED, "c3".into()));
     assert!(
         !called_back.ticket.clone().unwrap().awaiting_response,
         "the call back answered"
     );
     assert_eq!(
-        desk.of("+4930999").await.len(),
+        desk.of("+4930999000").await.len(),
         1,
         "one ticket for the caller"
     );
@@ -302,17 +302,17 @@ async fn the_pbx_gets_clear_answers_and_its_retries_change_nothing() {
     // Every event sent three times, in JSON this time: one ticket, one call.
     for _ in 0..3 {
         for json in [
-            r#"{"event":"newCall","callId":"r1","direction":"in","from":"+4930444","to":"200"}"#,
-            r#"{"event":"hangup","callId":"r1","direction":"in","from":"+4930444","to":"200","cause":"cancel"}"#,
+            r#"{"event":"newCall","callId":"r1","direction":"in","from":"+4930444000","to":"200"}"#,
+            r#"{"event":"hangup","callId":"r1","direction":"in","from":"+4930444000","to":"200","cause":"cancel"}"#,
         ] {
             let (status, body) = desk.pbx_json(json).await;
             assert_eq!(status, 200, "{body}");
             assert_eq!(body, serde_json::json!({}));
         }
     }
-    let shown = desk.await_articles("+4930444", 1).await;
+    let shown = desk.await_articles("+4930444000", 1).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(desk.of("+4930444").await.len(), 1, "one ticket");
+    assert_eq!(desk.of("+4930444000").await.len(), 1, "one ticket");
     let shown_again = desk
         .tickets()
         .get_ticket(GetTicketRequest {

@@ -19,6 +19,8 @@ CREATE TABLE calls (
     ended_at      timestamptz,
     cause         text,
     outcome       text,
+    -- A blocked caller, rejected: the call records nothing.
+    blocked       boolean NOT NULL DEFAULT false,
     -- Set once tickets has it: the ticket the call was recorded on, or
     -- empty when there was none to record it on.
     ticket_number text,

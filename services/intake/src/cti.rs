@@ -163,11 +163,17 @@ pub fn parse(fields: &Fields) -> Result<Event, String> {
                 .collect()
         })
         .unwrap_or_default();
-    let too_long = [&from, &to, &cause]
-        .iter()
+    let answering_number = one("answeringNumber");
+    let queue = one("queue");
+    let too_long = [&from, &to, &cause, &answering_number, &queue]
+        .into_iter()
+        .chain(&users)
         .any(|value| value.chars().count() > 200);
     if too_long {
         return Err("a field is longer than 200 characters".into());
+    }
+    if fields.values().flatten().any(|value| value.contains('\0')) {
+        return Err("a field contains a NUL character".into());
     }
     Ok(Event {
         kind,
@@ -176,9 +182,9 @@ pub fn parse(fields: &Fields) -> Result<Event, String> {
         from,
         to,
         users,
-        queue: one("queue"),
+        queue,
         cause,
-        answering_number: one("answeringNumber"),
+        answering_number,
     })
 }
 
@@ -196,6 +202,9 @@ pub struct Call {
     pub agent: Option<String>,
     pub ended_at: Option<DateTime<Utc>>,
     pub cause: Option<String>,
+    /// The caller is on the block list: the call was rejected and records
+    /// nothing.
+    pub blocked: bool,
 }
 
 impl Call {
@@ -214,6 +223,7 @@ impl Call {
             agent: None,
             ended_at: None,
             cause: None,
+            blocked: false,
         }
     }
 
@@ -243,7 +253,8 @@ impl Call {
                 None
             }
             Kind::Answer => {
-                if self.answered_at.is_none() {
+                // An answer heard after the end changes nothing decided.
+                if self.answered_at.is_none() && self.ended_at.is_none() {
                     self.answered_at = Some(at);
                     if self.direction == Direction::In {
                         self.agent = agent().or(self.agent.take());
@@ -258,8 +269,12 @@ impl Call {
                 self.ended_at = Some(at);
                 let cause = Some(event.cause.clone()).filter(|c| !c.is_empty());
                 self.cause.clone_from(&cause);
-                let answered = self.answered_at.is_some();
+                // A call cleared normally was connected, even if its
+                // `answer` has not arrived (yet).
+                let answered =
+                    self.answered_at.is_some() || cause.as_deref() == Some("normalClearing");
                 match (self.direction, answered, cause.as_deref()) {
+                    _ if self.blocked => None,
                     (Direction::In, true, _) => Some("answered"),
                     (Direction::In, false, Some("forwarded")) => None,
                     (Direction::In, false, _) => Some("missed"),
@@ -313,6 +328,11 @@ mod tests {
             Some("connected")
         );
         assert_eq!(outcome(&[new("out"), hangup("out", "busy")]), None);
+        // The hangup overtook the answer: a normal clearing was connected.
+        assert_eq!(
+            outcome(&[new("in"), hangup("in", "normalClearing"), answer("in")]),
+            Some("answered")
+        );
         // A hangup heard twice ends the call once.
         assert_eq!(
             outcome(&[new("in"), hangup("in", "cancel"), hangup("in", "cancel")]),
@@ -354,5 +374,11 @@ mod tests {
         assert!(refuse("event=newCall&callId=1&direction=in&from=1").contains("from and to"));
         assert!(refuse("event=hangup&callId=1&direction=in&cause=boom").contains("unknown cause"));
         assert!(json_fields(b"[1,2]").is_none());
+        assert!(refuse("event=answer&callId=1&direction=in&user=a%00b").contains("NUL"));
+        let long = format!(
+            "event=answer&callId=1&direction=in&answeringNumber={}",
+            "9".repeat(300)
+        );
+        assert!(refuse(&long).contains("longer than 200"));
     }
 }

@@ -17,22 +17,33 @@ use hotline_proto::{
 use sqlx::PgConnection;
 use tonic::{service::interceptor::InterceptedService, transport::Channel as GrpcChannel};
 
-use crate::store;
+use crate::{mail, store};
 
 pub type Tickets = TicketServiceClient<InterceptedService<GrpcChannel, ServiceToken>>;
 
 pub struct Forwarder {
     pub tickets: Tickets,
+    /// How intake names itself, to recognise its own mail looping back.
+    pub hostname: String,
 }
 
 impl EventHandler for Forwarder {
     async fn handle(&self, conn: &mut PgConnection, event: &EventEnvelope) -> anyhow::Result<()> {
         match &event.payload {
             Some(Payload::IntakeCallEnded(call)) => {
+                if !call.customer.is_empty() {
+                    // One caller's calls one at a time (in any process), so
+                    // two at once do not both open a ticket.
+                    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                        .bind(&call.customer)
+                        .execute(&mut *conn)
+                        .await?;
+                }
                 let ticket = self.call(call).await?;
                 store::forwarded(conn, &call.call_id, &ticket).await?;
                 Ok(())
             }
+            Some(Payload::IntakeMailReceived(received)) => self.mail(conn, received.mail_id).await,
             _ => Ok(()),
         }
     }
@@ -44,6 +55,84 @@ impl EventHandler for Forwarder {
 }
 
 impl Forwarder {
+    /// A stored message becomes a ticket, or a customer article on the
+    /// ticket it replies to; a robot's becomes nothing.
+    async fn mail(&self, conn: &mut PgConnection, id: i64) -> anyhow::Result<()> {
+        let (envelope_from, raw) = store::mail(conn, id)
+            .await?
+            .with_context(|| format!("mail {id} is not stored"))?;
+        let Some(inbound) = mail::read(&raw, &envelope_from, &self.hostname) else {
+            store::mail_forwarded(conn, id, None, Some("not a message")).await?;
+            return Ok(());
+        };
+        if let Some(robot) = inbound.robot {
+            tracing::info!(mail = id, from = %inbound.from, robot, "robot mail: no ticket");
+            store::mail_forwarded(conn, id, None, Some(robot)).await?;
+            return Ok(());
+        }
+        let key = format!(
+            "mail:{}",
+            inbound
+                .message_id
+                .clone()
+                .unwrap_or_else(|| format!("intake-{id}"))
+        );
+        let threaded = match &inbound.tag {
+            Some(tag) => Some(tag.clone()),
+            None => store::thread(conn, &inbound.replies_to).await?,
+        };
+        let mut ticket = None;
+        if let Some(number) = threaded {
+            let added = self
+                .tickets
+                .clone()
+                .add_article(AddArticleRequest {
+                    ticket: number.clone(),
+                    kind: ArticleKind::CustomerMessage as i32,
+                    body: inbound.body.clone(),
+                    author: inbound.from.clone(),
+                    idempotency_key: key.clone(),
+                    ..Default::default()
+                })
+                .await;
+            match added {
+                Ok(added) => ticket = added.into_inner().ticket.map(|t| t.number),
+                // Gone or closed: the message opens a ticket of its own.
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::NotFound | tonic::Code::FailedPrecondition
+                    ) => {}
+                Err(status) => return Err(status).context("adding the message to its ticket"),
+            }
+        }
+        let number = match ticket {
+            Some(number) => number,
+            None => self
+                .tickets
+                .clone()
+                .create_ticket(CreateTicketRequest {
+                    subject: inbound.subject.clone(),
+                    body: inbound.body.clone(),
+                    contact: inbound.from.clone(),
+                    channel: Channel::Email as i32,
+                    idempotency_key: key,
+                    ..Default::default()
+                })
+                .await
+                .context("opening a ticket for the message")?
+                .into_inner()
+                .ticket
+                .map(|t| t.number)
+                .unwrap_or_default(),
+        };
+        if let Some(message_id) = &inbound.message_id {
+            store::remember(conn, message_id, &number).await?;
+        }
+        store::mail_forwarded(conn, id, Some(&number), None).await?;
+        Ok(())
+    }
+
     /// The customer's ticket still being worked, newest first.
     async fn open_ticket(&self, customer: &str) -> anyhow::Result<Option<Ticket>> {
         let listed = self
@@ -83,6 +172,11 @@ impl Forwarder {
         } else {
             &call.agent
         };
+        let caller = if call.customer.is_empty() {
+            "an unknown number"
+        } else {
+            &call.customer
+        };
         let body = match call.outcome.as_str() {
             "answered" => format!("Inbound call from {} answered by {agent}.", call.customer),
             "missed" => format!(
@@ -99,7 +193,13 @@ impl Forwarder {
                 call.customer
             ),
         };
-        if let Some(open) = self.open_ticket(&call.customer).await? {
+        // A number that is not a customer's matches no ticket.
+        let open = if call.customer.is_empty() {
+            None
+        } else {
+            self.open_ticket(&call.customer).await?
+        };
+        if let Some(open) = open {
             let added = self
                 .tickets
                 .clone()
@@ -124,8 +224,8 @@ impl Forwarder {
             return Ok(String::new());
         }
         let subject = match call.outcome.as_str() {
-            "missed" => format!("Missed call from {}", call.customer),
-            _ => format!("Call from {}", call.customer),
+            "missed" => format!("Missed call from {caller}"),
+            _ => format!("Call from {caller}"),
         };
         let created = self
             .tickets

@@ -6,15 +6,20 @@
 //! - [`web`]: `POST /api/v1/cti/{token}`, answered after the commit.
 //! - [`store`]: the only SQL; events, calls, and `intake.call_ended` queued
 //!   in the same transaction.
-//! - [`forward`]: `intake.call_ended` from the bus to `tickets`, idempotent.
+//! - [`smtp`]: the SMTP server; a message gets `250` once stored.
+//! - [`mail`]: reading a message: author, threading, robots.
+//! - [`forward`]: `intake.call_ended` and `intake.mail_received` from the
+//!   bus to `tickets`, idempotent.
 
 pub mod cti;
 pub mod forward;
+pub mod mail;
 pub mod phone;
+pub mod smtp;
 pub mod store;
 pub mod web;
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use hotline_kit::{
     auth::Role,
@@ -22,7 +27,7 @@ use hotline_kit::{
         consumer::Consumer,
         outbox::{OutboxSignal, Relay},
     },
-    config::{Secret, text},
+    config::{Secret, duration, text},
     grpc::{self, ServiceToken},
     supervisor::{Module, ModuleContext},
 };
@@ -31,14 +36,30 @@ use serde::Deserialize;
 use tonic::service::interceptor::InterceptedService;
 
 pub const SCHEMA: &str = "intake";
-const CONSUMES: &[&str] = &["intake.call_ended"];
+const CONSUMES: &[&str] = &["intake.call_ended", "intake.mail_received"];
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// `[intake]` in the configuration, `HOTLINE_INTAKE__*` in the environment.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct IntakeConfig {
+    /// Where the SMTP server listens.
+    pub smtp_addr: SocketAddr,
+    /// The support domains mail is accepted for (comma list); mail for any
+    /// other domain is refused. Without any, no mail is accepted.
+    #[serde(deserialize_with = "text")]
+    pub domains: String,
+    /// How the server names itself (greeting, `X-Loop`).
+    pub hostname: String,
+    pub max_message_bytes: usize,
+    /// SMTP sessions at once; more get `421`.
+    pub max_connections: usize,
+    /// How long the server waits for a command or the message.
+    #[serde(deserialize_with = "duration")]
+    pub command_timeout: Duration,
+    /// Messages one sender may send per minute (0: no limit); more get `451`.
+    pub sender_rate_per_minute: u64,
     /// The secret in the PBX's URL (`/api/v1/cti/{token}`); without it every
     /// PBX event is refused.
     pub cti_token: Secret,
@@ -52,11 +73,40 @@ pub struct IntakeConfig {
     pub blocked_numbers: String,
 }
 
+impl Default for IntakeConfig {
+    fn default() -> Self {
+        Self {
+            smtp_addr: SocketAddr::from(([127, 0, 0, 1], 2525)),
+            domains: String::new(),
+            hostname: "hotline".into(),
+            max_message_bytes: 25 * 1024 * 1024,
+            max_connections: 100,
+            command_timeout: Duration::from_secs(300),
+            sender_rate_per_minute: 30,
+            cti_token: Secret::default(),
+            country_code: String::new(),
+            blocked_numbers: String::new(),
+        }
+    }
+}
+
 impl IntakeConfig {
+    /// Whether mail for `domain` (lower-case) is ours to take.
+    pub fn accepts(&self, domain: &str) -> bool {
+        self.domains
+            .split(',')
+            .map(str::trim)
+            .any(|ours| !ours.is_empty() && ours.eq_ignore_ascii_case(domain))
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             self.country_code.chars().all(|c| c.is_ascii_digit()) && self.country_code.len() <= 3,
             "intake.country_code must be 1 to 3 digits, like 49 or 86"
+        );
+        anyhow::ensure!(
+            self.max_message_bytes >= 1024 && self.max_connections >= 1,
+            "intake.max_message_bytes must be at least 1024 and intake.max_connections at least 1"
         );
         for number in self.blocked_list() {
             anyhow::ensure!(
@@ -104,10 +154,28 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
     if config.cti_token.is_empty() {
         tracing::warn!("intake.cti_token is not set: PBX events are refused");
     }
+    if config.domains.trim().is_empty() {
+        tracing::warn!("intake.domains is not set: the SMTP server refuses every recipient");
+    }
     let config = Arc::new(config);
     let pool = context.pool(SCHEMA)?;
     let relay_signal = OutboxSignal::default();
-    context.add_http(web::router(pool.clone(), config, relay_signal.clone()));
+    context.add_http(web::router(
+        pool.clone(),
+        config.clone(),
+        relay_signal.clone(),
+    ));
+    // Bound now, so a port in use stops the start.
+    let smtp_listener = std::net::TcpListener::bind(config.smtp_addr)
+        .map_err(|e| anyhow::anyhow!("binding SMTP on {}: {e}", config.smtp_addr))?;
+    let smtp = Arc::new(smtp::Server {
+        pool: pool.clone(),
+        redis: context.redis(),
+        config: config.clone(),
+        relay: relay_signal.clone(),
+    });
+    let cancel = context.cancel.clone();
+    context.spawn("smtp", smtp.run(smtp_listener, cancel));
     let relay = Relay::new(
         pool.clone(),
         relay_signal.clone(),
@@ -126,7 +194,10 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
         pool,
         context.subscriber.clone(),
         context.publisher.clone(),
-        forward::Forwarder { tickets },
+        forward::Forwarder {
+            tickets,
+            hostname: config.hostname.clone(),
+        },
         context.config.bus.clone(),
     )?;
     context.spawn("forwarder", Arc::new(consumer).run(context.cancel.clone()));

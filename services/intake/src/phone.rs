@@ -21,6 +21,12 @@ pub fn normalise(raw: &str, country_code: &str) -> Option<String> {
     {
         return None;
     }
+    // `+49 (0)30 ...`: the national trunk 0, written for callers at home.
+    let raw = if plus || raw.starts_with("00") {
+        std::borrow::Cow::Owned(raw.replacen("(0)", "", 1))
+    } else {
+        std::borrow::Cow::Borrowed(raw)
+    };
     let digits: String = raw.chars().filter(char::is_ascii_digit).collect();
     let international = if plus {
         digits
@@ -54,6 +60,7 @@ mod tests {
             "030 1234567",
             "49301234567",
             "+49-30-123-45-67",
+            "+49 (0)30 1234567",
         ] {
             assert_eq!(
                 normalise(raw, "49").as_deref(),

@@ -1,5 +1,6 @@
 //! The only SQL of `intake`: PBX events and calls.
 
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use hotline_kit::{
     bus::outbox::{self, envelope},
@@ -23,6 +24,7 @@ struct CallRow {
     agent: Option<String>,
     ended_at: Option<DateTime<Utc>>,
     cause: Option<String>,
+    blocked: bool,
 }
 
 impl From<CallRow> for Call {
@@ -40,6 +42,7 @@ impl From<CallRow> for Call {
             agent: row.agent,
             ended_at: row.ended_at,
             cause: row.cause,
+            blocked: row.blocked,
         }
     }
 }
@@ -63,6 +66,7 @@ pub async fn record(
     fields: &Fields,
     at: DateTime<Utc>,
     country_code: &str,
+    blocked: bool,
 ) -> anyhow::Result<Recorded> {
     let mut tx = pool.begin().await?;
     let first = sqlx::query(
@@ -80,14 +84,19 @@ pub async fn record(
     if !first {
         return Ok(Recorded::Duplicate);
     }
+    // The row first, then its lock: two first events of one call must not
+    // both start from nothing.
+    save_call(&mut tx, &Call::begin(event, at), None, true).await?;
     let mut call = lock_call(&mut tx, &event.call_id)
         .await?
-        .unwrap_or_else(|| Call::begin(event, at));
+        .context("the call row vanished")?;
+    call.blocked |= blocked;
     let outcome = call.apply(event, at);
-    save_call(&mut tx, &call, outcome).await?;
+    save_call(&mut tx, &call, outcome, false).await?;
     if let Some(outcome) = outcome {
-        let customer =
-            phone::normalise(&call.customer, country_code).unwrap_or_else(|| call.customer.clone());
+        // Only a number that matches a customer: never a raw or empty one,
+        // which would match every ticket or the wrong one.
+        let customer = phone::normalise(&call.customer, country_code).unwrap_or_default();
         let ended = envelope(
             "intake.call_ended",
             None,
@@ -111,7 +120,8 @@ pub async fn record(
 
 async fn lock_call(conn: &mut PgConnection, call_id: &str) -> sqlx::Result<Option<Call>> {
     let row: Option<CallRow> = sqlx::query_as(
-        "SELECT call_id, direction, customer, started_at, answered_at, agent, ended_at, cause
+        "SELECT call_id, direction, customer, started_at, answered_at, agent, ended_at, cause,
+             blocked
          FROM calls WHERE call_id = $1 FOR UPDATE",
     )
     .bind(call_id)
@@ -120,20 +130,28 @@ async fn lock_call(conn: &mut PgConnection, call_id: &str) -> sqlx::Result<Optio
     Ok(row.map(Call::from))
 }
 
+/// Writes a call; `only_new` inserts it if absent and leaves an existing
+/// one alone.
 async fn save_call(
     conn: &mut PgConnection,
     call: &Call,
     outcome: Option<&str>,
+    only_new: bool,
 ) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO calls (call_id, direction, customer, started_at, answered_at, agent,
-             ended_at, cause, outcome)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT (call_id) DO UPDATE SET customer = EXCLUDED.customer,
+    let conflict = if only_new {
+        "DO NOTHING"
+    } else {
+        "DO UPDATE SET customer = EXCLUDED.customer,
              answered_at = EXCLUDED.answered_at, agent = EXCLUDED.agent,
-             ended_at = EXCLUDED.ended_at, cause = EXCLUDED.cause,
-             outcome = COALESCE(EXCLUDED.outcome, calls.outcome)",
-    )
+             ended_at = EXCLUDED.ended_at, cause = EXCLUDED.cause, blocked = EXCLUDED.blocked,
+             outcome = COALESCE(EXCLUDED.outcome, calls.outcome)"
+    };
+    sqlx::query(&format!(
+        "INSERT INTO calls (call_id, direction, customer, started_at, answered_at, agent,
+             ended_at, cause, outcome, blocked)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (call_id) {conflict}"
+    ))
     .bind(&call.call_id)
     .bind(call.direction.as_str())
     .bind(&call.customer)
@@ -143,6 +161,7 @@ async fn save_call(
     .bind(call.ended_at)
     .bind(&call.cause)
     .bind(outcome)
+    .bind(call.blocked)
     .execute(conn)
     .await?;
     Ok(())
@@ -155,5 +174,85 @@ pub async fn forwarded(conn: &mut PgConnection, call_id: &str, ticket: &str) -> 
         .bind(ticket)
         .execute(conn)
         .await?;
+    Ok(())
+}
+
+/// Stores an accepted message with `intake.mail_received`; its id.
+pub async fn record_mail(
+    pool: &PgPool,
+    from: &str,
+    to: &[String],
+    raw: &[u8],
+) -> anyhow::Result<i64> {
+    let mut tx = pool.begin().await?;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO mails (mail_from, rcpt_to, raw) VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(raw)
+    .fetch_one(&mut *tx)
+    .await?;
+    let received = envelope(
+        "intake.mail_received",
+        None,
+        Utc::now(),
+        Payload::IntakeMailReceived(ev::MailReceived { mail_id: id }),
+    );
+    outbox::enqueue(&mut tx, &[received]).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// A stored message: envelope sender and raw bytes.
+pub async fn mail(conn: &mut PgConnection, id: i64) -> sqlx::Result<Option<(String, Vec<u8>)>> {
+    sqlx::query_as("SELECT mail_from, raw FROM mails WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Notes what became of a message: the ticket it went on, or why none.
+pub async fn mail_forwarded(
+    conn: &mut PgConnection,
+    id: i64,
+    ticket: Option<&str>,
+    ignored: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE mails SET ticket_number = $2, ignored = $3, forwarded_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(ticket)
+    .bind(ignored)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The ticket of the first of `message_ids` Hotline has seen.
+pub async fn thread(
+    conn: &mut PgConnection,
+    message_ids: &[String],
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "SELECT ticket_number FROM message_ids WHERE message_id = ANY($1)
+         ORDER BY seen_at DESC LIMIT 1",
+    )
+    .bind(message_ids)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Remembers that `message_id` belongs to `ticket`.
+pub async fn remember(conn: &mut PgConnection, message_id: &str, ticket: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO message_ids (message_id, ticket_number) VALUES ($1, $2)
+         ON CONFLICT (message_id) DO NOTHING",
+    )
+    .bind(message_id)
+    .bind(ticket)
+    .execute(conn)
+    .await?;
     Ok(())
 }

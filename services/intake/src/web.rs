@@ -85,7 +85,7 @@ async fn receive(
         && event.direction == Direction::In
         && phone::normalise(&event.from, country)
             .is_some_and(|caller| phone.config.blocked(&caller));
-    match store::record(&phone.pool, &event, &fields, Utc::now(), country).await {
+    match store::record(&phone.pool, &event, &fields, Utc::now(), country, blocked).await {
         Ok(Recorded::Applied) => {
             phone.relay.committed();
             metrics::counter!("hotline_cti_events_total", "event" => event.kind.as_str())

@@ -133,18 +133,21 @@ impl Config {
         }
     }
 
-    /// Sets one key of a module's section, as the environment would
-    /// (`set("sla", "response_target", "3s")`).
+    /// Sets one key of a module's section, read as the environment reads
+    /// it (`set("sla", "response_target", "3s")`, `"4096"` a number).
     pub fn set(&mut self, section: &str, key: &str, value: &str) {
+        let value: figment::value::Value = value
+            .parse()
+            .unwrap_or_else(|_| figment::value::Value::from(value));
         let entry = self
             .sections
             .entry(section.to_owned())
             .or_insert_with(|| figment::value::Dict::new().into());
         if let figment::value::Value::Dict(_, dict) = entry {
-            dict.insert(key.to_owned(), value.into());
+            dict.insert(key.to_owned(), value);
         } else {
             let mut dict = figment::value::Dict::new();
-            dict.insert(key.to_owned(), value.into());
+            dict.insert(key.to_owned(), value);
             *entry = dict.into();
         }
     }

@@ -51,6 +51,9 @@ impl TestEnv {
             },
             ..base
         };
+        let mut config = config;
+        // Modules' own listeners bind port 0 too, so tests run side by side.
+        config.set("intake", "smtp_addr", "127.0.0.1:0");
         Ok(Self { config, database })
     }
 

@@ -291,7 +291,23 @@ impl Store {
             .bind(direction.map(CallDirection::as_str))
             .bind(outcome.map(CallOutcome::as_str))
             .bind(&article.call_id);
-        let inserted: i64 = events.bind(query).fetch_one(&self.pool).await?.try_get(0)?;
+        let inserted: i64 = match events.bind(query).fetch_one(&self.pool).await {
+            Ok(row) => row.try_get(0)?,
+            // The key names an article added to another ticket: the work was
+            // done there, and that ticket is the answer.
+            Err(sqlx::Error::Database(error))
+                if error.constraint() == Some("articles_idempotency_key") =>
+            {
+                let mut conn = self.pool.acquire().await?;
+                let key = new.idempotency_key.as_deref().unwrap_or_default();
+                let added = article_by_key(&mut conn, key)
+                    .await?
+                    .context("an article key in use, then gone")?;
+                let ticket = lookup(&mut conn, TicketKey::Id(added.ticket_id), false).await?;
+                return Ok((ticket, added, false));
+            }
+            Err(error) => return Err(error.into()),
+        };
         if inserted == 0 {
             // The key was used before: that ticket is the answer.
             let row: TicketRow = sqlx::query_as(&format!(
@@ -400,13 +416,14 @@ impl Store {
             && let Some(key) = &article.idempotency_key
             && let Some(added) = article_by_key(&mut tx, key).await?
         {
-            if added.ticket_id != before.id {
-                return Err(Refusal::Invalid(format!(
-                    "idempotency key {key:?} was used for an article of another ticket"
-                ))
-                .into());
-            }
-            return Ok((before, Some(added)));
+            // Added before — to this ticket or, by a bridge that chose
+            // another the first time, to that one: the work is done.
+            let on = if added.ticket_id == before.id {
+                before
+            } else {
+                lookup(&mut tx, TicketKey::Id(added.ticket_id), false).await?
+            };
+            return Ok((on, Some(added)));
         }
         // Read the clock only once the ticket is ours: a command that waited
         // for the lock never records a time before the change it followed.

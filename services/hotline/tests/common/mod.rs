@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use hotline_kit::testing::TestEnv;
 
 /// A free loopback port (bound, read, released).
+#[allow(dead_code)] // each test binary uses a part of this module
 pub fn free_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -13,6 +14,7 @@ pub fn free_port() -> SocketAddr {
         .unwrap()
 }
 
+#[allow(dead_code)] // each test binary uses a part of this module
 /// `hotline serve` (every module) in `env`, listening on `grpc` and `http`,
 /// with `settings` as more environment; returns once it is ready.
 pub async fn serve(
@@ -30,6 +32,7 @@ pub async fn serve(
         .env("HOTLINE_GRPC_ADDR", grpc.to_string())
         .env("HOTLINE_HTTP_ADDR", http.to_string())
         .env("HOTLINE_AUTH__SECRET", env.config.auth.secret.expose())
+        .env("HOTLINE_INTAKE__SMTP_ADDR", "127.0.0.1:0")
         .env("HOTLINE_LOG__FILTER", "warn")
         .envs(settings.iter().copied())
         .kill_on_drop(true)

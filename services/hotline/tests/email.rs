@@ -1,0 +1,274 @@
+//! Email in end to end: Python's `smtplib` as the sending mail server,
+//! tickets and intake running, the tickets read back over gRPC.
+
+use std::{net::SocketAddr, time::Duration};
+
+use hotline_kit::{
+    auth::Role,
+    testing::{TestApp, TestEnv},
+};
+use hotline_proto::tickets::v1::{
+    ArticleKind, Channel, GetTicketRequest, GetTicketResponse, ListTicketsRequest,
+    ticket_service_client::TicketServiceClient,
+};
+use serde_json::Value;
+
+mod common;
+
+/// Sends stdin's message with smtplib; prints `{"code": N, "message": M}`.
+const SEND: &str = r#"
+import json, smtplib, sys
+host, port, sender, rcpt = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+message = sys.stdin.buffer.read()
+try:
+    with smtplib.SMTP(host, port, timeout=10) as smtp:
+        smtp.ehlo("mx.customer.example")
+        smtp.sendmail(sender, [rcpt], message)
+    print(json.dumps({"code": 250, "message": "ok"}))
+except smtplib.SMTPRecipientsRefused as refused:
+    code, text = list(refused.recipients.values())[0]
+    print(json.dumps({"code": code, "message": text.decode()}))
+except smtplib.SMTPResponseException as refused:
+    print(json.dumps({"code": refused.smtp_code, "message": refused.smtp_error.decode()}))
+"#;
+
+struct Desk {
+    env: TestEnv,
+    app: TestApp,
+    smtp: SocketAddr,
+}
+
+impl Desk {
+    async fn start(settings: &[(&str, &str)]) -> Self {
+        let mut env = TestEnv::new().await.unwrap();
+        let smtp = common::free_port();
+        env.config.set("intake", "smtp_addr", &smtp.to_string());
+        env.config.set("intake", "domains", "support.example");
+        for (key, value) in settings {
+            env.config.set("intake", key, value);
+        }
+        let app = env
+            .start(&[hotline_tickets::module(), hotline_intake::module()])
+            .await
+            .unwrap();
+        Self { env, app, smtp }
+    }
+
+    /// Sends `message` from `sender` to `rcpt`; the server's final code.
+    async fn send(&self, sender: &str, rcpt: &str, message: &str) -> (u16, String) {
+        use tokio::io::AsyncWriteExt;
+        let mut child = tokio::process::Command::new("python3")
+            .args([
+                "-c",
+                SEND,
+                "127.0.0.1",
+                &self.smtp.port().to_string(),
+                sender,
+                rcpt,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(message.as_bytes()).await.unwrap();
+        drop(stdin);
+        let output = child.wait_with_output().await.unwrap();
+        let reply: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
+            panic!(
+                "smtplib printed {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        });
+        (
+            u16::try_from(reply["code"].as_u64().unwrap()).unwrap(),
+            reply["message"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+
+    fn tickets(
+        &self,
+    ) -> TicketServiceClient<
+        tonic::service::interceptor::InterceptedService<
+            tonic::transport::Channel,
+            hotline_kit::grpc::BearerToken,
+        >,
+    > {
+        TicketServiceClient::new(self.app.channel(&self.env.token("ana", Role::Agent)))
+    }
+
+    /// The tickets of `contact`, each with its articles, once they hold
+    /// `articles` articles in all (or after 10 s).
+    async fn of(&self, contact: &str, articles: usize) -> Vec<GetTicketResponse> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let listed = self
+                .tickets()
+                .list_tickets(ListTicketsRequest {
+                    contact: contact.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .tickets;
+            let mut shown = Vec::new();
+            for ticket in listed {
+                shown.push(
+                    self.tickets()
+                        .get_ticket(GetTicketRequest { ticket: ticket.id })
+                        .await
+                        .unwrap()
+                        .into_inner(),
+                );
+            }
+            let total: usize = shown.iter().map(|t| t.articles.len()).sum();
+            if total >= articles || tokio::time::Instant::now() > deadline {
+                return shown;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.app.stop().await.unwrap();
+        self.env.cleanup_bus(&["intake"]).await.unwrap();
+    }
+}
+
+fn message(from: &str, subject: &str, extra: &str, body: &str) -> String {
+    format!(
+        "From: {from}\r\nTo: help@support.example\r\nSubject: {subject}\r\n{extra}\r\n{body}\r\n"
+    )
+}
+
+#[tokio::test]
+async fn a_mail_opens_a_ticket_and_replies_thread_by_tag_and_by_in_reply_to() {
+    let desk = Desk::start(&[]).await;
+    let from = "ops@customer.example";
+    let first = message(
+        "Ops <ops@customer.example>",
+        "NVR-16 shows no picture",
+        "Message-ID: <first@customer.example>\r\n",
+        "Since 02:00 all channels are black.",
+    );
+    assert_eq!(desk.send(from, "help@support.example", &first).await.0, 250);
+    let opened = desk.of(from, 1).await;
+    assert_eq!(opened.len(), 1, "one ticket");
+    let ticket = opened[0].ticket.clone().unwrap();
+    assert_eq!(ticket.channel, Channel::Email as i32);
+    assert_eq!(ticket.subject, "NVR-16 shows no picture");
+    assert!(ticket.awaiting_response);
+    assert!(
+        opened[0].articles[0]
+            .body
+            .contains("all channels are black")
+    );
+
+    // By the tag in the subject.
+    let tagged = message(
+        from,
+        &format!("Re: [{}] NVR-16 shows no picture", ticket.number),
+        "Message-ID: <second@customer.example>\r\n",
+        "Camera 3 is back, the rest not.",
+    );
+    assert_eq!(
+        desk.send(from, "help@support.example", &tagged).await.0,
+        250
+    );
+    // By In-Reply-To, without a tag.
+    let replied = message(
+        from,
+        "Re: no picture",
+        "Message-ID: <third@customer.example>\r\nIn-Reply-To: <first@customer.example>\r\n",
+        "Now all are back.",
+    );
+    assert_eq!(
+        desk.send(from, "help@support.example", &replied).await.0,
+        250
+    );
+    let threaded = desk.of(from, 3).await;
+    assert_eq!(threaded.len(), 1, "still one ticket");
+    let articles = &threaded[0].articles;
+    assert_eq!(articles.len(), 3);
+    assert!(
+        articles
+            .iter()
+            .all(|a| a.kind == ArticleKind::CustomerMessage as i32)
+    );
+    assert!(articles[2].body.contains("all are back"));
+    desk.stop().await;
+}
+
+#[tokio::test]
+async fn robots_never_open_a_ticket() {
+    let desk = Desk::start(&[]).await;
+    let robot = "robot@customer.example";
+    for extra in [
+        "Auto-Submitted: auto-replied\r\n",
+        "Precedence: bulk\r\n",
+        "X-Auto-Response-Suppress: All\r\n",
+        "List-Unsubscribe: <mailto:leave@customer.example>\r\n",
+        "X-Loop: hotline\r\n",
+    ] {
+        let mail = message(robot, "Out of office", extra, "I am away.");
+        assert_eq!(desk.send(robot, "help@support.example", &mail).await.0, 250);
+    }
+    let bounce = message(
+        "MAILER-DAEMON@customer.example",
+        "Undelivered Mail Returned to Sender",
+        "Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n",
+        "--b\r\nContent-Type: text/plain\r\n\r\nDelivery failed.\r\n--b--",
+    );
+    assert_eq!(desk.send("", "help@support.example", &bounce).await.0, 250);
+    // A person's mail after the robots' is the only ticket.
+    let person = message(robot, "Really broken", "", "Please help.");
+    assert_eq!(
+        desk.send(robot, "help@support.example", &person).await.0,
+        250
+    );
+    let tickets = desk.of(robot, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(tickets.len(), 1);
+    assert_eq!(tickets[0].ticket.clone().unwrap().subject, "Really broken");
+    assert!(
+        desk.of("mailer-daemon@customer.example", 0)
+            .await
+            .is_empty()
+    );
+    desk.stop().await;
+}
+
+#[tokio::test]
+async fn the_server_refuses_what_it_must_with_the_right_codes() {
+    let desk = Desk::start(&[
+        ("max_message_bytes", "4096"),
+        ("sender_rate_per_minute", "3"),
+    ])
+    .await;
+    let from = "ops@customer.example";
+    let (code, text) = desk
+        .send(
+            from,
+            "someone@elsewhere.example",
+            &message(from, "x", "", "y"),
+        )
+        .await;
+    assert_eq!(code, 550, "never an open relay: {text}");
+    let big = message(from, "big", "", &"0123456789\r\n".repeat(1000));
+    assert_eq!(desk.send(from, "help@support.example", &big).await.0, 552);
+    let long_line = message(from, "long", "", &"x".repeat(1500));
+    assert_eq!(
+        desk.send(from, "help@support.example", &long_line).await.0,
+        500
+    );
+    // Three messages a minute from one sender, then 451 (try later).
+    let flood = "flood@robot.example";
+    let mut codes = Vec::new();
+    for n in 0..4 {
+        let mail = message(flood, &format!("spam {n}"), "", "buy");
+        codes.push(desk.send(flood, "help@support.example", &mail).await.0);
+    }
+    assert_eq!(codes, vec![250, 250, 250, 451]);
+    desk.stop().await;
+}

@@ -1,0 +1,557 @@
+//! Email in: an ESMTP server for the support domains (RFC 5321).
+//!
+//! `EHLO`/`HELO`, `MAIL`, `RCPT`, `DATA`, `RSET`, `NOOP`, `QUIT`, with the
+//! `SIZE`, `8BITMIME` and `PIPELINING` extensions. Recipients outside
+//! `intake.domains` get `550` (never an open relay); a message over the size
+//! limit `552`; an over-long line or a malformed command a `5xx` with the
+//! reason; too many connections `421`; a sender over its rate `451`. A
+//! message gets `250` only once its raw bytes are committed in PostgreSQL
+//! (with `intake.mail_received` in the same transaction); the database
+//! unavailable, `451`, so the sender retries.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use hotline_kit::cache::Redis;
+use sqlx::PgPool;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader},
+    net::TcpListener,
+    sync::Semaphore,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{IntakeConfig, store};
+
+/// Longest command line (RFC 5321 §4.5.3.1.4: 512 octets with CRLF).
+const MAX_COMMAND: usize = 512;
+/// Longest text line of a message (RFC 5321 §4.5.3.1.6: 1000 with CRLF).
+const MAX_TEXT_LINE: usize = 1000;
+/// Errors a client may make before it is disconnected.
+const MAX_ERRORS: u32 = 10;
+
+/// Where a session is, between commands.
+#[derive(Debug, Default)]
+pub struct Envelope {
+    greeted: bool,
+    from: Option<String>,
+    to: Vec<String>,
+}
+
+/// What the I/O loop must do after a command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    Reply(Vec<String>),
+    /// `354`, then read the message.
+    Data,
+    Quit,
+}
+
+/// The address inside `<...>` after `prefix` (`FROM:`, `TO:`), and the
+/// parameters after it.
+fn path<'a>(argument: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
+    let rest = argument
+        .get(..prefix.len())
+        .filter(|head| head.eq_ignore_ascii_case(prefix))
+        .map(|_| argument[prefix.len()..].trim_start())?;
+    let rest = rest.strip_prefix('<')?;
+    let end = rest.find('>')?;
+    let address = &rest[..end];
+    let valid = address.is_empty()
+        || (address.len() <= 254
+            && address.matches('@').count() == 1
+            && !address.contains(|c: char| c.is_whitespace() || c.is_control()));
+    valid.then(|| (address, rest[end + 1..].trim()))
+}
+
+/// The domain of `address`, lower-case.
+fn domain(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, domain)| domain.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+impl Envelope {
+    /// Answers one command line (without its CRLF).
+    pub fn command(&mut self, line: &str, config: &IntakeConfig) -> Next {
+        let one = |code: u16, text: &str| Next::Reply(vec![format!("{code} {text}")]);
+        let (verb, argument) = line
+            .split_once(' ')
+            .map_or((line, ""), |(verb, argument)| (verb, argument.trim()));
+        match verb.to_ascii_uppercase().as_str() {
+            "EHLO" | "HELO" if argument.is_empty() => one(501, "5.5.4 Syntax: EHLO hostname"),
+            "EHLO" => {
+                *self = Self {
+                    greeted: true,
+                    ..Self::default()
+                };
+                Next::Reply(vec![
+                    format!("250-{} Hotline", config.hostname),
+                    format!("250-SIZE {}", config.max_message_bytes),
+                    "250-8BITMIME".into(),
+                    "250-PIPELINING".into(),
+                    "250 ENHANCEDSTATUSCODES".into(),
+                ])
+            }
+            "HELO" => {
+                *self = Self {
+                    greeted: true,
+                    ..Self::default()
+                };
+                one(250, &config.hostname)
+            }
+            "MAIL" if !self.greeted => one(503, "5.5.1 Say EHLO first"),
+            "MAIL" if self.from.is_some() => one(503, "5.5.1 Sender already given"),
+            "MAIL" => match path(argument, "FROM:") {
+                None => one(501, "5.5.4 Syntax: MAIL FROM:<address>"),
+                Some((from, parameters)) => {
+                    let declared = parameters
+                        .split_whitespace()
+                        .find_map(|p| {
+                            p.get(..5)
+                                .filter(|k| k.eq_ignore_ascii_case("SIZE="))
+                                .map(|_| &p[5..])
+                        })
+                        .and_then(|size| size.parse::<usize>().ok());
+                    if declared.is_some_and(|size| size > config.max_message_bytes) {
+                        return one(552, "5.3.4 Message too big for this desk");
+                    }
+                    self.from = Some(from.to_owned());
+                    one(250, "2.1.0 OK")
+                }
+            },
+            "RCPT" if self.from.is_none() => one(503, "5.5.1 Need MAIL first"),
+            "RCPT" => match path(argument, "TO:") {
+                None => one(501, "5.5.4 Syntax: RCPT TO:<address>"),
+                Some(("", _)) => one(501, "5.1.3 A recipient is needed"),
+                Some((to, _)) if !config.accepts(&domain(to)) => {
+                    one(550, "5.7.1 Relaying denied: not a support address here")
+                }
+                Some(_) if self.to.len() >= 100 => one(452, "4.5.3 Too many recipients"),
+                Some((to, _)) => {
+                    self.to.push(to.to_owned());
+                    one(250, "2.1.5 OK")
+                }
+            },
+            "DATA" if !argument.is_empty() => one(501, "5.5.4 DATA takes no argument"),
+            "DATA" if self.to.is_empty() => one(503, "5.5.1 Need RCPT first"),
+            "DATA" => Next::Data,
+            "RSET" => {
+                self.from = None;
+                self.to.clear();
+                one(250, "2.0.0 OK")
+            }
+            "NOOP" => one(250, "2.0.0 OK"),
+            "QUIT" => Next::Quit,
+            "VRFY" => one(252, "2.5.0 Cannot verify; send the message"),
+            "STARTTLS" | "AUTH" | "BDAT" => one(502, "5.5.1 Not offered here"),
+            _ => one(500, "5.5.2 Command not recognised"),
+        }
+    }
+
+    /// The sender and recipients of the message being sent, then a fresh
+    /// transaction (the greeting stands).
+    fn take(&mut self) -> (String, Vec<String>) {
+        let from = self.from.take().unwrap_or_default();
+        (from, std::mem::take(&mut self.to))
+    }
+}
+
+/// A line read with its length capped.
+enum Line {
+    Text(Vec<u8>),
+    /// Longer than allowed; its rest was read and dropped.
+    TooLong,
+    Closed,
+}
+
+async fn read_line<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    max: usize,
+) -> std::io::Result<Line> {
+    let mut line = Vec::new();
+    let mut too_long = false;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(if line.is_empty() && !too_long {
+                Line::Closed
+            } else if too_long {
+                Line::TooLong
+            } else {
+                Line::Text(line)
+            });
+        }
+        let (chunk, done) = match available.iter().position(|b| *b == b'\n') {
+            Some(end) => (&available[..=end], true),
+            None => (available, false),
+        };
+        let used = chunk.len();
+        if !too_long {
+            line.extend_from_slice(chunk);
+            if line.len() > max {
+                too_long = true;
+                line.clear();
+            }
+        }
+        reader.consume(used);
+        if done {
+            if too_long {
+                return Ok(Line::TooLong);
+            }
+            while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                line.pop();
+            }
+            return Ok(Line::Text(line));
+        }
+    }
+}
+
+/// What the `DATA` phase read.
+enum Message {
+    Complete(Vec<u8>),
+    TooBig,
+    LineTooLong,
+}
+
+/// Reads a message up to the lone `.`, undoing dot-stuffing; keeps reading
+/// (and drops) past the limits so the session stays in step.
+async fn read_message<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    max_bytes: usize,
+) -> std::io::Result<Option<Message>> {
+    let mut message = Vec::new();
+    let (mut too_big, mut too_long) = (false, false);
+    loop {
+        match read_line(reader, MAX_TEXT_LINE).await? {
+            Line::Closed => return Ok(None),
+            Line::TooLong => too_long = true,
+            Line::Text(line) => {
+                if line == b"." {
+                    break;
+                }
+                let line = line.strip_prefix(b".").unwrap_or(&line);
+                if message.len() + line.len() + 2 > max_bytes {
+                    too_big = true;
+                    message.clear();
+                }
+                if !too_big {
+                    message.extend_from_slice(line);
+                    message.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+    }
+    Ok(Some(if too_big {
+        Message::TooBig
+    } else if too_long {
+        Message::LineTooLong
+    } else {
+        Message::Complete(message)
+    }))
+}
+
+pub struct Server {
+    pub pool: PgPool,
+    pub redis: Arc<Redis>,
+    pub config: Arc<IntakeConfig>,
+    pub relay: hotline_kit::bus::outbox::OutboxSignal,
+}
+
+impl Server {
+    /// Serves `listener` until `cancel`; sessions in progress end with
+    /// `421` at their next command.
+    pub async fn run(
+        self: Arc<Self>,
+        listener: std::net::TcpListener,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<()> {
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener).context("serving SMTP")?;
+        let slots = Arc::new(Semaphore::new(self.config.max_connections));
+        loop {
+            let (socket, peer) = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, "SMTP accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = socket.set_nodelay(true);
+            let (server, slots, cancel) = (self.clone(), slots.clone(), cancel.clone());
+            tokio::spawn(async move {
+                let (reader, mut writer) = socket.into_split();
+                let Ok(_slot) = slots.try_acquire_owned() else {
+                    let _ = writer
+                        .write_all(b"421 4.3.2 Too many connections; try again later\r\n")
+                        .await;
+                    return;
+                };
+                if let Err(error) = server
+                    .session(BufReader::new(reader), &mut writer, &cancel)
+                    .await
+                {
+                    tracing::debug!(%peer, %error, "SMTP session ended");
+                }
+            });
+        }
+    }
+
+    async fn session<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        &self,
+        mut reader: BufReader<R>,
+        writer: &mut W,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let config = &self.config;
+        let send = |lines: Vec<String>| {
+            let mut out = lines.join("\r\n");
+            out.push_str("\r\n");
+            out
+        };
+        writer
+            .write_all(send(vec![format!("220 {} Hotline ESMTP", config.hostname)]).as_bytes())
+            .await?;
+        let mut envelope = Envelope::default();
+        let mut errors = 0;
+        loop {
+            let line = tokio::select! {
+                _ = cancel.cancelled() => {
+                    writer.write_all(b"421 4.3.2 Shutting down\r\n").await?;
+                    return Ok(());
+                }
+                line = tokio::time::timeout(config.command_timeout, read_line(&mut reader, MAX_COMMAND)) => line,
+            };
+            let line = match line {
+                Err(_) => {
+                    writer.write_all(b"421 4.4.2 Timeout; closing\r\n").await?;
+                    return Ok(());
+                }
+                Ok(line) => line?,
+            };
+            let next = match line {
+                Line::Closed => return Ok(()),
+                Line::TooLong => Next::Reply(vec!["500 5.5.2 Line too long".into()]),
+                Line::Text(bytes) => match std::str::from_utf8(&bytes) {
+                    Ok(text) => {
+                        let next = envelope.command(text, config);
+                        if let (Next::Reply(_), true) =
+                            (&next, text.to_ascii_uppercase().starts_with("MAIL"))
+                        {
+                            self.rate_limited(&mut envelope)
+                                .await
+                                .map_or(next, |reply| Next::Reply(vec![reply]))
+                        } else {
+                            next
+                        }
+                    }
+                    Err(_) => Next::Reply(vec!["500 5.5.2 Commands are ASCII".into()]),
+                },
+            };
+            match next {
+                Next::Reply(lines) => {
+                    if lines.first().is_some_and(|l| l.starts_with('5')) {
+                        errors += 1;
+                    }
+                    writer.write_all(send(lines).as_bytes()).await?;
+                    if errors >= MAX_ERRORS {
+                        writer
+                            .write_all(b"421 4.7.0 Too many errors; closing\r\n")
+                            .await?;
+                        return Ok(());
+                    }
+                }
+                Next::Quit => {
+                    writer.write_all(b"221 2.0.0 Bye\r\n").await?;
+                    return Ok(());
+                }
+                Next::Data => {
+                    writer
+                        .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                        .await?;
+                    let read = tokio::time::timeout(
+                        config.command_timeout,
+                        read_message(&mut reader, config.max_message_bytes),
+                    )
+                    .await;
+                    let (from, to) = envelope.take();
+                    let reply = match read {
+                        Err(_) => {
+                            writer.write_all(b"421 4.4.2 Timeout; closing\r\n").await?;
+                            return Ok(());
+                        }
+                        Ok(read) => match read? {
+                            None => return Ok(()),
+                            Some(Message::TooBig) => {
+                                "552 5.3.4 Message too big for this desk".into()
+                            }
+                            Some(Message::LineTooLong) => {
+                                "500 5.5.6 A line of the message is longer than 998 characters"
+                                    .into()
+                            }
+                            Some(Message::Complete(raw)) => self.accept(&from, &to, raw).await,
+                        },
+                    };
+                    writer.write_all(send(vec![reply]).as_bytes()).await?;
+                }
+            }
+        }
+    }
+
+    /// Counts the sender's message against its rate; the refusal if over.
+    async fn rate_limited(&self, envelope: &mut Envelope) -> Option<String> {
+        let sender = envelope.from.clone()?.to_ascii_lowercase();
+        let limit = self.config.sender_rate_per_minute;
+        if limit == 0 {
+            return None;
+        }
+        let key = self.redis.key(&format!("intake:rate:{sender}"));
+        let counted = async {
+            let mut connection = self.redis.connection().await?;
+            let (count,): (u64,) = redis::pipe()
+                .atomic()
+                .incr(&key, 1)
+                .expire(&key, 60)
+                .ignore()
+                .query_async(&mut connection)
+                .await?;
+            anyhow::Ok(count)
+        };
+        match tokio::time::timeout(Duration::from_secs(1), counted).await {
+            Ok(Ok(count)) if count > limit => {
+                envelope.from = None;
+                Some("451 4.7.1 Too many messages from this sender; try again later".into())
+            }
+            Ok(Ok(_)) => None,
+            // No Redis, no rate limit: mail is never refused for it.
+            _ => None,
+        }
+    }
+
+    /// Stores a message; `250` only once it is committed.
+    async fn accept(&self, from: &str, to: &[String], raw: Vec<u8>) -> String {
+        match store::record_mail(&self.pool, from, to, &raw).await {
+            Ok(id) => {
+                self.relay.committed();
+                metrics::counter!("hotline_mail_accepted_total").increment(1);
+                format!("250 2.0.0 Queued as {id}")
+            }
+            Err(error) => {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "cannot store an incoming mail"
+                );
+                "451 4.3.0 Cannot store the message now; try again later".into()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> IntakeConfig {
+        IntakeConfig {
+            domains: "support.example, Help.Example".into(),
+            ..IntakeConfig::default()
+        }
+    }
+
+    fn code(next: Next) -> u16 {
+        match next {
+            Next::Reply(lines) => lines
+                .last()
+                .and_then(|l| l.get(..3))
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0),
+            Next::Data => 354,
+            Next::Quit => 221,
+        }
+    }
+
+    #[test]
+    fn a_session_goes_in_order_and_only_to_our_domains() {
+        let config = config();
+        let mut session = Envelope::default();
+        assert_eq!(
+            code(session.command("MAIL FROM:<a@b.example>", &config)),
+            503
+        );
+        assert_eq!(code(session.command("EHLO client.example", &config)), 250);
+        assert_eq!(
+            code(session.command("RCPT TO:<x@support.example>", &config)),
+            503
+        );
+        assert_eq!(
+            code(session.command("mail from:<a@b.example> SIZE=1000 BODY=8BITMIME", &config)),
+            250
+        );
+        assert_eq!(
+            code(session.command("RCPT TO:<x@elsewhere.example>", &config)),
+            550
+        );
+        assert_eq!(
+            code(session.command("RCPT TO:<x@help.example>", &config)),
+            250
+        );
+        assert_eq!(code(session.command("RCPT TO:<bad address>", &config)), 501);
+        assert_eq!(code(session.command("DATA", &config)), 354);
+        assert_eq!(code(session.command("RSET", &config)), 250);
+        assert_eq!(code(session.command("DATA", &config)), 503);
+        assert_eq!(code(session.command("WHAT", &config)), 500);
+        assert_eq!(code(session.command("QUIT", &config)), 221);
+    }
+
+    #[test]
+    fn a_declared_size_over_the_limit_is_refused_up_front_and_bounces_may_come_in() {
+        let config = IntakeConfig {
+            max_message_bytes: 1000,
+            ..config()
+        };
+        let mut session = Envelope::default();
+        session.command("HELO c", &config);
+        assert_eq!(
+            code(session.command("MAIL FROM:<a@b.example> SIZE=5000", &config)),
+            552
+        );
+        assert_eq!(
+            code(session.command("MAIL FROM:<>", &config)),
+            250,
+            "the null sender"
+        );
+    }
+
+    #[tokio::test]
+    async fn messages_are_read_to_the_dot_unstuffed_and_capped() {
+        let read = |input: &'static [u8], max| async move {
+            let mut reader = BufReader::new(input);
+            read_message(&mut reader, max).await.ok().flatten()
+        };
+        match read(b"Subject: hi\r\n\r\n..leading dot\r\n.\r\nQUIT\r\n", 1000).await {
+            Some(Message::Complete(raw)) => {
+                assert_eq!(raw, b"Subject: hi\r\n\r\n.leading dot\r\n".to_vec());
+            }
+            _ => panic!("not read"),
+        }
+        assert!(matches!(
+            read(b"0123456789\r\n.\r\n", 5).await,
+            Some(Message::TooBig)
+        ));
+        let long: &'static [u8] = Box::leak(
+            format!("{}\r\n.\r\n", "x".repeat(2000))
+                .into_bytes()
+                .into_boxed_slice(),
+        );
+        assert!(matches!(
+            read(long, 100_000).await,
+            Some(Message::LineTooLong)
+        ));
+        assert!(read(b"no end", 1000).await.is_none());
+    }
+}
