@@ -15,6 +15,7 @@
 //! configuration variables (`HOTLINE_AMQP_URL`, `HOTLINE_NAMESPACE`).
 
 mod clocks;
+mod mail;
 mod phone;
 
 use std::{
@@ -86,6 +87,16 @@ enum Scenario {
         #[arg(long, default_value = "20s", value_parser = parse_duration)]
         duration: Duration,
     },
+    /// SMTP sessions sending 20 KB messages with an attachment for D;
+    /// reports mails accepted and how fast they became tickets. Needs a
+    /// running fleet with `HOTLINE_INTAKE__DOMAINS` including
+    /// `support.example` (and `HOTLINE_INTAKE__SMTP_ADDR` if not the default).
+    Smtp {
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        duration: Duration,
+    },
     /// Runs `hotline serve --target sla` itself (no other `sla` may run in
     /// the namespace), arms ARMED clocks, kills it with SIGKILL for DOWN,
     /// starts it again: time until every overdue clock has fired.
@@ -126,6 +137,10 @@ async fn main() -> anyhow::Result<()> {
             window,
         } => clocks::clocks(armed, rate, lead, window).await,
         Scenario::Burst { count, lead } => clocks::burst(count, lead).await,
+        Scenario::Smtp {
+            concurrency,
+            duration,
+        } => mail::smtp(concurrency, duration).await,
         Scenario::Cti {
             concurrency,
             duration,
