@@ -23,7 +23,7 @@ use crate::{ms, percentile, round};
 
 /// A 20 KB message: text, and a small attachment (base64).
 fn message(run: &str, line: usize, n: u64) -> String {
-    let text = "The recorder at gate 2 lost its cameras after the storm. ".repeat(250);
+    let text = "The recorder at gate 2 lost its cameras after the storm.\r\n".repeat(310);
     let attachment = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==\r\n".repeat(20);
     format!(
         "From: load{line}-{n}@customer.example\r\nTo: help@support.example\r\n\
