@@ -272,3 +272,212 @@ async fn the_server_refuses_what_it_must_with_the_right_codes() {
     assert_eq!(codes, vec![250, 250, 250, 451]);
     desk.stop().await;
 }
+
+/// Waits until the relay holds `count` messages.
+async fn relayed(mails: &std::sync::Mutex<Vec<String>>, count: usize) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let held = mails.lock().unwrap().clone();
+        if held.len() >= count || tokio::time::Instant::now() > deadline {
+            return held;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn replies_go_out_in_the_thread_and_come_back_into_it_and_bounces_are_noted() {
+    let (mails, sink) = common::smtp_sink().await;
+    let relay = format!("smtp://{sink}");
+    let desk = Desk::start(&[
+        ("relay", &relay),
+        ("from", "Support <help@support.example>"),
+        ("hostname", "desk.example"),
+    ])
+    .await;
+    let from = "ops@customer.example";
+    let report = message(
+        from,
+        "Recorder beeps",
+        "Message-ID: <c1@customer.example>\r\n",
+        "It beeps every minute.",
+    );
+    assert_eq!(
+        desk.send(from, "help@support.example", &report).await.0,
+        250
+    );
+    let ticket = desk.of(from, 1).await[0].ticket.clone().unwrap();
+
+    // One acknowledgement, automatic, in the customer's thread.
+    let ack = relayed(&mails, 1).await;
+    assert_eq!(ack.len(), 1, "acknowledged");
+    assert!(
+        ack[0].contains(&format!("[{}]", ticket.number)),
+        "{}",
+        ack[0]
+    );
+    assert!(ack[0].contains("Auto-Submitted: auto-replied"));
+    assert!(ack[0].contains("In-Reply-To: <c1@customer.example>"));
+    // A second new report from them within ten minutes: no second one.
+    let other = message(
+        from,
+        "Another site",
+        "Message-ID: <c2@customer.example>\r\n",
+        "x",
+    );
+    assert_eq!(desk.send(from, "help@support.example", &other).await.0, 250);
+    desk.of(from, 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        mails.lock().unwrap().len(),
+        1,
+        "one acknowledgement per sender per 10 minutes"
+    );
+
+    // The agent's reply goes out with the tag and the thread's headers.
+    let replied = desk
+        .tickets()
+        .add_article(hotline_proto::tickets::v1::AddArticleRequest {
+            ticket: ticket.number.clone(),
+            kind: ArticleKind::AgentReply as i32,
+            body: "Please send a photo of the display.".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let article = replied.article.unwrap();
+    let out = relayed(&mails, 2).await;
+    let reply = out.get(1).expect("the reply was emailed");
+    assert!(reply.contains("To: ops@customer.example"), "{reply}");
+    assert!(reply.contains(&format!("[{}]", ticket.number)));
+    assert!(reply.contains(&format!("Message-ID: <{}@desk.example>", article.id)));
+    assert!(reply.contains("In-Reply-To: <"));
+    assert!(reply.contains("Please send a photo"));
+    assert!(!reply.contains("Auto-Submitted"), "a person wrote it");
+
+    // The customer answers that mail, without the tag: it threads back.
+    let answer = message(
+        from,
+        "Re: photo",
+        &format!(
+            "Message-ID: <c3@customer.example>\r\nIn-Reply-To: <{}@desk.example>\r\n",
+            article.id
+        ),
+        "Photo attached.",
+    );
+    assert_eq!(
+        desk.send(from, "help@support.example", &answer).await.0,
+        250
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let shown = desk
+            .tickets()
+            .get_ticket(GetTicketRequest {
+                ticket: ticket.number.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if shown.articles.len() == 3 {
+            assert!(shown.articles[2].body.contains("Photo attached"));
+            assert!(
+                shown.ticket.unwrap().awaiting_response,
+                "the reply restarts the wait"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the answer never threaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A bounce of our reply becomes an internal note on its ticket.
+    let bounce = message(
+        "MAILER-DAEMON@mx.customer.example",
+        "Undelivered Mail Returned to Sender",
+        "Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n",
+        &format!(
+            "--b\r\nContent-Type: text/plain\r\n\r\nMailbox full.\r\n--b\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <{}@desk.example>\r\n--b--",
+            article.id
+        ),
+    );
+    assert_eq!(desk.send("", "help@support.example", &bounce).await.0, 250);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let shown = desk
+            .tickets()
+            .get_ticket(GetTicketRequest {
+                ticket: ticket.number.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(note) = shown
+            .articles
+            .iter()
+            .find(|a| a.kind == ArticleKind::InternalNote as i32)
+        {
+            assert!(note.body.contains("bounced"), "{}", note.body);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bounce was never noted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    desk.stop().await;
+}
+
+#[tokio::test]
+async fn a_reply_the_relay_refuses_for_good_becomes_an_internal_note() {
+    let (_, sink) = common::smtp_sink().await;
+    let relay = format!("smtp://{sink}");
+    let desk = Desk::start(&[("relay", &relay)]).await;
+    let from = "refused@customer.example";
+    let report = message(from, "Help", "Message-ID: <r1@customer.example>\r\n", "x");
+    assert_eq!(
+        desk.send(from, "help@support.example", &report).await.0,
+        250
+    );
+    let ticket = desk.of(from, 1).await[0].ticket.clone().unwrap();
+    desk.tickets()
+        .add_article(hotline_proto::tickets::v1::AddArticleRequest {
+            ticket: ticket.number.clone(),
+            kind: ArticleKind::AgentReply as i32,
+            body: "We are on it.".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let shown = desk
+            .tickets()
+            .get_ticket(GetTicketRequest {
+                ticket: ticket.number.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(note) = shown
+            .articles
+            .iter()
+            .find(|a| a.kind == ArticleKind::InternalNote as i32)
+        {
+            assert!(note.body.contains("could not be emailed"), "{}", note.body);
+            assert!(note.body.contains("550"), "{}", note.body);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no note about the refused reply"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    desk.stop().await;
+}

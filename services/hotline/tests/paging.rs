@@ -892,58 +892,10 @@ async fn killed_while_waiting_and_started_after_due_it_pages_once_right_after_st
     env.cleanup_bus(&["sla", "pager"]).await.unwrap();
 }
 
-/// A local SMTP relay that accepts everything and keeps each message.
-async fn smtp_sink() -> (Arc<Mutex<Vec<String>>>, SocketAddr) {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let messages = Arc::new(Mutex::new(Vec::new()));
-    let kept = messages.clone();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            let kept = kept.clone();
-            tokio::spawn(async move {
-                let (reader, mut writer) = socket.into_split();
-                let mut lines = BufReader::new(reader).lines();
-                let _ = writer.write_all(b"220 sink ESMTP\r\n").await;
-                let mut data: Option<String> = None;
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if let Some(message) = data.as_mut() {
-                        if line == "." {
-                            kept.lock().unwrap().push(std::mem::take(message));
-                            data = None;
-                            let _ = writer.write_all(b"250 queued\r\n").await;
-                        } else {
-                            message.push_str(&line);
-                            message.push('\n');
-                        }
-                        continue;
-                    }
-                    let verb = line.split_whitespace().next().unwrap_or("").to_uppercase();
-                    let reply: &[u8] = match verb.as_str() {
-                        "EHLO" | "HELO" => b"250 sink\r\n",
-                        "DATA" => {
-                            data = Some(String::new());
-                            b"354 go ahead\r\n"
-                        }
-                        "QUIT" => {
-                            let _ = writer.write_all(b"221 bye\r\n").await;
-                            break;
-                        }
-                        _ => b"250 ok\r\n",
-                    };
-                    let _ = writer.write_all(reply).await;
-                }
-            });
-        }
-    });
-    (messages, addr)
-}
-
 #[tokio::test]
 async fn without_pagerduty_a_level_pages_the_on_call_person_and_the_lead_and_names_who_it_cannot_reach()
  {
-    let (mails, relay) = smtp_sink().await;
+    let (mails, relay) = common::smtp_sink().await;
     let relay = format!("smtp://{relay}");
     let desk = Desk::start_with(
         "1h",

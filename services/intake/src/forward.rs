@@ -1,5 +1,7 @@
 //! Forwards what intake accepted to `tickets`, from the bus: a call that
-//! ended becomes a ticket or an article on the caller's open ticket. Every
+//! ended becomes a ticket or an article on the caller's open ticket, a mail
+//! a ticket or a customer article; an agent's reply on an email ticket goes
+//! out by mail. Every
 //! request carries an idempotency key (`cti:<callId>`), so a redelivery
 //! after a crash records nothing twice; `tickets` being unavailable holds
 //! the event until it is back.
@@ -17,14 +19,19 @@ use hotline_proto::{
 use sqlx::PgConnection;
 use tonic::{service::interceptor::InterceptedService, transport::Channel as GrpcChannel};
 
-use crate::{mail, store};
+use crate::{
+    mail,
+    outgoing::{self, Mailer},
+    store,
+};
 
 pub type Tickets = TicketServiceClient<InterceptedService<GrpcChannel, ServiceToken>>;
 
 pub struct Forwarder {
     pub tickets: Tickets,
-    /// How intake names itself, to recognise its own mail looping back.
+    /// How intake names itself, to recognise its own mail coming back.
     pub hostname: String,
+    pub mailer: Mailer,
 }
 
 impl EventHandler for Forwarder {
@@ -44,6 +51,20 @@ impl EventHandler for Forwarder {
                 Ok(())
             }
             Some(Payload::IntakeMailReceived(received)) => self.mail(conn, received.mail_id).await,
+            Some(Payload::TicketArticleAdded(added)) => {
+                let (Some(ticket), Some(article)) = (&added.ticket, &added.article) else {
+                    return Ok(());
+                };
+                let emailed = article.kind == ArticleKind::AgentReply as i32
+                    && ticket.channel == Channel::Email as i32
+                    && !ticket.contact.is_empty();
+                if emailed {
+                    self.mailer
+                        .reply(conn, &self.tickets, ticket, article)
+                        .await?;
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -67,7 +88,30 @@ impl Forwarder {
         };
         if let Some(robot) = inbound.robot {
             tracing::info!(mail = id, from = %inbound.from, robot, "robot mail: no ticket");
-            store::mail_forwarded(conn, id, None, Some(robot)).await?;
+            let bounced = if robot.starts_with("bounce") {
+                store::thread(conn, &outgoing::ours_in(&raw, &self.hostname)).await?
+            } else {
+                None
+            };
+            if let Some(number) = &bounced {
+                // A mail of ours came back: the desk must know.
+                self.tickets
+                    .clone()
+                    .add_article(AddArticleRequest {
+                        ticket: number.clone(),
+                        kind: ArticleKind::InternalNote as i32,
+                        body: format!(
+                            "A mail to the customer bounced ({}):\n\n{}",
+                            inbound.subject,
+                            inbound.body.chars().take(2000).collect::<String>()
+                        ),
+                        idempotency_key: format!("bounce:{id}"),
+                        ..Default::default()
+                    })
+                    .await
+                    .context("noting a bounce on its ticket")?;
+            }
+            store::mail_forwarded(conn, id, bounced.as_deref(), Some(robot)).await?;
             return Ok(());
         }
         let key = format!(
@@ -106,6 +150,7 @@ impl Forwarder {
                 Err(status) => return Err(status).context("adding the message to its ticket"),
             }
         }
+        let opened = ticket.is_none();
         let number = match ticket {
             Some(number) => number,
             None => self
@@ -128,6 +173,11 @@ impl Forwarder {
         };
         if let Some(message_id) = &inbound.message_id {
             store::remember(conn, message_id, &number).await?;
+        }
+        if opened {
+            self.mailer
+                .acknowledge(conn, &number, &inbound.subject, &inbound.from)
+                .await?;
         }
         store::mail_forwarded(conn, id, Some(&number), None).await?;
         Ok(())

@@ -9,11 +9,13 @@
 //! - [`smtp`]: the SMTP server; a message gets `250` once stored.
 //! - [`mail`]: reading a message: author, threading, robots.
 //! - [`forward`]: `intake.call_ended` and `intake.mail_received` from the
-//!   bus to `tickets`, idempotent.
+//!   bus to `tickets`, idempotent; agents' replies out by mail.
+//! - [`outgoing`]: mail out through the relay, once, in its thread.
 
 pub mod cti;
 pub mod forward;
 pub mod mail;
+pub mod outgoing;
 pub mod phone;
 pub mod smtp;
 pub mod store;
@@ -36,7 +38,11 @@ use serde::Deserialize;
 use tonic::service::interceptor::InterceptedService;
 
 pub const SCHEMA: &str = "intake";
-const CONSUMES: &[&str] = &["intake.call_ended", "intake.mail_received"];
+const CONSUMES: &[&str] = &[
+    "intake.call_ended",
+    "intake.mail_received",
+    "ticket.article_added",
+];
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -60,6 +66,11 @@ pub struct IntakeConfig {
     pub command_timeout: Duration,
     /// Messages one sender may send per minute (0: no limit); more get `451`.
     pub sender_rate_per_minute: u64,
+    /// The SMTP relay mail goes out through (`smtp://127.0.0.1:25`); without
+    /// it, replies are not emailed (a note on the ticket says so).
+    pub relay: Secret,
+    /// The sender of Hotline's mail.
+    pub from: String,
     /// The secret in the PBX's URL (`/api/v1/cti/{token}`); without it every
     /// PBX event is refused.
     pub cti_token: Secret,
@@ -83,6 +94,8 @@ impl Default for IntakeConfig {
             max_connections: 100,
             command_timeout: Duration::from_secs(300),
             sender_rate_per_minute: 30,
+            relay: Secret::default(),
+            from: "Hotline <hotline@localhost>".into(),
             cti_token: Secret::default(),
             country_code: String::new(),
             blocked_numbers: String::new(),
@@ -103,6 +116,10 @@ impl IntakeConfig {
         anyhow::ensure!(
             self.country_code.chars().all(|c| c.is_ascii_digit()) && self.country_code.len() <= 3,
             "intake.country_code must be 1 to 3 digits, like 49 or 86"
+        );
+        anyhow::ensure!(
+            self.from.parse::<lettre::message::Mailbox>().is_ok(),
+            "intake.from must be an address like \"Support <help@example.com>\""
         );
         anyhow::ensure!(
             self.max_message_bytes >= 1024 && self.max_connections >= 1,
@@ -133,6 +150,7 @@ impl IntakeConfig {
     fn secrets_from_env(&mut self) {
         self.cti_token
             .take_verbatim_from_env("HOTLINE_INTAKE__CTI_TOKEN");
+        self.relay.take_verbatim_from_env("HOTLINE_INTAKE__RELAY");
     }
 }
 
@@ -197,6 +215,19 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
         forward::Forwarder {
             tickets,
             hostname: config.hostname.clone(),
+            mailer: outgoing::Mailer {
+                relay: if config.relay.is_empty() {
+                    None
+                } else {
+                    Some(hotline_kit::mail::relay(
+                        &config.relay,
+                        "intake.relay",
+                        Duration::from_secs(30),
+                    )?)
+                },
+                from: config.from.parse()?,
+                hostname: config.hostname.clone(),
+            },
         },
         context.config.bus.clone(),
     )?;

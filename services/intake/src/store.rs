@@ -256,3 +256,69 @@ pub async fn remember(conn: &mut PgConnection, message_id: &str, ticket: &str) -
     .await?;
     Ok(())
 }
+
+/// Whether the mail with `key` was sent or given up on already.
+pub async fn outgoing_done(conn: &mut PgConnection, key: &str) -> sqlx::Result<bool> {
+    Ok(
+        sqlx::query_scalar::<_, i32>("SELECT 1 FROM outgoing WHERE key = $1")
+            .bind(key)
+            .fetch_optional(conn)
+            .await?
+            .is_some(),
+    )
+}
+
+/// One mail sent (or given up on).
+pub struct Outgoing<'a> {
+    pub key: &'a str,
+    pub kind: &'a str,
+    pub ticket: &'a str,
+    pub recipient: &'a str,
+    pub message_id: &'a str,
+    pub error: Option<&'a str>,
+}
+
+pub async fn record_outgoing(conn: &mut PgConnection, sent: &Outgoing<'_>) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO outgoing (key, kind, ticket_number, recipient, message_id, state, error)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(sent.key)
+    .bind(sent.kind)
+    .bind(sent.ticket)
+    .bind(sent.recipient)
+    .bind(sent.message_id)
+    .bind(if sent.error.is_some() {
+        "failed"
+    } else {
+        "sent"
+    })
+    .bind(sent.error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether `recipient` got an acknowledgement in the last ten minutes.
+pub async fn acknowledged_lately(conn: &mut PgConnection, recipient: &str) -> sqlx::Result<bool> {
+    Ok(sqlx::query_scalar::<_, i32>(
+        "SELECT 1 FROM outgoing WHERE kind = 'ack' AND state = 'sent' AND recipient = $1
+           AND at > now() - interval '10 minutes' LIMIT 1",
+    )
+    .bind(recipient)
+    .fetch_optional(conn)
+    .await?
+    .is_some())
+}
+
+/// The Message-IDs of a ticket's conversation, oldest first (at most 20).
+pub async fn conversation(conn: &mut PgConnection, ticket: &str) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT message_id FROM (SELECT message_id, seen_at FROM message_ids
+             WHERE ticket_number = $1 ORDER BY seen_at DESC LIMIT 20) AS latest
+         ORDER BY seen_at",
+    )
+    .bind(ticket)
+    .fetch_all(conn)
+    .await
+}

@@ -8,6 +8,7 @@
 //! - [`cache`]: Redis under the namespace prefix.
 //! - [`auth`]: signed bearer tokens with roles, checked on every gRPC call.
 //! - [`grpc`]: server limits and authenticated clients.
+//! - [`mail`]: mail out through the SMTP relay.
 //! - [`supervisor`]: modules, start order, readiness, graceful shutdown.
 //! - [`testing`]: a running app per test with its own database, bus
 //!   namespace and Redis prefix.
@@ -22,6 +23,7 @@ pub mod cache;
 pub mod config;
 pub mod db;
 pub mod grpc;
+pub mod mail;
 pub mod supervisor;
 pub mod telemetry;
 pub mod testing;

@@ -18,8 +18,9 @@ use chrono::Utc;
 use futures_util::future::join_all;
 use hmac::{Hmac, Mac};
 use hotline_kit::bus::Backoff;
+use hotline_kit::mail;
 use lettre::{
-    AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+    AsyncTransport, Message,
     message::{Mailbox, header::ContentType},
 };
 use sha2::Sha256;
@@ -42,7 +43,7 @@ pub struct Sender {
     pool: PgPool,
     client: reqwest::Client,
     /// The SMTP relay, when email pages are configured.
-    mailer: Option<AsyncSmtpTransport<Tokio1Executor>>,
+    mailer: Option<mail::Relay>,
     config: Arc<PagerConfig>,
 }
 
@@ -70,12 +71,11 @@ impl Sender {
         let mailer = if config.smtp_relay.is_empty() {
             None
         } else {
-            // The URL may carry a password: its errors are not printed.
-            let relay = AsyncSmtpTransport::<Tokio1Executor>::from_url(config.smtp_relay.expose())
-                .map_err(|_| {
-                    anyhow::anyhow!("pager.smtp_relay is not a valid smtp:// or smtps:// URL")
-                })?;
-            Some(relay.timeout(Some(config.request_timeout)).build())
+            Some(mail::relay(
+                &config.smtp_relay,
+                "pager.smtp_relay",
+                config.request_timeout,
+            )?)
         };
         Ok(Self {
             pool,
@@ -293,6 +293,7 @@ impl Sender {
             .to(to)
             .subject(body["subject"].as_str().unwrap_or("Hotline page"))
             .header(ContentType::TEXT_PLAIN)
+            .header(mail::AutoSubmitted("auto-generated"))
             .body(body["text"].as_str().unwrap_or_default().to_owned());
         let message = match message {
             Ok(message) => message,
@@ -310,7 +311,7 @@ impl Sender {
                     .and_then(|code| code.to_string().parse().ok())
                     .unwrap_or(0),
                 error: Some(format!("the SMTP relay refused the page: {error}")),
-                retry: !error.is_permanent(),
+                retry: mail::is_transient(&error),
             },
         }
     }

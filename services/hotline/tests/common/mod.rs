@@ -1,7 +1,10 @@
 //! Helpers of the end-to-end tests that run `hotline serve` as its own
 //! process, so it can be killed with SIGKILL.
 
-use std::net::SocketAddr;
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
 use hotline_kit::testing::TestEnv;
 
@@ -51,4 +54,56 @@ pub async fn serve(
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     panic!("hotline serve did not become ready");
+}
+
+/// A local SMTP relay that keeps each message it accepts; it refuses (550)
+/// recipients whose address starts with `refused`.
+#[allow(dead_code)] // each test binary uses a part of this module
+pub async fn smtp_sink() -> (Arc<Mutex<Vec<String>>>, SocketAddr) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let messages = Arc::new(Mutex::new(Vec::new()));
+    let kept = messages.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let (reader, mut writer) = socket.into_split();
+                let mut lines = BufReader::new(reader).lines();
+                let _ = writer.write_all(b"220 sink ESMTP\r\n").await;
+                let mut data: Option<String> = None;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(message) = data.as_mut() {
+                        if line == "." {
+                            kept.lock().unwrap().push(std::mem::take(message));
+                            data = None;
+                            let _ = writer.write_all(b"250 queued\r\n").await;
+                        } else {
+                            message.push_str(&line);
+                            message.push('\n');
+                        }
+                        continue;
+                    }
+                    let verb = line.split_whitespace().next().unwrap_or("").to_uppercase();
+                    let refused = verb == "RCPT" && line.to_ascii_lowercase().contains(":<refused");
+                    let reply: &[u8] = match verb.as_str() {
+                        _ if refused => b"550 5.1.1 No such user\r\n",
+                        "EHLO" | "HELO" => b"250 sink\r\n",
+                        "DATA" => {
+                            data = Some(String::new());
+                            b"354 go ahead\r\n"
+                        }
+                        "QUIT" => {
+                            let _ = writer.write_all(b"221 bye\r\n").await;
+                            break;
+                        }
+                        _ => b"250 ok\r\n",
+                    };
+                    let _ = writer.write_all(reply).await;
+                }
+            });
+        }
+    });
+    (messages, addr)
 }

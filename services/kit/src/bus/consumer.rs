@@ -70,6 +70,13 @@ pub trait EventHandler: Send + Sync + 'static {
     }
 }
 
+/// A peer's passing trouble (a mail relay answering 4xx, ...): a handler
+/// returns its error wrapped in this, and the event is held and retried
+/// without counting attempts, like a database outage.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct Transient(pub anyhow::Error);
+
 /// What became of a delivered event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -480,6 +487,7 @@ fn lane_of(data: &[u8]) -> usize {
 fn is_outage(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         // Another service down, timing out or shedding load: it passes too.
+        let passing = cause.downcast_ref::<Transient>().is_some();
         let downstream = cause.downcast_ref::<tonic::Status>().is_some_and(|status| {
             matches!(
                 status.code(),
@@ -488,7 +496,8 @@ fn is_outage(error: &anyhow::Error) -> bool {
                     | tonic::Code::ResourceExhausted
             )
         });
-        downstream
+        passing
+            || downstream
             || cause
                 .downcast_ref::<sqlx::Error>()
                 .is_some_and(|e| match e {
