@@ -183,6 +183,11 @@ impl Fixture {
 
     /// Messages waiting in the dead-letter queue.
     async fn dead_letter_count(&self) -> u32 {
+        self.ready(&self.bus.dead_queue("recorder")).await
+    }
+
+    /// Messages waiting in `queue` (not delivered to a consumer).
+    async fn ready(&self, queue: &str) -> u32 {
         let connection =
             lapin::Connection::connect(self.env.config.amqp_url.expose(), Default::default())
                 .await
@@ -190,7 +195,7 @@ impl Fixture {
         let channel = connection.create_channel().await.unwrap();
         channel
             .queue_declare(
-                self.bus.dead_queue("recorder").into(),
+                queue.into(),
                 lapin::options::QueueDeclareOptions::default().passive(),
                 Default::default(),
             )
@@ -493,9 +498,10 @@ async fn fault_broker_restart_mid_flow_loses_nothing() {
             .await
             .unwrap();
         eprintln!(
-            "{} applied; {outbox} still in the outbox; {inbox} in the inbox; {} dead-lettered",
+            "{} applied; {outbox} still in the outbox; {inbox} in the inbox; {} dead-lettered; {} waiting in the queue",
             effects.len(),
-            fixture.dead_letter_count().await
+            fixture.dead_letter_count().await,
+            fixture.ready(&fixture.bus.queue("recorder")).await
         );
     }
     assert_eq!(
