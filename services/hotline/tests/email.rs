@@ -481,3 +481,64 @@ async fn a_reply_the_relay_refuses_for_good_becomes_an_internal_note() {
     }
     desk.stop().await;
 }
+
+/// Sends a message over STARTTLS; prints what the server offered and did.
+const SEND_TLS: &str = r#"
+import json, smtplib, ssl, sys
+host, port = sys.argv[1], int(sys.argv[2])
+with smtplib.SMTP(host, port, timeout=10) as smtp:
+    smtp.ehlo("mx.customer.example")
+    offered = smtp.has_extn("starttls")
+    smtp.starttls(context=ssl._create_unverified_context())
+    smtp.ehlo("mx.customer.example")
+    again = smtp.has_extn("starttls")
+    smtp.sendmail("tls@customer.example", ["help@support.example"],
+        b"From: tls@customer.example\r\nSubject: Over TLS\r\nMessage-ID: <tls1@customer.example>\r\n\r\nEncrypted.\r\n")
+    print(json.dumps({"offered": offered, "offered_again": again, "cipher": smtp.sock.cipher()[0]}))
+"#;
+
+#[tokio::test]
+async fn with_a_certificate_the_server_offers_starttls_and_takes_mail_over_it() {
+    let dir = std::env::temp_dir().join(format!("hotline-tls-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=desk.example", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let desk = Desk::start(&[
+        ("tls_cert", cert.to_str().unwrap()),
+        ("tls_key", key.to_str().unwrap()),
+    ])
+    .await;
+    let output = tokio::process::Command::new("python3")
+        .args(["-c", SEND_TLS, "127.0.0.1", &desk.smtp.port().to_string()])
+        .output()
+        .await
+        .unwrap();
+    let result: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
+        panic!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert_eq!(result["offered"], true);
+    assert_eq!(result["offered_again"], false, "not offered once encrypted");
+    assert!(result["cipher"].as_str().is_some_and(|c| !c.is_empty()));
+    let tickets = desk.of("tls@customer.example", 1).await;
+    assert_eq!(tickets[0].ticket.clone().unwrap().subject, "Over TLS");
+    desk.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -58,6 +58,9 @@ pub struct IntakeConfig {
     pub domains: String,
     /// How the server names itself (greeting, `X-Loop`).
     pub hostname: String,
+    /// PEM certificate chain and private key: with both, `STARTTLS`.
+    pub tls_cert: String,
+    pub tls_key: String,
     pub max_message_bytes: usize,
     /// SMTP sessions at once; more get `421`.
     pub max_connections: usize,
@@ -90,6 +93,8 @@ impl Default for IntakeConfig {
             smtp_addr: SocketAddr::from(([127, 0, 0, 1], 2525)),
             domains: String::new(),
             hostname: "hotline".into(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
             max_message_bytes: 25 * 1024 * 1024,
             max_connections: 100,
             command_timeout: Duration::from_secs(300),
@@ -191,6 +196,13 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
         redis: context.redis(),
         config: config.clone(),
         relay: relay_signal.clone(),
+        tls: match (config.tls_cert.as_str(), config.tls_key.as_str()) {
+            ("", "") => None,
+            ("", _) | (_, "") => {
+                anyhow::bail!("intake.tls_cert and intake.tls_key go together")
+            }
+            (cert, key) => Some(smtp::acceptor(cert, key)?),
+        },
     });
     let cancel = context.cancel.clone();
     context.spawn("smtp", smtp.run(smtp_listener, cancel));

@@ -1,7 +1,8 @@
 //! Email in: an ESMTP server for the support domains (RFC 5321).
 //!
 //! `EHLO`/`HELO`, `MAIL`, `RCPT`, `DATA`, `RSET`, `NOOP`, `QUIT`, with the
-//! `SIZE`, `8BITMIME` and `PIPELINING` extensions. Recipients outside
+//! `SIZE`, `8BITMIME` and `PIPELINING` extensions, and `STARTTLS` when a
+//! certificate is configured. Recipients outside
 //! `intake.domains` get `550` (never an open relay); a message over the size
 //! limit `552`; an over-long line or a malformed command a `5xx` with the
 //! reason; too many connections `421`; a sender over its rate `451`. A
@@ -16,9 +17,10 @@ use hotline_kit::cache::Redis;
 use sqlx::PgPool;
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader},
-    net::TcpListener,
+    net::{TcpListener, TcpStream},
     sync::Semaphore,
 };
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::{IntakeConfig, store};
@@ -36,6 +38,8 @@ pub struct Envelope {
     greeted: bool,
     from: Option<String>,
     to: Vec<String>,
+    /// A certificate is configured and the session is not encrypted yet.
+    tls_offered: bool,
 }
 
 /// What the I/O loop must do after a command.
@@ -44,6 +48,8 @@ pub enum Next {
     Reply(Vec<String>),
     /// `354`, then read the message.
     Data,
+    /// `220`, then the TLS handshake.
+    StartTls,
     Quit,
 }
 
@@ -82,25 +88,26 @@ impl Envelope {
         match verb.to_ascii_uppercase().as_str() {
             "EHLO" | "HELO" if argument.is_empty() => one(501, "5.5.4 Syntax: EHLO hostname"),
             "EHLO" => {
-                *self = Self {
-                    greeted: true,
-                    ..Self::default()
-                };
-                Next::Reply(vec![
+                self.restart();
+                let mut lines = vec![
                     format!("250-{} Hotline", config.hostname),
                     format!("250-SIZE {}", config.max_message_bytes),
                     "250-8BITMIME".into(),
                     "250-PIPELINING".into(),
-                    "250 ENHANCEDSTATUSCODES".into(),
-                ])
+                ];
+                if self.tls_offered {
+                    lines.push("250-STARTTLS".into());
+                }
+                lines.push("250 ENHANCEDSTATUSCODES".into());
+                Next::Reply(lines)
             }
             "HELO" => {
-                *self = Self {
-                    greeted: true,
-                    ..Self::default()
-                };
+                self.restart();
                 one(250, &config.hostname)
             }
+            "STARTTLS" if !self.tls_offered => one(502, "5.5.1 Not offered here"),
+            "STARTTLS" if !argument.is_empty() => one(501, "5.5.4 STARTTLS takes no argument"),
+            "STARTTLS" => Next::StartTls,
             "MAIL" if !self.greeted => one(503, "5.5.1 Say EHLO first"),
             "MAIL" if self.from.is_some() => one(503, "5.5.1 Sender already given"),
             "MAIL" => match path(argument, "FROM:") {
@@ -145,9 +152,16 @@ impl Envelope {
             "NOOP" => one(250, "2.0.0 OK"),
             "QUIT" => Next::Quit,
             "VRFY" => one(252, "2.5.0 Cannot verify; send the message"),
-            "STARTTLS" | "AUTH" | "BDAT" => one(502, "5.5.1 Not offered here"),
+            "AUTH" | "BDAT" => one(502, "5.5.1 Not offered here"),
             _ => one(500, "5.5.2 Command not recognised"),
         }
+    }
+
+    /// A fresh session after a greeting.
+    fn restart(&mut self) {
+        self.greeted = true;
+        self.from = None;
+        self.to.clear();
     }
 
     /// The sender and recipients of the message being sent, then a fresh
@@ -257,6 +271,34 @@ pub struct Server {
     pub redis: Arc<Redis>,
     pub config: Arc<IntakeConfig>,
     pub relay: hotline_kit::bus::outbox::OutboxSignal,
+    /// With a certificate configured: `STARTTLS`.
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// How a session ended.
+enum Ended<R> {
+    Closed,
+    /// The client asked for TLS: the reader, to take the connection back.
+    StartTls(BufReader<R>),
+}
+
+/// The TLS acceptor of `cert` and `key` (PEM files).
+pub fn acceptor(cert: &str, key: &str) -> anyhow::Result<TlsAcceptor> {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading intake.tls_cert {cert}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("intake.tls_cert {cert} holds no valid certificate"))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading intake.tls_key {key}"))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .context("the TLS certificate and key do not fit together")?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 impl Server {
@@ -285,57 +327,93 @@ impl Server {
             let _ = socket.set_nodelay(true);
             let (server, slots, cancel) = (self.clone(), slots.clone(), cancel.clone());
             tokio::spawn(async move {
-                let (reader, mut writer) = socket.into_split();
                 let Ok(_slot) = slots.try_acquire_owned() else {
-                    let _ = writer
+                    let mut socket = socket;
+                    let _ = socket
                         .write_all(b"421 4.3.2 Too many connections; try again later\r\n")
                         .await;
                     return;
                 };
-                if let Err(error) = server
-                    .session(BufReader::new(reader), &mut writer, &cancel)
-                    .await
-                {
+                if let Err(error) = server.connection(socket, &cancel).await {
                     tracing::debug!(%peer, %error, "SMTP session ended");
                 }
             });
         }
     }
 
+    /// One client connection: a plain session, and after `STARTTLS` an
+    /// encrypted one that starts afresh (RFC 3207).
+    async fn connection(
+        &self,
+        socket: TcpStream,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let (reader, mut writer) = socket.into_split();
+        let offered = self.tls.is_some();
+        let Ended::StartTls(reader) = self
+            .session(BufReader::new(reader), &mut writer, cancel, offered)
+            .await?
+        else {
+            return Ok(());
+        };
+        // Commands pipelined after STARTTLS would cross into TLS: refused.
+        anyhow::ensure!(reader.buffer().is_empty(), "data pipelined after STARTTLS");
+        let socket = reader.into_inner().reunite(writer)?;
+        let acceptor = self.tls.clone().context("STARTTLS without a certificate")?;
+        let tls = tokio::time::timeout(self.config.command_timeout, acceptor.accept(socket))
+            .await
+            .context("TLS handshake timed out")??;
+        let (reader, mut writer) = tokio::io::split(tls);
+        self.session(BufReader::new(reader), &mut writer, cancel, false)
+            .await?;
+        writer.shutdown().await?;
+        Ok(())
+    }
+
+    /// Runs a session until it ends, or asks for TLS. `tls_offered` is
+    /// false once encrypted: then there is no greeting, the client speaks
+    /// first.
     async fn session<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &self,
         mut reader: BufReader<R>,
         writer: &mut W,
         cancel: &CancellationToken,
-    ) -> anyhow::Result<()> {
+        tls_offered: bool,
+    ) -> anyhow::Result<Ended<R>> {
         let config = &self.config;
         let send = |lines: Vec<String>| {
             let mut out = lines.join("\r\n");
             out.push_str("\r\n");
             out
         };
-        writer
-            .write_all(send(vec![format!("220 {} Hotline ESMTP", config.hostname)]).as_bytes())
-            .await?;
-        let mut envelope = Envelope::default();
+        let encrypted = self.tls.is_some() && !tls_offered;
+        if !encrypted {
+            writer
+                .write_all(send(vec![format!("220 {} Hotline ESMTP", config.hostname)]).as_bytes())
+                .await?;
+        }
+        let mut envelope = Envelope {
+            tls_offered,
+            ..Envelope::default()
+        };
         let mut errors = 0;
         loop {
             let line = tokio::select! {
                 _ = cancel.cancelled() => {
                     writer.write_all(b"421 4.3.2 Shutting down\r\n").await?;
-                    return Ok(());
+                    return Ok(Ended::Closed);
                 }
                 line = tokio::time::timeout(config.command_timeout, read_line(&mut reader, MAX_COMMAND)) => line,
             };
             let line = match line {
                 Err(_) => {
                     writer.write_all(b"421 4.4.2 Timeout; closing\r\n").await?;
-                    return Ok(());
+                    return Ok(Ended::Closed);
                 }
                 Ok(line) => line?,
             };
             let next = match line {
-                Line::Closed => return Ok(()),
+                Line::Closed => return Ok(Ended::Closed),
                 Line::TooLong => Next::Reply(vec!["500 5.5.2 Line too long".into()]),
                 Line::Text(bytes) => match std::str::from_utf8(&bytes) {
                     Ok(text) => {
@@ -363,12 +441,19 @@ impl Server {
                         writer
                             .write_all(b"421 4.7.0 Too many errors; closing\r\n")
                             .await?;
-                        return Ok(());
+                        return Ok(Ended::Closed);
                     }
+                }
+                Next::StartTls => {
+                    writer
+                        .write_all(b"220 2.0.0 Ready to start TLS\r\n")
+                        .await?;
+                    writer.flush().await?;
+                    return Ok(Ended::StartTls(reader));
                 }
                 Next::Quit => {
                     writer.write_all(b"221 2.0.0 Bye\r\n").await?;
-                    return Ok(());
+                    return Ok(Ended::Closed);
                 }
                 Next::Data => {
                     writer
@@ -383,10 +468,10 @@ impl Server {
                     let reply = match read {
                         Err(_) => {
                             writer.write_all(b"421 4.4.2 Timeout; closing\r\n").await?;
-                            return Ok(());
+                            return Ok(Ended::Closed);
                         }
                         Ok(read) => match read? {
-                            None => return Ok(()),
+                            None => return Ok(Ended::Closed),
                             Some(Message::TooBig) => {
                                 "552 5.3.4 Message too big for this desk".into()
                             }
@@ -471,6 +556,7 @@ mod tests {
                 .and_then(|c| c.parse().ok())
                 .unwrap_or(0),
             Next::Data => 354,
+            Next::StartTls => 220,
             Next::Quit => 221,
         }
     }
