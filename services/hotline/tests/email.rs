@@ -542,3 +542,104 @@ async fn with_a_certificate_the_server_offers_starttls_and_takes_mail_over_it() 
     desk.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A sending mail server: each message retried until it gets its 250, as
+/// an MTA's queue does (a refused connection, a 4xx or a cut session is
+/// tried again).
+const SEND_UNTIL_ACCEPTED: &str = r#"
+import smtplib, sys, time
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for n in range(count):
+    sender = f"k{n}@customer.example"
+    message = (f"From: {sender}\r\nTo: help@support.example\r\nSubject: Fault {n}\r\n"
+               f"Message-ID: <k{n}@customer.example>\r\n\r\nRecorder {n} is down.\r\n").encode()
+    while True:
+        try:
+            with smtplib.SMTP(host, port, timeout=5) as smtp:
+                smtp.sendmail(sender, ["help@support.example"], message)
+            break
+        except (OSError, smtplib.SMTPException):
+            time.sleep(0.1)
+print("sent")
+"#;
+
+#[tokio::test]
+async fn killing_the_desk_mid_flow_loses_no_mail_and_doubles_none() {
+    let env = TestEnv::new().await.unwrap();
+    hotline_kit::supervisor::migrate(&env.config, &hotline::fleet::modules())
+        .await
+        .unwrap();
+    let (grpc, http, smtp) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let smtp_addr = smtp.to_string();
+    let settings = [
+        ("HOTLINE_INTAKE__SMTP_ADDR", smtp_addr.as_str()),
+        ("HOTLINE_INTAKE__DOMAINS", "support.example"),
+        ("HOTLINE_INTAKE__SENDER_RATE_PER_MINUTE", "0"),
+    ];
+    let mut desk = common::serve(&env, grpc, http, &settings).await;
+    const MAILS: usize = 60;
+    let mta = tokio::process::Command::new("python3")
+        .args([
+            "-c",
+            SEND_UNTIL_ACCEPTED,
+            "127.0.0.1",
+            &smtp.port().to_string(),
+        ])
+        .arg(MAILS.to_string())
+        .output();
+    let mta = tokio::spawn(mta);
+    // SIGKILL twice while mail is flowing; the sender keeps retrying.
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        desk.start_kill().unwrap();
+        desk.wait().await.unwrap();
+        desk = common::serve(&env, grpc, http, &settings).await;
+    }
+    let sent = mta.await.unwrap().unwrap();
+    assert_eq!(String::from_utf8_lossy(&sent.stdout).trim(), "sent");
+
+    let channel = tonic::service::interceptor::InterceptedService::new(
+        hotline_kit::grpc::channel(&format!("http://{grpc}")).unwrap(),
+        hotline_kit::grpc::BearerToken::new(&env.token("ana", Role::Agent)).unwrap(),
+    );
+    let mut tickets = TicketServiceClient::new(channel);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let listed = loop {
+        let listed = tickets
+            .list_tickets(ListTicketsRequest {
+                page_size: 500,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .tickets;
+        if listed.len() >= MAILS || tokio::time::Instant::now() > deadline {
+            break listed;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut contacts: Vec<String> = listed.iter().map(|t| t.contact.clone()).collect();
+    contacts.sort();
+    contacts.dedup();
+    assert_eq!(listed.len(), MAILS, "one ticket per mail, none lost");
+    assert_eq!(contacts.len(), MAILS, "none doubled");
+    for ticket in &listed {
+        let shown = tickets
+            .get_ticket(GetTicketRequest {
+                ticket: ticket.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(shown.articles.len(), 1, "{}: one message", ticket.number);
+    }
+    desk.start_kill().unwrap();
+    desk.wait().await.unwrap();
+    env.cleanup_bus(&["sla", "pager", "intake"]).await.unwrap();
+}
