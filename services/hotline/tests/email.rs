@@ -8,7 +8,7 @@ use hotline_kit::{
     testing::{TestApp, TestEnv},
 };
 use hotline_proto::tickets::v1::{
-    ArticleKind, Channel, GetTicketRequest, GetTicketResponse, ListTicketsRequest,
+    Article, ArticleKind, Channel, GetTicketRequest, GetTicketResponse, ListTicketsRequest,
     ticket_service_client::TicketServiceClient,
 };
 use serde_json::Value;
@@ -126,6 +126,34 @@ impl Desk {
             if total >= articles || tokio::time::Instant::now() > deadline {
                 return shown;
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The first internal note on `ticket`, once there is one (about
+    /// `what`; 10 s at most).
+    async fn await_note(&self, ticket: &str, what: &str) -> Article {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let shown = self
+                .tickets()
+                .get_ticket(GetTicketRequest {
+                    ticket: ticket.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if let Some(note) = shown
+                .articles
+                .into_iter()
+                .find(|a| a.kind == ArticleKind::InternalNote as i32)
+            {
+                return note;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no note about {what}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -406,30 +434,8 @@ async fn replies_go_out_in_the_thread_and_come_back_into_it_and_bounces_are_note
         ),
     );
     assert_eq!(desk.send("", "help@support.example", &bounce).await.0, 250);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let shown = desk
-            .tickets()
-            .get_ticket(GetTicketRequest {
-                ticket: ticket.number.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if let Some(note) = shown
-            .articles
-            .iter()
-            .find(|a| a.kind == ArticleKind::InternalNote as i32)
-        {
-            assert!(note.body.contains("bounced"), "{}", note.body);
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the bounce was never noted"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let note = desk.await_note(&ticket.number, "the bounce").await;
+    assert!(note.body.contains("bounced"), "{}", note.body);
     desk.stop().await;
 }
 
@@ -454,31 +460,9 @@ async fn a_reply_the_relay_refuses_for_good_becomes_an_internal_note() {
         })
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let shown = desk
-            .tickets()
-            .get_ticket(GetTicketRequest {
-                ticket: ticket.number.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if let Some(note) = shown
-            .articles
-            .iter()
-            .find(|a| a.kind == ArticleKind::InternalNote as i32)
-        {
-            assert!(note.body.contains("could not be emailed"), "{}", note.body);
-            assert!(note.body.contains("550"), "{}", note.body);
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no note about the refused reply"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let note = desk.await_note(&ticket.number, "the refused reply").await;
+    assert!(note.body.contains("could not be emailed"), "{}", note.body);
+    assert!(note.body.contains("550"), "{}", note.body);
     desk.stop().await;
 }
 
@@ -602,43 +586,7 @@ async fn killing_the_desk_mid_flow_loses_no_mail_and_doubles_none() {
     let sent = mta.await.unwrap().unwrap();
     assert_eq!(String::from_utf8_lossy(&sent.stdout).trim(), "sent");
 
-    let channel = tonic::service::interceptor::InterceptedService::new(
-        hotline_kit::grpc::channel(&format!("http://{grpc}")).unwrap(),
-        hotline_kit::grpc::BearerToken::new(&env.token("ana", Role::Agent)).unwrap(),
-    );
-    let mut tickets = TicketServiceClient::new(channel);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let listed = loop {
-        let listed = tickets
-            .list_tickets(ListTicketsRequest {
-                page_size: 500,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .tickets;
-        if listed.len() >= MAILS || tokio::time::Instant::now() > deadline {
-            break listed;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut contacts: Vec<String> = listed.iter().map(|t| t.contact.clone()).collect();
-    contacts.sort();
-    contacts.dedup();
-    assert_eq!(listed.len(), MAILS, "one ticket per mail, none lost");
-    assert_eq!(contacts.len(), MAILS, "none doubled");
-    for ticket in &listed {
-        let shown = tickets
-            .get_ticket(GetTicketRequest {
-                ticket: ticket.id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(shown.articles.len(), 1, "{}: one message", ticket.number);
-    }
+    common::assert_one_ticket_each(&env, grpc, MAILS, "message").await;
     desk.start_kill().unwrap();
     desk.wait().await.unwrap();
     env.cleanup_bus(&["sla", "pager", "intake"]).await.unwrap();

@@ -92,6 +92,13 @@ impl PagerDuty {
             .collect()
     }
 
+    /// Asserts that no more events of `action` arrive for 3 s (`why`).
+    async fn assert_quiet(&self, action: &str, why: &str) {
+        let settled = self.events(action).len();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(self.events(action).len(), settled, "{why}");
+    }
+
     /// Waits until `count` events of `action` arrived (accepted or not).
     async fn wait_for(&self, action: &str, count: usize, limit: Duration) -> Vec<Received> {
         let deadline = tokio::time::Instant::now() + limit;
@@ -240,6 +247,17 @@ impl Desk {
             .unwrap();
     }
 
+    /// The response clock of `ticket`.
+    async fn clock(&self, ticket: &str) -> hotline_proto::sla::v1::Clock {
+        self.sla()
+            .get_clock(GetClockRequest {
+                ticket: ticket.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     async fn stop(self) {
         for app in self.apps {
             app.stop().await.unwrap();
@@ -288,14 +306,7 @@ async fn a_waiting_ticket_pages_once_at_due_and_the_response_resolves_the_page()
     assert!(dedup_key.contains(&ticket.id));
 
     // The clock says so, and the breach came within a second of due.
-    let clock = desk
-        .sla()
-        .get_clock(GetClockRequest {
-            ticket: ticket.number.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let clock = desk.clock(&ticket.number).await;
     assert_eq!(clock.state, ClockState::Breached as i32);
     assert_eq!(clock.level, 1);
     let breached_at = clock.breached_at.as_ref().and_then(from_timestamp).unwrap();
@@ -319,14 +330,7 @@ async fn a_waiting_ticket_pages_once_at_due_and_the_response_resolves_the_page()
         2,
         "nothing more after the response"
     );
-    let clock = desk
-        .sla()
-        .get_clock(GetClockRequest {
-            ticket: ticket.number.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let clock = desk.clock(&ticket.number).await;
     assert_eq!(clock.state, ClockState::Stopped as i32);
     assert_eq!(clock.last_outcome, "breached");
     desk.stop().await;
@@ -340,14 +344,7 @@ async fn a_response_before_due_pages_nobody() {
     tokio::time::sleep((due - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(2))
         .await;
     assert!(desk.pd.received().is_empty(), "{:?}", desk.pd.received());
-    let clock = desk
-        .sla()
-        .get_clock(GetClockRequest {
-            ticket: ticket.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let clock = desk.clock(&ticket.id).await;
     assert_eq!(clock.last_outcome, "met");
     desk.stop().await;
 }
@@ -395,21 +392,10 @@ async fn the_ladder_climbs_until_acknowledged_and_an_acknowledgement_stops_it() 
         .await;
     assert_eq!(acks.len(), 1);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let settled = desk.pd.events("trigger").len();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        desk.pd.events("trigger").len(),
-        settled,
-        "no step after the acknowledgement"
-    );
-    let clock = desk
-        .sla()
-        .get_clock(GetClockRequest {
-            ticket: ticket.number.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    desk.pd
+        .assert_quiet("trigger", "no step after the acknowledgement")
+        .await;
+    let clock = desk.clock(&ticket.number).await;
     assert_eq!(clock.acknowledged_by, "ana");
     assert_eq!(
         clock.state,
@@ -461,13 +447,7 @@ async fn pagerduty_acknowledges_through_its_signed_webhook() {
         "PagerDuty is not told what it said"
     );
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let settled = desk.pd.events("trigger").len();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        desk.pd.events("trigger").len(),
-        settled,
-        "the climb stopped"
-    );
+    desk.pd.assert_quiet("trigger", "the climb stopped").await;
     desk.stop().await;
 }
 

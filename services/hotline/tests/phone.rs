@@ -391,49 +391,8 @@ async fn killing_the_desk_mid_flow_loses_no_call_and_doubles_none() {
     }
     pbx.await.unwrap();
 
-    let channel = tonic::service::interceptor::InterceptedService::new(
-        hotline_kit::grpc::channel(&format!("http://{grpc}")).unwrap(),
-        hotline_kit::grpc::BearerToken::new(&env.token("ana", Role::Agent)).unwrap(),
-    );
-    let mut tickets = TicketServiceClient::new(channel);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let listed = loop {
-        let listed = tickets
-            .list_tickets(ListTicketsRequest {
-                page_size: 500,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .tickets;
-        if listed.len() >= CALLS || tokio::time::Instant::now() > deadline {
-            break listed;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut contacts: Vec<String> = listed.iter().map(|t| t.contact.clone()).collect();
-    contacts.sort();
-    contacts.dedup();
-    assert_eq!(listed.len(), CALLS, "one ticket per missed call, none lost");
-    assert_eq!(contacts.len(), CALLS, "none doubled");
-    for ticket in &listed {
-        let shown = tickets
-            .get_ticket(GetTicketRequest {
-                ticket: ticket.id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(
-            shown.articles.len(),
-            1,
-            "{}: one call article",
-            ticket.number
-        );
-        assert!(ticket.awaiting_response);
-    }
+    let tickets = common::assert_one_ticket_each(&env, grpc, CALLS, "missed call").await;
+    assert!(tickets.iter().all(|t| t.awaiting_response));
     desk.start_kill().unwrap();
     desk.wait().await.unwrap();
     env.cleanup_bus(&["sla", "pager", "intake"]).await.unwrap();

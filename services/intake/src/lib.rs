@@ -21,7 +21,7 @@ pub mod smtp;
 pub mod store;
 pub mod web;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
 
 use hotline_kit::{
     auth::Role,
@@ -130,26 +130,23 @@ impl IntakeConfig {
             self.max_message_bytes >= 1024 && self.max_connections >= 1,
             "intake.max_message_bytes must be at least 1024 and intake.max_connections at least 1"
         );
-        for number in self.blocked_list() {
-            anyhow::ensure!(
-                phone::normalise(number, &self.country_code).is_some(),
-                "intake.blocked_numbers: {number:?} is not a phone number"
-            );
-        }
+        self.blocked_callers()?;
         Ok(())
     }
 
-    fn blocked_list(&self) -> impl Iterator<Item = &str> {
+    /// The block list in E.164, read once: what a `newCall` is checked
+    /// against.
+    pub fn blocked_callers(&self) -> anyhow::Result<HashSet<String>> {
         self.blocked_numbers
             .split(',')
             .map(str::trim)
             .filter(|n| !n.is_empty())
-    }
-
-    /// Whether the E.164 `caller` is on the block list.
-    pub fn blocked(&self, caller: &str) -> bool {
-        self.blocked_list()
-            .any(|n| phone::normalise(n, &self.country_code).as_deref() == Some(caller))
+            .map(|number| {
+                phone::normalise(number, &self.country_code).ok_or_else(|| {
+                    anyhow::anyhow!("intake.blocked_numbers: {number:?} is not a phone number")
+                })
+            })
+            .collect()
     }
 
     fn secrets_from_env(&mut self) {
@@ -186,6 +183,7 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
     context.add_http(web::router(
         pool.clone(),
         config.clone(),
+        Arc::new(config.blocked_callers()?),
         relay_signal.clone(),
     ));
     // Bound now, so a port in use stops the start.

@@ -4,7 +4,7 @@
 //! malformed event, `503` while the database is unavailable — the PBX
 //! retries, and a retry is harmless.
 
-use std::sync::Arc;
+use std::{collections::HashSet, sync::Arc};
 
 use axum::{
     Json, Router,
@@ -30,15 +30,23 @@ use crate::{
 struct Phone {
     pool: PgPool,
     config: Arc<IntakeConfig>,
+    /// Callers answered `reject`, in E.164.
+    blocked: Arc<HashSet<String>>,
     relay: OutboxSignal,
 }
 
-pub fn router(pool: PgPool, config: Arc<IntakeConfig>, relay: OutboxSignal) -> Router {
+pub fn router(
+    pool: PgPool,
+    config: Arc<IntakeConfig>,
+    blocked: Arc<HashSet<String>>,
+    relay: OutboxSignal,
+) -> Router {
     Router::new()
         .route("/api/v1/cti/{token}", post(receive))
         .with_state(Phone {
             pool,
             config,
+            blocked,
             relay,
         })
 }
@@ -84,7 +92,7 @@ async fn receive(
     let blocked = event.kind == Kind::NewCall
         && event.direction == Direction::In
         && phone::normalise(&event.from, country)
-            .is_some_and(|caller| phone.config.blocked(&caller));
+            .is_some_and(|caller| phone.blocked.contains(&caller));
     match store::record(&phone.pool, &event, &fields, Utc::now(), country, blocked).await {
         Ok(Recorded::Applied) => {
             phone.relay.committed();

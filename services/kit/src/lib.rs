@@ -10,6 +10,8 @@
 //! - [`grpc`]: server limits and authenticated clients.
 //! - [`mail`]: mail out through the SMTP relay.
 //! - [`supervisor`]: modules, start order, readiness, graceful shutdown.
+//! - [`ticket_ref`]: naming a ticket by id or number, in services that
+//!   keep copies of tickets.
 //! - [`testing`]: a running app per test with its own database, bus
 //!   namespace and Redis prefix.
 //!
@@ -27,4 +29,5 @@ pub mod mail;
 pub mod supervisor;
 pub mod telemetry;
 pub mod testing;
+pub mod ticket_ref;
 pub mod time;

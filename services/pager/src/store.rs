@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use hotline_kit::time::from_timestamp;
+use hotline_kit::{ticket_ref::TicketRef, time::from_timestamp};
 use hotline_proto::events::v1 as ev;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -234,7 +234,7 @@ pub async fn breach(
 
 /// The latest breach of a ticket (by id or number), locked.
 pub async fn latest_breach(conn: &mut PgConnection, ticket: &str) -> sqlx::Result<Option<Breach>> {
-    let (id, number) = ticket_key(ticket);
+    let (id, number) = TicketRef::parse(ticket).columns();
     sqlx::query_as(&format!(
         "SELECT {BREACH_COLUMNS} FROM breaches
          WHERE ticket_id = $1 OR number = $2
@@ -244,21 +244,6 @@ pub async fn latest_breach(conn: &mut PgConnection, ticket: &str) -> sqlx::Resul
     .bind(number)
     .fetch_optional(conn)
     .await
-}
-
-/// A ticket named by id or number: `(id, "HL-n")`, one of them a dud.
-fn ticket_key(ticket: &str) -> (Uuid, String) {
-    let ticket = ticket.trim();
-    match Uuid::parse_str(ticket) {
-        Ok(id) => (id, String::new()),
-        Err(_) => {
-            let digits = ticket
-                .strip_prefix("HL-")
-                .or_else(|| ticket.strip_prefix("hl-"))
-                .unwrap_or(ticket);
-            (Uuid::nil(), format!("HL-{digits}"))
-        }
-    }
 }
 
 /// A delivery taken for sending.
@@ -406,12 +391,14 @@ pub async fn pages(
     ticket: Option<&str>,
     limit: i64,
 ) -> sqlx::Result<(Vec<PageRow>, Vec<AttemptRow>)> {
-    let (id, number) = ticket.map(ticket_key).unzip();
+    let (id, number) = ticket
+        .map(|ticket| TicketRef::parse(ticket).columns())
+        .unwrap_or_default();
     let rows: Vec<PageRow> = sqlx::query_as(
         "SELECT d.id, d.ticket_id, b.number, d.breach, d.level, d.action, d.channel, d.target,
              d.dedup_key, d.state, d.last_error, d.created_at, d.delivered_at
          FROM deliveries d JOIN breaches b USING (ticket_id, breach)
-         WHERE $1::uuid IS NULL OR d.ticket_id = $1 OR b.number = $2
+         WHERE ($1::uuid IS NULL AND $2::text IS NULL) OR d.ticket_id = $1 OR b.number = $2
          ORDER BY d.id DESC LIMIT $3",
     )
     .bind(id)

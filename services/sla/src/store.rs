@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, TryStreamExt};
+use hotline_kit::ticket_ref::TicketRef;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -216,24 +217,14 @@ pub async fn save_fired(
 
 /// A ticket's clock by id or number (`HL-10001` or `10001`).
 pub async fn find(pool: &PgPool, ticket: &str) -> sqlx::Result<Option<Clock>> {
-    let ticket = ticket.trim();
-    let row: Option<ClockRow> = if let Ok(id) = Uuid::parse_str(ticket) {
-        sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM clocks WHERE ticket_id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?
-    } else {
-        let digits = ticket
-            .strip_prefix("HL-")
-            .or_else(|| ticket.strip_prefix("hl-"))
-            .unwrap_or(ticket);
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM clocks WHERE number = $1"))
-            .bind(format!("HL-{digits}"))
-            .fetch_optional(pool)
-            .await?
-    };
+    let (id, number) = TicketRef::parse(ticket).columns();
+    let row: Option<ClockRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM clocks WHERE ticket_id = $1 OR number = $2"
+    ))
+    .bind(id)
+    .bind(number)
+    .fetch_optional(pool)
+    .await?;
     Ok(row.map(Clock::from))
 }
 

@@ -107,3 +107,58 @@ pub async fn smtp_sink() -> (Arc<Mutex<Vec<String>>>, SocketAddr) {
     });
     (messages, addr)
 }
+
+/// After a fault: waits until `hotline serve` at `grpc` holds `count`
+/// tickets, then asserts none more came, each is a different contact's
+/// (none doubled) and each has exactly one article (`what`). Returns them.
+#[allow(dead_code)] // each test binary uses a part of this module
+pub async fn assert_one_ticket_each(
+    env: &TestEnv,
+    grpc: SocketAddr,
+    count: usize,
+    what: &str,
+) -> Vec<hotline_proto::tickets::v1::Ticket> {
+    use hotline_proto::tickets::v1::{
+        GetTicketRequest, ListTicketsRequest, ticket_service_client::TicketServiceClient,
+    };
+    let channel = tonic::service::interceptor::InterceptedService::new(
+        hotline_kit::grpc::channel(&format!("http://{grpc}")).unwrap(),
+        hotline_kit::grpc::BearerToken::new(&env.token("ana", hotline_kit::auth::Role::Agent))
+            .unwrap(),
+    );
+    let mut tickets = TicketServiceClient::new(channel);
+    let list = |mut tickets: TicketServiceClient<_>| async move {
+        tickets
+            .list_tickets(ListTicketsRequest {
+                page_size: 500,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .tickets
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while list(tickets.clone()).await.len() < count && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Late duplicates would come now.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let listed = list(tickets.clone()).await;
+    let mut contacts: Vec<&str> = listed.iter().map(|t| t.contact.as_str()).collect();
+    contacts.sort_unstable();
+    contacts.dedup();
+    assert_eq!(listed.len(), count, "one ticket per {what}, none lost");
+    assert_eq!(contacts.len(), count, "none doubled");
+    for ticket in &listed {
+        let shown = tickets
+            .get_ticket(GetTicketRequest {
+                ticket: ticket.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(shown.articles.len(), 1, "{}: one {what}", ticket.number);
+    }
+    listed
+}
