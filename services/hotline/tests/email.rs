@@ -8,7 +8,7 @@ use hotline_kit::{
     testing::{TestApp, TestEnv},
 };
 use hotline_proto::tickets::v1::{
-    Article, ArticleKind, Channel, GetTicketRequest, GetTicketResponse, ListTicketsRequest,
+    Article, ArticleKind, Channel, GetTicketRequest, GetTicketResponse,
     ticket_service_client::TicketServiceClient,
 };
 use serde_json::Value;
@@ -97,37 +97,10 @@ impl Desk {
         TicketServiceClient::new(self.app.channel(&self.env.token("ana", Role::Agent)))
     }
 
-    /// The tickets of `contact`, each with its articles, once they hold
+    /// The tickets of `contact` with their articles, once they hold
     /// `articles` articles in all (or after 10 s).
     async fn of(&self, contact: &str, articles: usize) -> Vec<GetTicketResponse> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let listed = self
-                .tickets()
-                .list_tickets(ListTicketsRequest {
-                    contact: contact.into(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .tickets;
-            let mut shown = Vec::new();
-            for ticket in listed {
-                shown.push(
-                    self.tickets()
-                        .get_ticket(GetTicketRequest { ticket: ticket.id })
-                        .await
-                        .unwrap()
-                        .into_inner(),
-                );
-            }
-            let total: usize = shown.iter().map(|t| t.articles.len()).sum();
-            if total >= articles || tokio::time::Instant::now() > deadline {
-                return shown;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        common::tickets_of(&self.env, &self.app, contact, articles).await
     }
 
     /// The first internal note on `ticket`, once there is one (about

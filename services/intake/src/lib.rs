@@ -7,6 +7,7 @@
 //! - [`store`]: the only SQL; events, calls, and `intake.call_ended` queued
 //!   in the same transaction.
 //! - [`smtp`]: the SMTP server; a message gets `250` once stored.
+//! - [`imap`]: hosted mailboxes polled; a message is marked once stored.
 //! - [`mail`]: reading a message: author, threading, robots.
 //! - [`forward`]: `intake.call_ended` and `intake.mail_received` from the
 //!   bus to `tickets`, idempotent; agents' replies out by mail.
@@ -14,6 +15,7 @@
 
 pub mod cti;
 pub mod forward;
+pub mod imap;
 pub mod mail;
 pub mod outgoing;
 pub mod phone;
@@ -85,6 +87,15 @@ pub struct IntakeConfig {
     /// any format; compared in E.164).
     #[serde(deserialize_with = "text")]
     pub blocked_numbers: String,
+    /// IMAP mailboxes read like SMTP mail (comma list of
+    /// `imap[s]://user:password@host[:port][/folder][?move=folder]`).
+    pub imap: Secret,
+    /// The longest wait between two looks into a mailbox (the `IDLE`
+    /// timeout where the server offers it, the poll interval otherwise).
+    #[serde(deserialize_with = "duration")]
+    pub imap_poll: Duration,
+    /// PEM certificates trusted for IMAPS besides the public roots.
+    pub imap_ca: String,
 }
 
 impl Default for IntakeConfig {
@@ -104,6 +115,9 @@ impl Default for IntakeConfig {
             cti_token: Secret::default(),
             country_code: String::new(),
             blocked_numbers: String::new(),
+            imap: Secret::default(),
+            imap_poll: Duration::from_secs(60),
+            imap_ca: String::new(),
         }
     }
 }
@@ -130,7 +144,12 @@ impl IntakeConfig {
             self.max_message_bytes >= 1024 && self.max_connections >= 1,
             "intake.max_message_bytes must be at least 1024 and intake.max_connections at least 1"
         );
+        anyhow::ensure!(
+            self.imap_poll >= Duration::from_millis(100),
+            "intake.imap_poll must be at least 100ms"
+        );
         self.blocked_callers()?;
+        imap::mailboxes(self.imap.expose())?;
         Ok(())
     }
 
@@ -153,6 +172,7 @@ impl IntakeConfig {
         self.cti_token
             .take_verbatim_from_env("HOTLINE_INTAKE__CTI_TOKEN");
         self.relay.take_verbatim_from_env("HOTLINE_INTAKE__RELAY");
+        self.imap.take_verbatim_from_env("HOTLINE_INTAKE__IMAP");
     }
 }
 
@@ -204,6 +224,19 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
     });
     let cancel = context.cancel.clone();
     context.spawn("smtp", smtp.run(smtp_listener, cancel));
+    let mailboxes = imap::mailboxes(config.imap.expose())?;
+    if !mailboxes.is_empty() {
+        let poller = Arc::new(imap::Poller {
+            pool: pool.clone(),
+            relay: relay_signal.clone(),
+            tls: imap::tls(&config.imap_ca)?,
+            poll: config.imap_poll,
+            max_message_bytes: config.max_message_bytes,
+        });
+        for mailbox in mailboxes {
+            context.spawn("imap", poller.clone().run(mailbox, context.cancel.clone()));
+        }
+    }
     let relay = Relay::new(
         pool.clone(),
         relay_signal.clone(),

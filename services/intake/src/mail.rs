@@ -50,6 +50,30 @@ fn text_list(value: &HeaderValue) -> Vec<String> {
     }
 }
 
+/// The sender of a message taken from a mailbox, where no SMTP envelope
+/// came with it: `Return-Path` as the delivering server recorded it (`<>`
+/// for a bounce: `""`), else the `From` address, else `""` (nobody to
+/// answer).
+pub fn sender(raw: &[u8]) -> String {
+    let Some(headers) = MessageParser::default().parse_headers(raw) else {
+        return String::new();
+    };
+    if let Some(path) = headers.header_raw("Return-Path") {
+        return path
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .trim()
+            .to_ascii_lowercase();
+    }
+    headers
+        .from()
+        .and_then(|from| from.first())
+        .and_then(|addr| addr.address())
+        .map(|a| a.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
 /// Reads `raw`, sent by `envelope_from` (`""` for the null sender);
 /// `hostname` is how we name ourselves in `X-Loop`. `None` when it is not
 /// a message at all.
@@ -199,6 +223,21 @@ mod tests {
         let inbound = read(&raw, "x@y.example", "hotline").unwrap();
         assert_eq!(inbound.subject, "摄像头不亮");
         assert_eq!(inbound.body, "摄像头不亮");
+    }
+
+    #[test]
+    fn a_mailbox_message_is_sent_by_its_return_path_or_author() {
+        let bounce = mail("Return-Path: <>\r\nFrom: MAILER-DAEMON@y.example", "b");
+        assert_eq!(sender(&bounce), "");
+        let delivered = mail(
+            "Return-Path: <Ana@Customer.example>\r\nFrom: Other <o@y.example>",
+            "b",
+        );
+        assert_eq!(sender(&delivered), "ana@customer.example");
+        assert_eq!(
+            sender(&mail("From: Ana <ana@c.example>", "b")),
+            "ana@c.example"
+        );
     }
 
     #[test]

@@ -520,7 +520,7 @@ impl Server {
 
     /// Stores a message; `250` only once it is committed.
     async fn accept(&self, from: &str, to: &[String], raw: Vec<u8>) -> String {
-        match store::record_mail(&self.pool, from, to, &raw).await {
+        match store::record_mail(&self.pool, from, to, &raw, None).await {
             Ok(id) => {
                 self.relay.committed();
                 metrics::counter!("hotline_mail_accepted_total").increment(1);

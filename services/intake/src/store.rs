@@ -177,22 +177,33 @@ pub async fn forwarded(conn: &mut PgConnection, call_id: &str, ticket: &str) -> 
     Ok(())
 }
 
-/// Stores an accepted message with `intake.mail_received`; its id.
+/// Stores an accepted message with `intake.mail_received`; its id. A
+/// message from a mailbox names its `origin` (mailbox, UIDVALIDITY, UID):
+/// one stored under that origin already is not stored again.
 pub async fn record_mail(
     pool: &PgPool,
     from: &str,
     to: &[String],
     raw: &[u8],
+    origin: Option<&str>,
 ) -> anyhow::Result<i64> {
     let mut tx = pool.begin().await?;
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO mails (mail_from, rcpt_to, raw) VALUES ($1, $2, $3) RETURNING id",
+    let inserted: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO mails (mail_from, rcpt_to, raw, origin) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (origin) DO NOTHING RETURNING id",
     )
     .bind(from)
     .bind(to)
     .bind(raw)
-    .fetch_one(&mut *tx)
+    .bind(origin)
+    .fetch_optional(&mut *tx)
     .await?;
+    let Some(id) = inserted else {
+        return Ok(sqlx::query_scalar("SELECT id FROM mails WHERE origin = $1")
+            .bind(origin)
+            .fetch_one(&mut *tx)
+            .await?);
+    };
     let received = envelope(
         "intake.mail_received",
         None,

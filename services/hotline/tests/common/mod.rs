@@ -162,3 +162,46 @@ pub async fn assert_one_ticket_each(
     }
     listed
 }
+
+/// The tickets of `contact` on `app`, each with its articles, once they
+/// hold `articles` articles in all (or after 10 s).
+#[allow(dead_code)] // each test binary uses a part of this module
+pub async fn tickets_of(
+    env: &TestEnv,
+    app: &hotline_kit::testing::TestApp,
+    contact: &str,
+    articles: usize,
+) -> Vec<hotline_proto::tickets::v1::GetTicketResponse> {
+    use hotline_proto::tickets::v1::{
+        GetTicketRequest, ListTicketsRequest, ticket_service_client::TicketServiceClient,
+    };
+    let mut tickets =
+        TicketServiceClient::new(app.channel(&env.token("ana", hotline_kit::auth::Role::Agent)));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let listed = tickets
+            .list_tickets(ListTicketsRequest {
+                contact: contact.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .tickets;
+        let mut shown = Vec::new();
+        for ticket in listed {
+            shown.push(
+                tickets
+                    .get_ticket(GetTicketRequest { ticket: ticket.id })
+                    .await
+                    .unwrap()
+                    .into_inner(),
+            );
+        }
+        let total: usize = shown.iter().map(|t| t.articles.len()).sum();
+        if total >= articles || tokio::time::Instant::now() > deadline {
+            return shown;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
