@@ -199,6 +199,62 @@ async fn retrying_a_create_with_its_key_returns_the_same_ticket() {
 }
 
 #[tokio::test]
+async fn an_agent_saves_a_customers_attachment_from_the_shell() {
+    use hotline_proto::tickets::v1 as pb;
+    let shell = Shell::start().await;
+    let token = shell.env.token("ada", hotline_kit::auth::Role::Agent);
+    let content: Vec<u8> = (0..=255).cycle().take(5 * 1024 * 1024).collect();
+    let ticket = pb::ticket_service_client::TicketServiceClient::new(
+        shell
+            .app
+            .channel(&shell.env.token("intake", hotline_kit::auth::Role::Bridge)),
+    )
+    .max_encoding_message_size(hotline_kit::grpc::MAX_MESSAGE_BYTES)
+    .create_ticket(pb::CreateTicketRequest {
+        subject: "Recorder dump".into(),
+        body: "Dump attached.".into(),
+        attachments: vec![pb::NewAttachment {
+            name: "nvr.dump".into(),
+            content_type: "application/octet-stream".into(),
+            content: content.clone(),
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .ticket
+    .unwrap();
+    let shown = shell
+        .json(&token, &["tickets", "show", &ticket.number])
+        .await;
+    let file = &shown["articles"][0]["attachments"][0];
+    assert_eq!(file["name"], "nvr.dump");
+    assert_eq!(file["size"], 5 * 1024 * 1024);
+    let target = std::env::temp_dir().join(format!("nvr-{}.dump", uuid::Uuid::new_v4()));
+    let saved = shell
+        .json(
+            &token,
+            &[
+                "tickets",
+                "attachment",
+                file["id"].as_str().unwrap(),
+                "--output",
+                target.to_str().unwrap(),
+            ],
+        )
+        .await;
+    assert_eq!(saved["attachment"]["name"], "nvr.dump");
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        content,
+        "5 MiB, byte for byte"
+    );
+    std::fs::remove_file(&target).unwrap();
+    shell.stop().await;
+}
+
+#[tokio::test]
 async fn failures_are_clear_and_exit_non_zero() {
     let shell = Shell::start().await;
     let missing = shell.run("", &["tickets", "list"]).await;

@@ -287,6 +287,72 @@ async fn relayed(mails: &std::sync::Mutex<Vec<String>>, count: usize) -> Vec<Str
 }
 
 #[tokio::test]
+async fn html_attachments_and_injected_headers_reach_the_ticket_harmless() {
+    let (mails, sink) = common::smtp_sink().await;
+    let relay = format!("smtp://{sink}");
+    let desk = Desk::start(&[("relay", &relay), ("max_attachment_bytes", "1000")]).await;
+    let from = "ops@customer.example";
+    // A subject whose encoded words carry CR LF and a Bcc header.
+    let mail = "From: ops@customer.example\r\nTo: help@support.example\r\n\
+        Subject: =?utf-8?Q?Camera_dark=0D=0ABcc:_victim@elsewhere.example?=\r\n\
+        Message-ID: <html1@customer.example>\r\nMIME-Version: 1.0\r\n\
+        Content-Type: multipart/mixed; boundary=outer\r\n\r\n\
+        --outer\r\nContent-Type: multipart/alternative; boundary=alt\r\n\r\n\
+        --alt\r\nContent-Type: text/plain\r\n\r\nCamera 7 is dark.\r\n\
+        --alt\r\nContent-Type: text/html\r\n\r\n<p>Camera <b>7</b> is dark.</p><script>document.location='https://evil.example'</script>\r\n\
+        --alt--\r\n\
+        --outer\r\nContent-Type: image/png\r\nContent-Disposition: attachment; filename=cam7.png\r\n\
+        Content-Transfer-Encoding: base64\r\n\r\niVBORw0KGgoAAAANSUhEUg==\r\n\
+        --outer\r\nContent-Type: application/zip\r\nContent-Disposition: attachment; filename=dump.zip\r\n\
+        Content-Transfer-Encoding: base64\r\n\r\n"
+        .to_owned()
+        + &"QUFB".repeat(400).as_bytes().chunks(76).map(|line| {
+            String::from_utf8_lossy(line).into_owned() + "\r\n"
+        }).collect::<String>()
+        + "--outer--\r\n";
+    assert_eq!(desk.send(from, "help@support.example", &mail).await.0, 250);
+    let shown = desk.of(from, 1).await;
+    assert_eq!(shown.len(), 1);
+    let article = &shown[0].articles[0];
+    assert_eq!(article.body.lines().next(), Some("Camera 7 is dark."));
+    assert!(article.html.contains("<b>7</b>"), "{}", article.html);
+    assert!(!article.html.contains("evil.example"), "{}", article.html);
+    assert_eq!(
+        article.attachments.len(),
+        1,
+        "the 1,200-byte zip is over the limit"
+    );
+    assert_eq!(article.attachments[0].name, "cam7.png");
+    assert!(
+        article
+            .body
+            .contains("dump.zip (1200 bytes): larger than 1000 bytes"),
+        "{}",
+        article.body
+    );
+    let png = desk
+        .tickets()
+        .get_attachment(hotline_proto::tickets::v1::GetAttachmentRequest {
+            id: article.attachments[0].id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(png.content, b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR");
+    // The acknowledgement carries the subject as text, never as a header.
+    let ack = relayed(&mails, 1).await;
+    assert_eq!(ack.len(), 1);
+    assert!(
+        !ack[0]
+            .lines()
+            .any(|line| line.to_ascii_lowercase().starts_with("bcc:")),
+        "{}",
+        ack[0]
+    );
+    desk.stop().await;
+}
+
+#[tokio::test]
 async fn replies_go_out_in_the_thread_and_come_back_into_it_and_bounces_are_noted() {
     let (mails, sink) = common::smtp_sink().await;
     let relay = format!("smtp://{sink}");

@@ -12,7 +12,7 @@ use hotline_proto::{
     events::v1::{CallEnded, EventEnvelope, event_envelope::Payload},
     tickets::v1::{
         AddArticleRequest, ArticleKind, Call, CallDirection, CallOutcome, Channel,
-        CreateTicketRequest, ListTicketsRequest, Status, Ticket,
+        CreateTicketRequest, ListTicketsRequest, NewAttachment, Status, Ticket,
         ticket_service_client::TicketServiceClient,
     },
 };
@@ -32,6 +32,8 @@ pub struct Forwarder {
     /// How intake names itself, to recognise its own mail coming back.
     pub hostname: String,
     pub mailer: Mailer,
+    /// Attachments kept with tickets.
+    pub limits: mail::Limits,
 }
 
 impl EventHandler for Forwarder {
@@ -82,7 +84,7 @@ impl Forwarder {
         let (envelope_from, raw) = store::mail(conn, id)
             .await?
             .with_context(|| format!("mail {id} is not stored"))?;
-        let Some(inbound) = mail::read(&raw, &envelope_from, &self.hostname) else {
+        let Some(inbound) = mail::read(&raw, &envelope_from, &self.hostname, self.limits) else {
             store::mail_forwarded(conn, id, None, Some("not a message")).await?;
             return Ok(());
         };
@@ -121,6 +123,16 @@ impl Forwarder {
                 .clone()
                 .unwrap_or_else(|| format!("intake-{id}"))
         );
+        let attachments: Vec<NewAttachment> = inbound
+            .files
+            .iter()
+            .map(|file| NewAttachment {
+                name: file.name.clone(),
+                content_type: file.content_type.clone(),
+                content: file.content.clone(),
+            })
+            .collect();
+        let html = inbound.html.clone().unwrap_or_default();
         let threaded = match &inbound.tag {
             Some(tag) => Some(tag.clone()),
             None => store::thread(conn, &inbound.replies_to).await?,
@@ -136,6 +148,8 @@ impl Forwarder {
                     body: inbound.body.clone(),
                     author: inbound.from.clone(),
                     idempotency_key: key.clone(),
+                    html: html.clone(),
+                    attachments: attachments.clone(),
                     ..Default::default()
                 })
                 .await;
@@ -162,6 +176,8 @@ impl Forwarder {
                     contact: inbound.from.clone(),
                     channel: Channel::Email as i32,
                     idempotency_key: key,
+                    html,
+                    attachments,
                     ..Default::default()
                 })
                 .await

@@ -64,6 +64,11 @@ pub struct IntakeConfig {
     pub tls_cert: String,
     pub tls_key: String,
     pub max_message_bytes: usize,
+    /// Attachments kept with the ticket per mail (at most 20), and the
+    /// largest kept; the rest stay in the stored original, named in the
+    /// article.
+    pub max_attachments: usize,
+    pub max_attachment_bytes: usize,
     /// SMTP sessions at once; more get `421`.
     pub max_connections: usize,
     /// How long the server waits for a command or the message.
@@ -107,6 +112,8 @@ impl Default for IntakeConfig {
             tls_cert: String::new(),
             tls_key: String::new(),
             max_message_bytes: 25 * 1024 * 1024,
+            max_attachments: 20,
+            max_attachment_bytes: 10 * 1024 * 1024,
             max_connections: 100,
             command_timeout: Duration::from_secs(300),
             sender_rate_per_minute: 30,
@@ -143,6 +150,10 @@ impl IntakeConfig {
         anyhow::ensure!(
             self.max_message_bytes >= 1024 && self.max_connections >= 1,
             "intake.max_message_bytes must be at least 1024 and intake.max_connections at least 1"
+        );
+        anyhow::ensure!(
+            self.max_attachments <= 20,
+            "intake.max_attachments is at most 20 (what tickets keeps per article)"
         );
         anyhow::ensure!(
             self.imap_poll >= Duration::from_millis(100),
@@ -248,7 +259,9 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
     let tickets = TicketServiceClient::new(InterceptedService::new(
         grpc::channel(&context.config.endpoint("tickets"))?,
         ServiceToken::new(context.authority.clone(), "intake", &[Role::Bridge]),
-    ));
+    ))
+    .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES);
     let consumer = Consumer::new(
         "intake",
         CONSUMES,
@@ -258,6 +271,10 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
         forward::Forwarder {
             tickets,
             hostname: config.hostname.clone(),
+            limits: mail::Limits {
+                max_files: config.max_attachments,
+                max_file_bytes: config.max_attachment_bytes,
+            },
             mailer: outgoing::Mailer {
                 relay: if config.relay.is_empty() {
                     None

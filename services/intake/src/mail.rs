@@ -25,7 +25,71 @@ pub struct Inbound {
     pub tag: Option<String>,
     /// Why this is not a person writing, if it is not.
     pub robot: Option<&'static str>,
-    pub attachments: usize,
+    /// The HTML body as sent, when there is one (tickets sanitises it).
+    pub html: Option<String>,
+    /// The attachments kept, within [`Limits`].
+    pub files: Vec<File>,
+}
+
+/// A file that came with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct File {
+    pub name: String,
+    pub content_type: String,
+    pub content: Vec<u8>,
+}
+
+/// How many attachments, and how large, are kept with the ticket; the rest
+/// stay in the stored original and the article says which.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_files: usize,
+    pub max_file_bytes: usize,
+}
+
+/// The attachments of `message` within `limits`, and a line for each one
+/// left out.
+fn files(message: &mail_parser::Message<'_>, limits: Limits) -> (Vec<File>, Vec<String>) {
+    let mut kept = Vec::new();
+    let mut left_out = Vec::new();
+    for (n, part) in message.attachments().enumerate() {
+        let name = part
+            .attachment_name()
+            .map(str::to_owned)
+            .or_else(|| {
+                part.message()
+                    .and_then(|m| m.subject())
+                    .map(|s| format!("{s}.eml"))
+            })
+            .unwrap_or_else(|| format!("attachment-{}", n + 1));
+        let content_type = match part.content_type() {
+            Some(ct) => match ct.subtype() {
+                Some(sub) => format!("{}/{sub}", ct.ctype()),
+                None => ct.ctype().to_owned(),
+            },
+            None if part.is_message() => "message/rfc822".to_owned(),
+            None => String::new(),
+        };
+        let size = part.len();
+        if kept.len() >= limits.max_files {
+            left_out.push(format!(
+                "{name} ({size} bytes): more than {} attachments",
+                limits.max_files
+            ));
+        } else if size > limits.max_file_bytes {
+            left_out.push(format!(
+                "{name} ({size} bytes): larger than {} bytes",
+                limits.max_file_bytes
+            ));
+        } else {
+            kept.push(File {
+                name,
+                content_type,
+                content: part.contents().to_vec(),
+            });
+        }
+    }
+    (kept, left_out)
 }
 
 /// The ticket tag in a subject: `[HL-10023]` → `HL-10023`.
@@ -75,9 +139,9 @@ pub fn sender(raw: &[u8]) -> String {
 }
 
 /// Reads `raw`, sent by `envelope_from` (`""` for the null sender);
-/// `hostname` is how we name ourselves in `X-Loop`. `None` when it is not
-/// a message at all.
-pub fn read(raw: &[u8], envelope_from: &str, hostname: &str) -> Option<Inbound> {
+/// `hostname` is how we name ourselves in `X-Loop`; attachments within
+/// `limits`. `None` when it is not a message at all.
+pub fn read(raw: &[u8], envelope_from: &str, hostname: &str, limits: Limits) -> Option<Inbound> {
     let message = MessageParser::default().parse(raw)?;
     let from = message
         .from()
@@ -134,6 +198,17 @@ pub fn read(raw: &[u8], envelope_from: &str, hostname: &str) -> Option<Inbound> 
         body = body.chars().take(MAX_BODY_CHARS).collect();
         body.push_str("\n[… cut: the message is longer]");
     }
+    let (files, left_out) = files(&message, limits);
+    if !left_out.is_empty() {
+        body.push_str("\n\n[Attachments kept only in the original mail: ");
+        body.push_str(&left_out.join("; "));
+        body.push(']');
+    }
+    let html = message
+        .html_bodies()
+        .find(|part| part.is_text_html())
+        .and_then(|part| part.text_contents())
+        .map(str::to_owned);
     let mut replies_to = text_list(message.in_reply_to());
     replies_to.extend(text_list(message.references()).into_iter().rev());
     Some(Inbound {
@@ -144,13 +219,19 @@ pub fn read(raw: &[u8], envelope_from: &str, hostname: &str) -> Option<Inbound> 
         message_id: message.message_id().map(str::to_owned),
         replies_to,
         robot,
-        attachments: message.attachment_count(),
+        html,
+        files,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_files: 2,
+        max_file_bytes: 10,
+    };
 
     fn mail(headers: &str, body: &str) -> Vec<u8> {
         format!("{headers}\r\n\r\n{body}\r\n").into_bytes()
@@ -162,7 +243,7 @@ mod tests {
             "From: Ana Ops <Ana@Customer.example>\r\nTo: help@support.example\r\nSubject: Re: [HL-10023] Camera 4 dark\r\nMessage-ID: <m2@customer.example>\r\nIn-Reply-To: <hl-1@support.example>\r\nReferences: <m0@customer.example> <hl-1@support.example>",
             "Still dark.",
         );
-        let inbound = read(&raw, "ana@customer.example", "hotline").unwrap();
+        let inbound = read(&raw, "ana@customer.example", "hotline", LIMITS).unwrap();
         assert_eq!(inbound.from, "ana@customer.example");
         assert_eq!(inbound.tag.as_deref(), Some("HL-10023"));
         assert_eq!(inbound.message_id.as_deref(), Some("m2@customer.example"));
@@ -186,6 +267,7 @@ mod tests {
                 ),
                 from,
                 "hotline",
+                LIMITS,
             )
             .and_then(|i| i.robot)
         };
@@ -207,7 +289,8 @@ mod tests {
             read(
                 &mail("From: MAILER-DAEMON@y.example\r\nSubject: s", "b"),
                 "m@y.example",
-                "hotline"
+                "hotline",
+                LIMITS
             )
             .and_then(|i| i.robot)
             .is_some()
@@ -220,7 +303,7 @@ mod tests {
             "From: x@y.example\r\nSubject: =?GB2312?B?yePP8c23srvBwQ==?=\r\nContent-Type: text/plain; charset=gb2312\r\nContent-Transfer-Encoding: base64",
             "yePP8c23srvBwQ==",
         );
-        let inbound = read(&raw, "x@y.example", "hotline").unwrap();
+        let inbound = read(&raw, "x@y.example", "hotline", LIMITS).unwrap();
         assert_eq!(inbound.subject, "摄像头不亮");
         assert_eq!(inbound.body, "摄像头不亮");
     }
@@ -238,6 +321,93 @@ mod tests {
             sender(&mail("From: Ana <ana@c.example>", "b")),
             "ana@c.example"
         );
+    }
+
+    #[test]
+    fn attachments_are_kept_within_limits_and_the_rest_named_in_the_body() {
+        let raw = mail(
+            "From: x@y.example\r\nSubject: logs\r\nContent-Type: multipart/mixed; boundary=b",
+            "--b\r\nContent-Type: text/plain\r\n\r\nSee the logs.\r\n\
+             --b\r\nContent-Type: text/plain; name=a.log\r\nContent-Disposition: attachment; filename=a.log\r\n\r\nshort\r\n\
+             --b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=big.bin\r\nContent-Transfer-Encoding: base64\r\n\r\nAAAAAAAAAAAAAAAAAAAAAAAA\r\n\
+             --b\r\nContent-Type: image/png\r\nContent-Disposition: attachment; filename=\"p.png\"\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw==\r\n\
+             --b\r\nContent-Type: image/png\r\nContent-Disposition: attachment; filename=q.png\r\n\r\nq\r\n--b--",
+        );
+        let inbound = read(&raw, "x@y.example", "hotline", LIMITS).unwrap();
+        let kept: Vec<(&str, &str, &[u8])> = inbound
+            .files
+            .iter()
+            .map(|f| {
+                (
+                    f.name.as_str(),
+                    f.content_type.as_str(),
+                    f.content.as_slice(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("a.log", "text/plain", b"short".as_slice()),
+                ("p.png", "image/png", b"\x89PNG".as_slice())
+            ]
+        );
+        assert!(inbound.body.starts_with("See the logs."));
+        assert!(
+            inbound
+                .body
+                .contains("big.bin (18 bytes): larger than 10 bytes")
+        );
+        assert!(
+            inbound
+                .body
+                .contains("q.png (1 bytes): more than 2 attachments")
+        );
+    }
+
+    #[test]
+    fn html_is_kept_as_sent_and_its_text_carries_no_script() {
+        let raw = mail(
+            "From: x@y.example\r\nSubject: s\r\nContent-Type: text/html; charset=utf-8",
+            "<p>Camera <b>4</b> is dark</p><script>alert('x')</script><img src=x onerror=alert(1)>",
+        );
+        let inbound = read(&raw, "x@y.example", "hotline", LIMITS).unwrap();
+        assert!(inbound.html.as_deref().unwrap().contains("<b>4</b>"));
+        assert!(
+            inbound.body.contains("Camera 4 is dark"),
+            "{}",
+            inbound.body
+        );
+        assert!(!inbound.body.contains("alert"), "{}", inbound.body);
+        let plain = read(
+            &mail("From: x@y.example\r\nSubject: s", "b"),
+            "x@y.example",
+            "hotline",
+            LIMITS,
+        );
+        assert_eq!(plain.unwrap().html, None, "a text mail has no HTML");
+    }
+
+    #[test]
+    fn deep_nesting_and_broken_encodings_still_read() {
+        let mut body = String::from("Deep inside.");
+        for depth in 0..60 {
+            body = format!(
+                "--n{depth}\r\nContent-Type: multipart/mixed; boundary=n{}\r\n\r\n{body}\r\n--n{depth}--",
+                depth + 1
+            );
+        }
+        let nested = mail(
+            "From: x@y.example\r\nSubject: =?utf-8?B?broken?=\r\nContent-Type: multipart/mixed; boundary=n0",
+            &body,
+        );
+        assert!(read(&nested, "x@y.example", "hotline", LIMITS).is_some());
+        let broken = mail(
+            "From: x@y.example\r\nSubject: s\r\nContent-Type: text/plain; charset=no-such-charset\r\nContent-Transfer-Encoding: base64",
+            "!!!not base64!!!",
+        );
+        let inbound = read(&broken, "x@y.example", "hotline", LIMITS).unwrap();
+        assert!(!inbound.body.is_empty());
     }
 
     #[test]

@@ -12,8 +12,9 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
-/// Largest request or response any Hotline service accepts.
-pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Largest request or response any Hotline service accepts: a whole
+/// mail's attachments (25 MB at most) fit in one call.
+pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 /// How long one call may take on the server before it is cancelled.
 pub const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Concurrent calls one client connection may have in flight.

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     convert,
     domain::{ArticleKind, Channel, Priority, Refusal, TicketKey},
-    store::{Command, Filter, NewArticle, NewTicket, Store, StoreError},
+    store::{Command, Filter, NewArticle, NewAttachment, NewTicket, Store, StoreError},
 };
 
 /// Roles that read tickets: everyone at the desk and the bridges.
@@ -37,6 +37,9 @@ const RESOLVERS: &[Role] = &[
 const MAX_SUBJECT_CHARS: usize = 500;
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 const MAX_FIELD_CHARS: usize = 320;
+const MAX_HTML_BYTES: usize = 2 * 1024 * 1024;
+const MAX_ATTACHMENTS: usize = 20;
+const MAX_FILE_NAME_CHARS: usize = 255;
 const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 500;
 
@@ -130,6 +133,73 @@ fn body(value: String) -> Result<String, Status> {
     Ok(value)
 }
 
+/// The HTML version of a body, sanitised (ammonia): no scripts, styles,
+/// event handlers or forms, and no images, so that showing it fetches
+/// nothing from the sender (tracking pixels). `None` when empty.
+fn html(value: String) -> Result<Option<String>, Status> {
+    if value.len() > MAX_HTML_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "the HTML is larger than {MAX_HTML_BYTES} bytes"
+        )));
+    }
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    let clean = ammonia::Builder::default()
+        .rm_tags(["img"])
+        .clean(&value.replace('\0', ""))
+        .to_string();
+    Ok(Some(clean))
+}
+
+/// Files for a new article: at most [`MAX_ATTACHMENTS`], each named by
+/// its file name alone (no folders, no control characters), with a media
+/// type of the form `type/subtype` (anything else is kept as
+/// `application/octet-stream`: a sender's odd header never loses a file).
+fn attachments(files: Vec<pb::NewAttachment>) -> Result<Vec<NewAttachment>, Status> {
+    if files.len() > MAX_ATTACHMENTS {
+        return Err(Status::invalid_argument(format!(
+            "an article takes at most {MAX_ATTACHMENTS} attachments, not {}",
+            files.len()
+        )));
+    }
+    Ok(files
+        .into_iter()
+        .map(|file| {
+            let base = file
+                .name
+                .rsplit(['/', '\\'])
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(MAX_FILE_NAME_CHARS)
+                .collect::<String>();
+            let name = match base.trim() {
+                "" | "." | ".." => "attachment".to_owned(),
+                trimmed => trimmed.to_owned(),
+            };
+            let given = file.content_type.trim();
+            let valid = given.len() <= MAX_FILE_NAME_CHARS
+                && given.split_once('/').is_some_and(|(kind, sub)| {
+                    !kind.is_empty() && !sub.is_empty() && !sub.contains('/')
+                })
+                && given
+                    .chars()
+                    .all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\\'));
+            NewAttachment {
+                name,
+                content_type: if valid {
+                    given.to_ascii_lowercase()
+                } else {
+                    "application/octet-stream".to_owned()
+                },
+                content: file.content,
+            }
+        })
+        .collect())
+}
+
 /// Customer contacts are authored by the customer; everything else by the caller.
 fn author(kind: ArticleKind, given: &str, caller: &Caller) -> Result<String, Status> {
     Ok(match kind {
@@ -177,6 +247,8 @@ impl TicketService for TicketApi {
                     .as_ref()
                     .and_then(|c| (!c.call_id.is_empty()).then(|| c.call_id.clone())),
                 idempotency_key: None,
+                html: html(request.html)?,
+                attachments: attachments(request.attachments)?,
             },
         };
         let (ticket, _, created) = self.store.create(new, Utc::now()).await.map_err(status)?;
@@ -192,8 +264,7 @@ impl TicketService for TicketApi {
     ) -> Result<Response<pb::GetTicketResponse>, Status> {
         authorize(&request, READERS)?;
         let key = parse_key(&request.get_ref().ticket)?;
-        let ticket = self.store.find(key).await.map_err(status)?;
-        let articles = self.store.articles(ticket.id).await.map_err(status)?;
+        let (ticket, articles) = self.store.conversation(key).await.map_err(status)?;
         Ok(Response::new(pb::GetTicketResponse {
             ticket: Some(convert::ticket(&ticket)),
             articles: articles.iter().map(convert::article).collect(),
@@ -258,6 +329,8 @@ impl TicketService for TicketApi {
                 .as_ref()
                 .and_then(|c| (!c.call_id.is_empty()).then(|| c.call_id.clone())),
             idempotency_key: field(&request.idempotency_key, "idempotency_key", 200)?,
+            html: html(request.html)?,
+            attachments: attachments(request.attachments)?,
         };
         let command = Command::AddArticle {
             article,
@@ -267,6 +340,24 @@ impl TicketService for TicketApi {
         Ok(Response::new(pb::AddArticleResponse {
             ticket: Some(convert::ticket(&ticket)),
             article: article.as_ref().map(convert::article),
+        }))
+    }
+
+    async fn get_attachment(
+        &self,
+        request: Request<pb::GetAttachmentRequest>,
+    ) -> Result<Response<pb::GetAttachmentResponse>, Status> {
+        authorize(&request, READERS)?;
+        let id = request
+            .get_ref()
+            .id
+            .trim()
+            .parse()
+            .map_err(|_| Status::invalid_argument("an attachment id is a UUID"))?;
+        let (attachment, content) = self.store.attachment(id).await.map_err(status)?;
+        Ok(Response::new(pb::GetAttachmentResponse {
+            attachment: Some(convert::attachment(&attachment)),
+            content,
         }))
     }
 

@@ -6,7 +6,7 @@ use hotline_proto::tickets::v1 as pb;
 
 use crate::{
     domain::{self, ArticleKind, CallDirection, CallOutcome, Channel, Priority, Refusal, Status},
-    store::{Article, Ticket},
+    store::{Article, Attachment, Ticket},
 };
 
 pub fn ticket(ticket: &Ticket) -> pb::Ticket {
@@ -56,6 +56,17 @@ pub fn article(article: &Article) -> pb::Article {
         author: article.author.clone(),
         call,
         created_at: Some(timestamp(article.created_at)),
+        html: article.html.clone().unwrap_or_default(),
+        attachments: article.attachments.iter().map(attachment).collect(),
+    }
+}
+
+pub fn attachment(attachment: &Attachment) -> pb::Attachment {
+    pb::Attachment {
+        id: attachment.id.to_string(),
+        name: attachment.name.clone(),
+        content_type: attachment.content_type.clone(),
+        size: attachment.size,
     }
 }
 

@@ -53,6 +53,25 @@ pub struct Article {
     pub author: String,
     pub call_id: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// Sanitised HTML version of the body, if it came as HTML.
+    pub html: Option<String>,
+    pub attachments: Vec<Attachment>,
+}
+
+/// A file kept with an article; its content is read on its own.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Attachment {
+    pub id: Uuid,
+    pub name: String,
+    pub content_type: String,
+    pub size: i64,
+}
+
+/// A file that comes with a new article.
+pub struct NewAttachment {
+    pub name: String,
+    pub content_type: String,
+    pub content: Vec<u8>,
 }
 
 pub struct NewTicket {
@@ -71,6 +90,9 @@ pub struct NewArticle {
     pub call_id: Option<String>,
     /// Adds the article once: a retry with the same key changes nothing.
     pub idempotency_key: Option<String>,
+    /// Sanitised already (the API does it).
+    pub html: Option<String>,
+    pub attachments: Vec<NewAttachment>,
 }
 
 /// A change to an existing ticket.
@@ -164,6 +186,7 @@ struct ArticleRow {
     call_outcome: Option<String>,
     call_id: Option<String>,
     created_at: DateTime<Utc>,
+    html: Option<String>,
 }
 
 impl TryFrom<ArticleRow> for Article {
@@ -189,9 +212,14 @@ impl TryFrom<ArticleRow> for Article {
             author: row.author,
             call_id: row.call_id,
             created_at: row.created_at,
+            html: row.html,
+            attachments: Vec::new(),
         })
     }
 }
+
+const ARTICLE_COLUMNS: &str =
+    "id, ticket_id, kind, body, author, call_direction, call_outcome, call_id, created_at, html";
 
 const TICKET_COLUMNS: &str = "id, number, version, status, priority, channel, subject, contact, \
      assignee, awaiting_since, created_at, updated_at";
@@ -247,6 +275,7 @@ impl Store {
             created_at: now,
             updated_at: now,
         };
+        let files = new.first.attachments;
         let article = Article {
             id: Uuid::now_v7(),
             ticket_id: ticket.id,
@@ -255,6 +284,8 @@ impl Store {
             author: new.first.author,
             call_id: new.first.call_id,
             created_at: now,
+            html: new.first.html,
+            attachments: listed(&files),
         };
         let events = OutboxRows::new(&events::created(&ticket, &article))?;
         let (kind, direction, outcome) = kind_columns(article.kind);
@@ -267,11 +298,11 @@ impl Store {
                  RETURNING id
              ), article AS (
                  INSERT INTO articles (id, ticket_id, kind, body, author, call_direction,
-                                       call_outcome, call_id, created_at, idempotency_key)
-                 SELECT $11, id, $12, $13, $14, $15, $16, $17, $10, $9 FROM ticket
+                                       call_outcome, call_id, created_at, idempotency_key, html)
+                 SELECT $11, id, $12, $13, $14, $15, $16, $17, $10, $9, $18 FROM ticket
              ), events AS ({})
              SELECT count(*) FROM ticket",
-            OutboxRows::insert_sql(18, Some("EXISTS (SELECT FROM ticket)"))
+            OutboxRows::insert_sql(19, Some("EXISTS (SELECT FROM ticket)"))
         );
         let query = sqlx::query(&sql)
             .bind(ticket.id)
@@ -290,8 +321,18 @@ impl Store {
             .bind(&article.author)
             .bind(direction.map(CallDirection::as_str))
             .bind(outcome.map(CallOutcome::as_str))
-            .bind(&article.call_id);
-        let inserted: i64 = match events.bind(query).fetch_one(&self.pool).await {
+            .bind(&article.call_id)
+            .bind(&article.html);
+        // Files need a transaction of their own; the usual ticket has none
+        // and is one statement.
+        let mut tx = None;
+        let created = if files.is_empty() {
+            events.bind(query).fetch_one(&self.pool).await
+        } else {
+            let tx = tx.insert(self.pool.begin().await?);
+            events.bind(query).fetch_one(&mut **tx).await
+        };
+        let inserted: i64 = match created {
             Ok(row) => row.try_get(0)?,
             // The key names an article added to another ticket: the work was
             // done there, and that ticket is the answer.
@@ -325,6 +366,10 @@ impl Store {
                 .context("a ticket without its first article")?;
             return Ok((ticket, first, false));
         }
+        if let Some(mut tx) = tx {
+            insert_attachments(&mut tx, article.id, &article.attachments, files).await?;
+            tx.commit().await?;
+        }
         self.signal.committed();
         metrics::counter!("hotline_tickets_opened_total", "channel" => ticket.channel.as_str())
             .increment(1);
@@ -338,17 +383,39 @@ impl Store {
 
     /// The conversation of a ticket, oldest first.
     pub async fn articles(&self, ticket_id: Uuid) -> Result<Vec<Article>, StoreError> {
-        let rows: Vec<ArticleRow> = sqlx::query_as(
-            "SELECT id, ticket_id, kind, body, author, call_direction, call_outcome, call_id, created_at
-             FROM articles WHERE ticket_id = $1 ORDER BY created_at, id",
+        let mut conn = self.pool.acquire().await?;
+        articles_of(&mut conn, ticket_id).await
+    }
+
+    /// A ticket with its conversation, as of one moment: a change that
+    /// commits meanwhile is in both or in neither.
+    pub async fn conversation(&self, key: TicketKey) -> Result<(Ticket, Vec<Article>), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let ticket = lookup(&mut tx, key, false).await?;
+        let articles = articles_of(&mut tx, ticket.id).await?;
+        tx.commit().await?;
+        Ok((ticket, articles))
+    }
+
+    /// One attachment with its content.
+    pub async fn attachment(&self, id: Uuid) -> Result<(Attachment, Vec<u8>), StoreError> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            #[sqlx(flatten)]
+            attachment: Attachment,
+            content: Vec<u8>,
+        }
+        let row: Row = sqlx::query_as(
+            "SELECT id, name, content_type, size, content FROM attachments WHERE id = $1",
         )
-        .bind(ticket_id)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(Article::try_from)
-            .collect::<anyhow::Result<_>>()?)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("attachment {id}")))?;
+        Ok((row.attachment, row.content))
     }
 
     /// Newest first; `Some(number)` when there may be more after the page.
@@ -504,14 +571,99 @@ async fn lookup(conn: &mut PgConnection, key: TicketKey, lock: bool) -> Result<T
 
 /// The article added with idempotency key `key`, if any.
 async fn article_by_key(conn: &mut PgConnection, key: &str) -> Result<Option<Article>, StoreError> {
-    let row: Option<ArticleRow> = sqlx::query_as(
-        "SELECT id, ticket_id, kind, body, author, call_direction, call_outcome, call_id, created_at
-         FROM articles WHERE idempotency_key = $1",
-    )
+    let row: Option<ArticleRow> = sqlx::query_as(&format!(
+        "SELECT {ARTICLE_COLUMNS} FROM articles WHERE idempotency_key = $1"
+    ))
     .bind(key)
-    .fetch_optional(conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    Ok(row.map(Article::try_from).transpose()?)
+    Ok(with_attachments(conn, row.into_iter().collect())
+        .await?
+        .pop())
+}
+
+async fn articles_of(conn: &mut PgConnection, ticket_id: Uuid) -> Result<Vec<Article>, StoreError> {
+    let rows: Vec<ArticleRow> = sqlx::query_as(&format!(
+        "SELECT {ARTICLE_COLUMNS} FROM articles WHERE ticket_id = $1 ORDER BY created_at, id"
+    ))
+    .bind(ticket_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    with_attachments(conn, rows).await
+}
+
+/// Articles read from `rows`, each with the list of its files.
+async fn with_attachments(
+    conn: &mut PgConnection,
+    rows: Vec<ArticleRow>,
+) -> Result<Vec<Article>, StoreError> {
+    let mut articles = rows
+        .into_iter()
+        .map(Article::try_from)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let ids: Vec<Uuid> = articles.iter().map(|a| a.id).collect();
+    if ids.is_empty() {
+        return Ok(articles);
+    }
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        article_id: Uuid,
+        #[sqlx(flatten)]
+        attachment: Attachment,
+    }
+    let files: Vec<Row> = sqlx::query_as(
+        "SELECT article_id, id, name, content_type, size FROM attachments
+         WHERE article_id = ANY($1) ORDER BY article_id, position",
+    )
+    .bind(&ids)
+    .fetch_all(conn)
+    .await?;
+    for file in files {
+        if let Some(article) = articles.iter_mut().find(|a| a.id == file.article_id) {
+            article.attachments.push(file.attachment);
+        }
+    }
+    Ok(articles)
+}
+
+/// How `files` are listed once kept, each with its new id.
+fn listed(files: &[NewAttachment]) -> Vec<Attachment> {
+    files
+        .iter()
+        .map(|file| Attachment {
+            id: Uuid::now_v7(),
+            name: file.name.clone(),
+            content_type: file.content_type.clone(),
+            size: i64::try_from(file.content.len()).unwrap_or(i64::MAX),
+        })
+        .collect()
+}
+
+/// Keeps `files` with article `article_id`, in order, as `kept` lists them.
+async fn insert_attachments(
+    conn: &mut PgConnection,
+    article_id: Uuid,
+    kept: &[Attachment],
+    files: Vec<NewAttachment>,
+) -> Result<(), StoreError> {
+    let ids: Vec<Uuid> = kept.iter().map(|a| a.id).collect();
+    let names: Vec<String> = kept.iter().map(|a| a.name.clone()).collect();
+    let types: Vec<String> = kept.iter().map(|a| a.content_type.clone()).collect();
+    let contents: Vec<Vec<u8>> = files.into_iter().map(|f| f.content).collect();
+    sqlx::query(
+        "INSERT INTO attachments (id, article_id, position, name, content_type, size, content)
+         SELECT f.id, $1, f.position, f.name, f.content_type, length(f.content), f.content
+         FROM unnest($2::uuid[], $3::text[], $4::text[], $5::bytea[])
+              WITH ORDINALITY AS f (id, name, content_type, content, position)",
+    )
+    .bind(article_id)
+    .bind(&ids)
+    .bind(&names)
+    .bind(&types)
+    .bind(&contents)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 async fn insert_article(
@@ -524,8 +676,8 @@ async fn insert_article(
     let (kind, direction, outcome) = kind_columns(article.kind);
     sqlx::query(
         "INSERT INTO articles (id, ticket_id, kind, body, author, call_direction, call_outcome,
-             call_id, created_at, idempotency_key)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             call_id, created_at, idempotency_key, html)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(id)
     .bind(ticket_id)
@@ -537,8 +689,11 @@ async fn insert_article(
     .bind(&article.call_id)
     .bind(now)
     .bind(&article.idempotency_key)
-    .execute(conn)
+    .bind(&article.html)
+    .execute(&mut *conn)
     .await?;
+    let attachments = listed(&article.attachments);
+    insert_attachments(conn, id, &attachments, article.attachments).await?;
     Ok(Article {
         id,
         ticket_id,
@@ -547,5 +702,7 @@ async fn insert_article(
         author: article.author,
         call_id: article.call_id,
         created_at: now,
+        html: article.html,
+        attachments,
     })
 }

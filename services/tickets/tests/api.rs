@@ -326,6 +326,151 @@ async fn the_awaiting_response_rule_follows_contacts_and_responses() {
 }
 
 #[tokio::test]
+async fn html_is_kept_sanitised_and_files_are_kept_with_their_article() {
+    let desk = Desk::start().await;
+    let mut client = desk.client(Role::Bridge);
+    let file = |name: &str, content_type: &str, content: &[u8]| pb::NewAttachment {
+        name: name.into(),
+        content_type: content_type.into(),
+        content: content.to_vec(),
+    };
+    let png = [0x89, b'P', b'N', b'G', 0, 1, 2, 255];
+    let ticket = create(
+        &mut client,
+        pb::CreateTicketRequest {
+            html: "<p onclick=\"steal()\">Camera <b>3</b> lost</p><script>steal()</script>\
+                   <img src=\"https://tracker.example/p.gif\"><a href=\"javascript:steal()\">x</a>"
+                .into(),
+            attachments: vec![
+                file("snapshot.png", "image/png", &png),
+                file("../../etc/passwd", "not a type", b"root:x:0:0"),
+            ],
+            idempotency_key: "mail:<files@acme.example>".into(),
+            ..report("Camera 3 lost")
+        },
+    )
+    .await;
+    let shown = desk
+        .agent()
+        .get_ticket(pb::GetTicketRequest {
+            ticket: ticket.number.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = &shown.articles[0];
+    assert!(first.html.contains("<b>3</b>"), "{}", first.html);
+    for unsafe_part in [
+        "script",
+        "steal",
+        "onclick",
+        "tracker.example",
+        "javascript",
+    ] {
+        assert!(
+            !first.html.contains(unsafe_part),
+            "{unsafe_part} in {}",
+            first.html
+        );
+    }
+    let listed: Vec<(&str, &str, i64)> = first
+        .attachments
+        .iter()
+        .map(|a| (a.name.as_str(), a.content_type.as_str(), a.size))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("snapshot.png", "image/png", 8),
+            ("passwd", "application/octet-stream", 10)
+        ]
+    );
+    let fetched = desk
+        .agent()
+        .get_attachment(pb::GetAttachmentRequest {
+            id: first.attachments[0].id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fetched.content, png, "the bytes come back as sent");
+    assert_eq!(fetched.attachment.unwrap().name, "snapshot.png");
+
+    // A retry returns the same files, and keeps no second copy.
+    let again = client
+        .create_ticket(pb::CreateTicketRequest {
+            attachments: vec![file("snapshot.png", "image/png", &png)],
+            idempotency_key: "mail:<files@acme.example>".into(),
+            ..report("Camera 3 lost")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.created);
+
+    // A later article with a file; the file in the event's article too.
+    let added = client
+        .add_article(pb::AddArticleRequest {
+            ticket: ticket.number.clone(),
+            kind: pb::ArticleKind::CustomerMessage as i32,
+            body: "The log.".into(),
+            attachments: vec![file("nvr.log", "text/plain", b"disk 2 failed")],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let article = added.article.unwrap();
+    assert_eq!(article.attachments.len(), 1);
+    let log = desk
+        .agent()
+        .get_attachment(pb::GetAttachmentRequest {
+            id: article.attachments[0].id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(log.content, b"disk 2 failed");
+
+    let too_many = client
+        .add_article(pb::AddArticleRequest {
+            ticket: ticket.number.clone(),
+            kind: pb::ArticleKind::CustomerMessage as i32,
+            body: "Many.".into(),
+            attachments: (0..21)
+                .map(|n| file(&format!("{n}.txt"), "", b"x"))
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(too_many.code(), Code::InvalidArgument);
+    assert!(
+        too_many.message().contains("at most 20"),
+        "{}",
+        too_many.message()
+    );
+    let unknown = desk
+        .agent()
+        .get_attachment(pb::GetAttachmentRequest {
+            id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    let shown = desk
+        .agent()
+        .get_ticket(pb::GetTicketRequest {
+            ticket: ticket.number,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shown.articles.len(), 2, "the refused article wrote nothing");
+    desk.stop().await;
+}
+
+#[tokio::test]
 async fn the_state_machine_refuses_invalid_transitions_with_a_reason() {
     let desk = Desk::start().await;
     let mut client = desk.agent();

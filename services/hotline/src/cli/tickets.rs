@@ -81,6 +81,13 @@ pub enum TicketsCommand {
     Reopen {
         ticket: String,
     },
+    /// Save a file kept with an article (its id is in `tickets show`).
+    Attachment {
+        id: String,
+        /// Where to write it (default: its own name, in this folder).
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+    },
 }
 
 type Client = TicketServiceClient<
@@ -91,7 +98,8 @@ type Client = TicketServiceClient<
 >;
 
 pub async fn run(command: TicketsCommand, output: &Output) -> Result<(), Failure> {
-    let mut client: Client = TicketServiceClient::new(connect()?);
+    let mut client: Client = TicketServiceClient::new(connect()?)
+        .max_decoding_message_size(hotline_kit::grpc::MAX_MESSAGE_BYTES);
     match command {
         TicketsCommand::Create {
             subject,
@@ -236,6 +244,12 @@ pub async fn run(command: TicketsCommand, output: &Output) -> Result<(), Failure
                         article.author
                     ));
                     lines.push(article.body.clone());
+                    for file in &article.attachments {
+                        lines.push(format!(
+                            "  attached: {} ({}, {} bytes) id {}",
+                            file.name, file.content_type, file.size, file.id
+                        ));
+                    }
                 }
                 lines.join("\n")
             });
@@ -286,6 +300,32 @@ pub async fn run(command: TicketsCommand, output: &Output) -> Result<(), Failure
         TicketsCommand::Reopen { ticket } => {
             let response = client.reopen_ticket(pb::TicketRef { ticket }).await?;
             changed(output, response.into_inner(), "reopened");
+        }
+        TicketsCommand::Attachment { id, output: path } => {
+            let response = client
+                .get_attachment(pb::GetAttachmentRequest { id })
+                .await?
+                .into_inner();
+            let file = response.attachment.unwrap_or_default();
+            // The name is the sender's: only its last part, never a path.
+            let path = path.unwrap_or_else(|| {
+                std::path::Path::new(&file.name)
+                    .file_name()
+                    .map_or_else(|| "attachment".into(), Into::into)
+            });
+            std::fs::write(&path, &response.content)
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+            output.print(
+                json!({"attachment": attachment_json(&file), "saved_to": path}),
+                || {
+                    format!(
+                        "saved {} ({} bytes) to {}",
+                        file.name,
+                        file.size,
+                        path.display()
+                    )
+                },
+            );
         }
     }
     Ok(())
@@ -414,5 +454,16 @@ fn article_json(article: &pb::Article) -> Value {
         "author": article.author,
         "call": call,
         "created_at": time(article.created_at.as_ref()),
+        "html": optional(&article.html),
+        "attachments": article.attachments.iter().map(attachment_json).collect::<Vec<_>>(),
+    })
+}
+
+fn attachment_json(file: &pb::Attachment) -> Value {
+    json!({
+        "id": file.id,
+        "name": file.name,
+        "content_type": file.content_type,
+        "size": file.size,
     })
 }
