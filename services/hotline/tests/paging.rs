@@ -208,6 +208,19 @@ impl Desk {
         PagerServiceClient::new(self.app().channel(&self.agent))
     }
 
+    /// Every page sent for `ticket`, with its attempts.
+    async fn pages(&self, ticket: &str) -> Vec<hotline_proto::pager::v1::Page> {
+        self.pager()
+            .list_pages(ListPagesRequest {
+                ticket: ticket.into(),
+                limit: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pages
+    }
+
     /// A customer's email: a ticket awaiting a response. Returns it and
     /// when it is due.
     async fn report(&self, subject: &str) -> (Ticket, DateTime<Utc>) {
@@ -488,16 +501,7 @@ async fn a_receiver_answering_500_then_202_is_paged_exactly_once() {
         1,
         "accepted exactly once"
     );
-    let pages = desk
-        .pager()
-        .list_pages(ListPagesRequest {
-            ticket: ticket.number.clone(),
-            limit: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pages;
+    let pages = desk.pages(&ticket.number).await;
     assert_eq!(pages.len(), 1);
     assert_eq!(pages[0].state, PageState::Delivered as i32);
     let statuses: Vec<i32> = pages[0].attempts.iter().map(|a| a.status).collect();
@@ -515,16 +519,7 @@ async fn a_400_is_recorded_as_failed_without_a_retry_storm() {
         .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(desk.pd.events("trigger").len(), 1, "never retried");
-    let pages = desk
-        .pager()
-        .list_pages(ListPagesRequest {
-            ticket: ticket.number.clone(),
-            limit: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pages;
+    let pages = desk.pages(&ticket.number).await;
     assert_eq!(pages[0].state, PageState::Failed as i32);
     assert!(
         pages[0].last_error.contains("Event object is invalid"),
