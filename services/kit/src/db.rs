@@ -33,6 +33,12 @@ fn checked_schema(schema: &str) -> anyhow::Result<&str> {
 
 /// A pool whose connections see only `schema`. Connects lazily: a database
 /// that is down makes the service not ready, not dead.
+///
+/// Connections are not pinged before each use (sqlx's default): that ping
+/// is a round trip per query or transaction, as many as the work itself on
+/// the hot paths. A connection the server dropped fails its next statement
+/// with an I/O error instead, which every caller already treats as passing
+/// trouble (a held event, `451`, `503`, `UNAVAILABLE`), and is discarded.
 pub fn pool(config: &Config, schema: &str) -> anyhow::Result<PgPool> {
     let schema = checked_schema(schema)?;
     let options = PgConnectOptions::from_str(config.database_url.expose())
@@ -42,6 +48,7 @@ pub fn pool(config: &Config, schema: &str) -> anyhow::Result<PgPool> {
     Ok(PgPoolOptions::new()
         .max_connections(config.db.max_connections)
         .acquire_timeout(config.db.acquire_timeout)
+        .test_before_acquire(false)
         .connect_lazy_with(options))
 }
 

@@ -42,7 +42,10 @@ pub fn module() -> Module {
 fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
     let pool = context.pool(SCHEMA)?;
     let signal = OutboxSignal::default();
-    let store = Arc::new(store::Store::new(pool.clone(), signal.clone()));
+    let (store, creator) = store::Store::new(pool.clone(), signal.clone());
+    let store = Arc::new(store);
+    let cancel = context.cancel.clone();
+    context.spawn("creator", creator.run(cancel));
     context.add_grpc(
         TicketServiceServer::new(api::TicketApi::new(store))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)

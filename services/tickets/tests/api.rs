@@ -58,6 +58,16 @@ async fn create(client: &mut Client, request: pb::CreateTicketRequest) -> pb::Ti
         .unwrap()
 }
 
+async fn show(client: &mut Client, ticket: &str) -> pb::GetTicketResponse {
+    client
+        .get_ticket(pb::GetTicketRequest {
+            ticket: ticket.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 async fn add(
     client: &mut Client,
     ticket: &str,
@@ -103,11 +113,7 @@ async fn a_reported_fault_becomes_a_numbered_ticket_awaiting_response() {
     assert_eq!(ticket.priority, pb::Priority::Normal as i32);
 
     for key in [ticket.number.clone(), ticket.id.clone(), "10001".into()] {
-        let found = client
-            .get_ticket(pb::GetTicketRequest { ticket: key })
-            .await
-            .unwrap()
-            .into_inner();
+        let found = show(&mut client, &key).await;
         assert_eq!(found.ticket.unwrap().id, ticket.id);
         assert_eq!(found.articles.len(), 1);
         assert_eq!(
@@ -154,6 +160,89 @@ async fn the_same_idempotency_key_never_opens_a_second_ticket() {
 }
 
 #[tokio::test]
+async fn concurrent_creates_each_get_their_own_ticket_and_one_announcement() {
+    let desk = Desk::start().await;
+    let mut bridge = desk.client(Role::Bridge);
+    let earlier = create(&mut bridge, report("Earlier fault")).await;
+    bridge
+        .add_article(pb::AddArticleRequest {
+            ticket: earlier.number.clone(),
+            kind: pb::ArticleKind::CustomerMessage as i32,
+            body: "More detail".into(),
+            idempotency_key: "mail:<more@acme.example>".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut tap = EventTap::bound(&desk.env.config, "ticket.created")
+        .await
+        .unwrap();
+    // 20 without a key, 10 keys asked twice each, and one key already used
+    // for an article on `earlier`: written together, in whatever batches.
+    let mut keys: Vec<String> = (0..20).map(|_| String::new()).collect();
+    for n in 0..10 {
+        keys.push(format!("cti:pair-{n}"));
+        keys.push(format!("cti:pair-{n}"));
+    }
+    keys.push("mail:<more@acme.example>".into());
+    let attempts: Vec<_> = keys
+        .iter()
+        .enumerate()
+        .map(|(n, key)| {
+            let mut client = desk.client(Role::Bridge);
+            let request = pb::CreateTicketRequest {
+                idempotency_key: key.clone(),
+                ..report(&format!("Fault {n}"))
+            };
+            tokio::spawn(async move { client.create_ticket(request).await.unwrap().into_inner() })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for attempt in attempts {
+        answers.push(attempt.await.unwrap());
+    }
+    let tickets: Vec<pb::Ticket> = answers.iter().map(|a| a.ticket.clone().unwrap()).collect();
+    for pair in 0..10 {
+        let (a, b) = (&answers[20 + 2 * pair], &answers[21 + 2 * pair]);
+        assert_eq!(
+            tickets[20 + 2 * pair].id,
+            tickets[21 + 2 * pair].id,
+            "one ticket per key"
+        );
+        assert_eq!(usize::from(a.created) + usize::from(b.created), 1);
+    }
+    let last = answers.last().unwrap();
+    assert!(!last.created, "a key used for an article opens nothing");
+    assert_eq!(tickets.last().unwrap().number, earlier.number);
+
+    let new: HashSet<&str> = tickets[..40].iter().map(|t| t.id.as_str()).collect();
+    let numbers: HashSet<&str> = tickets[..40].iter().map(|t| t.number.as_str()).collect();
+    assert_eq!(new.len(), 30);
+    assert_eq!(numbers.len(), 30, "every ticket has a number of its own");
+    assert!(!numbers.contains(earlier.number.as_str()));
+
+    let mut announced = Vec::new();
+    while let Some((event, _)) = tap.next(Duration::from_secs(5)).await {
+        announced.push(event.ticket_id);
+    }
+    announced.sort();
+    let mut expected: Vec<String> = new.iter().map(|id| (*id).to_owned()).collect();
+    expected.sort();
+    assert_eq!(announced, expected, "each new ticket announced once");
+    for ticket in &tickets[..40] {
+        let found = show(&mut bridge, &ticket.number).await;
+        assert_eq!(
+            found.articles.len(),
+            1,
+            "{} has its first article only",
+            ticket.number
+        );
+        assert_eq!(found.ticket.unwrap().subject, ticket.subject);
+    }
+    desk.stop().await;
+}
+
+#[tokio::test]
 async fn a_bridge_retrying_an_article_adds_it_once() {
     let desk = Desk::start().await;
     let mut bridge = desk.client(Role::Bridge);
@@ -178,13 +267,7 @@ async fn a_bridge_retrying_an_article_adds_it_once() {
     }
     assert_eq!(articles.len(), 1, "one article for one key");
     assert_eq!(versions.len(), 1, "retries change nothing");
-    let shown = bridge
-        .get_ticket(pb::GetTicketRequest {
-            ticket: ticket.number.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let shown = show(&mut bridge, &ticket.number).await;
     assert_eq!(
         shown.articles.len(),
         2,
@@ -350,14 +433,7 @@ async fn html_is_kept_sanitised_and_files_are_kept_with_their_article() {
         },
     )
     .await;
-    let shown = desk
-        .agent()
-        .get_ticket(pb::GetTicketRequest {
-            ticket: ticket.number.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let shown = show(&mut desk.agent(), &ticket.number).await;
     let first = &shown.articles[0];
     assert!(first.html.contains("<b>3</b>"), "{}", first.html);
     for unsafe_part in [
@@ -458,14 +534,7 @@ async fn html_is_kept_sanitised_and_files_are_kept_with_their_article() {
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
-    let shown = desk
-        .agent()
-        .get_ticket(pb::GetTicketRequest {
-            ticket: ticket.number,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let shown = show(&mut desk.agent(), &ticket.number).await;
     assert_eq!(shown.articles.len(), 2, "the refused article wrote nothing");
     desk.stop().await;
 }

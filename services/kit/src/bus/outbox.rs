@@ -89,14 +89,18 @@ impl OutboxRows {
     }
 
     /// The insert, reading its five arrays from parameters `$first` to
-    /// `$first + 4`; with `when`, only if that SQL condition holds (for use
-    /// inside a `WITH` statement whose change may turn out to be a no-op).
+    /// `$first + 4`, in array order; with `when`, only the rows for which
+    /// that SQL condition holds (for use inside a `WITH` statement whose
+    /// change may turn out to be a no-op; `ord` is a row's position, from 1).
     pub fn insert_sql(first: usize, when: Option<&str>) -> String {
         let p = |i: usize| first + i;
         format!(
             "INSERT INTO outbox (event_id, routing_key, envelope, traceparent, tracestate)
-             SELECT * FROM UNNEST(${}::uuid[], ${}::text[], ${}::bytea[], ${}::text[], ${}::text[])
-             {}",
+             SELECT event_id, routing_key, envelope, traceparent, tracestate
+             FROM UNNEST(${}::uuid[], ${}::text[], ${}::bytea[], ${}::text[], ${}::text[])
+                 WITH ORDINALITY AS e(event_id, routing_key, envelope, traceparent, tracestate, ord)
+             {}
+             ORDER BY ord",
             p(0),
             p(1),
             p(2),
