@@ -15,11 +15,13 @@ use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use hotline_kit::{
     auth::Role,
+    bus::outbox::{self, envelope},
     supervisor::Module,
     testing::{TestApp, TestEnv},
-    time::from_timestamp,
+    time::{from_timestamp, timestamp},
 };
 use hotline_proto::{
+    events::v1::{self as ev, event_envelope::Payload},
     pager::v1::{
         AcknowledgeRequest, ListPagesRequest, PageState, pager_service_client::PagerServiceClient,
     },
@@ -414,6 +416,85 @@ async fn the_ladder_climbs_until_acknowledged_and_an_acknowledgement_stops_it() 
         clock.state,
         ClockState::Breached as i32,
         "the clock runs on"
+    );
+    desk.stop().await;
+}
+
+#[tokio::test]
+async fn a_step_fired_just_before_the_acknowledgement_wakes_nobody_else() {
+    let desk = Desk::start("1h").await;
+    let (ticket, due) = desk.report("Recorder rebooting in a loop").await;
+    let triggers = desk
+        .pd
+        .wait_for("trigger", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(triggers.len(), 1);
+    desk.pager()
+        .acknowledge(AcknowledgeRequest {
+            ticket: ticket.number.clone(),
+        })
+        .await
+        .unwrap();
+    desk.pd
+        .wait_for("acknowledge", 1, Duration::from_secs(5))
+        .await;
+
+    // The sla's next step, fired before it heard of the acknowledgement:
+    // written to its outbox as the sla writes it, so it reaches the pager
+    // after the acknowledgement did.
+    let breach = desk.pages(&ticket.number).await[0].breach;
+    let ticket_id = uuid::Uuid::parse_str(&ticket.id).unwrap();
+    let now = Utc::now();
+    let step = envelope(
+        "sla.escalated",
+        Some((ticket_id, ticket.version)),
+        now,
+        Payload::SlaEscalated(ev::SlaEscalated {
+            breach: Some(ev::Breach {
+                ticket_id: ticket.id.clone(),
+                number: ticket.number.clone(),
+                subject: ticket.subject.clone(),
+                contact: ticket.contact.clone(),
+                channel: ticket.channel,
+                priority: ticket.priority,
+                awaiting_since: ticket.awaiting_since,
+                due: Some(timestamp(due)),
+                breach,
+            }),
+            level: 2,
+            step: 2,
+            escalated_at: Some(timestamp(now)),
+        }),
+    );
+    let event_id = uuid::Uuid::parse_str(&step.id).unwrap();
+    let sla = desk.env.pool("sla").unwrap();
+    outbox::enqueue(&mut sla.acquire().await.unwrap(), &[step])
+        .await
+        .unwrap();
+    let pager = desk.env.pool("pager").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox WHERE event_id = $1")
+            .bind(event_id)
+            .fetch_one(&pager)
+            .await
+            .unwrap();
+        if seen == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pager never got the step"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    desk.pd
+        .assert_quiet("trigger", "nobody is paged after the acknowledgement")
+        .await;
+    let pages = desk.pages(&ticket.number).await;
+    assert!(
+        pages.iter().all(|p| p.level == 1),
+        "no page at level 2: {pages:?}"
     );
     desk.stop().await;
 }

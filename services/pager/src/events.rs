@@ -70,6 +70,15 @@ impl Handler {
         if row.cleared_at.is_some() {
             return Ok(()); // answered already: never a page after that
         }
+        if let Some(by) = &row.acknowledged_by {
+            // The step fired before the sla heard of the acknowledgement:
+            // someone has it, nobody else is woken.
+            tracing::info!(
+                ticket = %row.number, level, acknowledged_by = %by,
+                "escalation after the acknowledgement: nobody paged"
+            );
+            return Ok(());
+        }
         let key = messages::dedup_key(ticket_id, row.breach);
         let page =
             |channel: &'static str, target: &str, destination: &str, body: String| NewDelivery {
@@ -319,6 +328,11 @@ pub async fn acknowledge(
         .await
         .map_err(anyhow::Error::from)?;
     if first {
+        // Pages of a later step that no one was sent yet stay unsent; those
+        // sent hear of the acknowledgement below.
+        store::cancel_triggers(&mut tx, breach.ticket_id, breach.breach)
+            .await
+            .map_err(anyhow::Error::from)?;
         breach.acknowledged_at = Some(at);
         breach.acknowledged_by = Some(by.to_owned());
         let event = envelope(

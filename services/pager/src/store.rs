@@ -44,7 +44,11 @@ pub async fn upsert_breach(
              awaiting_since, due, level)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          ON CONFLICT (ticket_id, breach) DO UPDATE
-             SET level = GREATEST(breaches.level, EXCLUDED.level)
+             SET level = CASE
+                 WHEN breaches.acknowledged_at IS NULL AND breaches.cleared_at IS NULL
+                 THEN GREATEST(breaches.level, EXCLUDED.level)
+                 ELSE breaches.level
+             END
          RETURNING {BREACH_COLUMNS}"
     ))
     .bind(ticket_id)
@@ -83,7 +87,8 @@ pub async fn clear(
         == 1)
 }
 
-/// Pending triggers of a cleared breach will never be sent.
+/// Pending triggers of a breach that was cleared or acknowledged, not tried
+/// yet, will never be sent: nobody else needs waking.
 pub async fn cancel_triggers(
     conn: &mut PgConnection,
     ticket_id: Uuid,
