@@ -54,6 +54,11 @@ impl EventHandler for Handler {
             _ => Ok(()),
         }
     }
+
+    /// Pages are queued in the transaction, sent only after it commits.
+    fn batched(&self) -> bool {
+        true
+    }
 }
 
 impl Handler {

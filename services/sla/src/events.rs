@@ -159,6 +159,18 @@ impl EventHandler for Handler {
     fn ordered(&self, event: &EventEnvelope) -> bool {
         !event.r#type.starts_with("page.")
     }
+
+    /// A clock follows the ticket's snapshot, whatever the event's type.
+    fn snapshots(&self) -> bool {
+        true
+    }
+
+    /// Clocks live in the transaction; the due-index is rebuildable, and
+    /// an entry set for a batch that rolled back only wakes the scheduler
+    /// to find nothing due.
+    fn batched(&self) -> bool {
+        true
+    }
 }
 
 impl Handler {

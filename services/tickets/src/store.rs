@@ -6,7 +6,7 @@ use anyhow::Context;
 use chrono::{DateTime, SubsecRound, Utc};
 use hotline_kit::bus::outbox::{self, OutboxRows, OutboxSignal};
 use hotline_proto::events::v1::EventEnvelope;
-use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Row};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, QueryBuilder, Row};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -250,6 +250,9 @@ struct Draft {
     ticket: Ticket,
     article: Article,
     key: Option<String>,
+    /// The first article's files, as `article.attachments` lists them;
+    /// taken when written.
+    files: Vec<NewAttachment>,
     /// The request's span: its events carry the caller's trace.
     span: tracing::Span,
 }
@@ -289,11 +292,10 @@ impl Store {
     /// Opens a ticket, or returns the one opened earlier with the same
     /// idempotency key (`created` false).
     ///
-    /// The hot path of the desk. A ticket without files goes to the
-    /// [`Creator`], which writes it with the others waiting at that moment:
-    /// one round trip draws their numbers, one statement writes the tickets,
-    /// first articles and events, so concurrent creates share a commit. A
-    /// ticket with files is written alone, in a transaction with its files.
+    /// The hot path of the desk. The ticket goes to the [`Creator`], which
+    /// writes it with the others waiting at that moment: one statement
+    /// writes their tickets, first articles and events (and one per article
+    /// its files), so concurrent creates share a commit.
     pub async fn create(
         &self,
         new: NewTicket,
@@ -327,26 +329,20 @@ impl Store {
             html: new.first.html,
             attachments: listed(&files),
         };
-        let mut draft = Draft {
+        let draft = Draft {
             ticket,
             article,
             key: new.idempotency_key,
+            files,
             span: tracing::Span::current(),
         };
-        let mut tx = None;
-        let (draft, written) = if files.is_empty() {
-            let (reply, written) = oneshot::channel();
-            let stopping = || anyhow::anyhow!("tickets is shutting down");
-            self.drafts
-                .send((draft, reply))
-                .await
-                .map_err(|_| stopping())?;
-            written.await.map_err(|_| stopping())?
-        } else {
-            let tx = tx.insert(self.pool.begin().await?);
-            let written = insert_one(tx, &mut draft).await;
-            (draft, written)
-        };
+        let (reply, written) = oneshot::channel();
+        let stopping = || anyhow::anyhow!("tickets is shutting down");
+        self.drafts
+            .send((draft, reply))
+            .await
+            .map_err(|_| stopping())?;
+        let (draft, written) = written.await.map_err(|_| stopping())?;
         let Draft {
             ticket,
             article,
@@ -385,10 +381,6 @@ impl Store {
                 .next()
                 .context("a ticket without its first article")?;
             return Ok((ticket, first, false));
-        }
-        if let Some(mut tx) = tx {
-            insert_attachments(&mut tx, article.id, &article.attachments, files).await?;
-            tx.commit().await?;
         }
         self.signal.committed();
         metrics::counter!("hotline_tickets_opened_total", "channel" => ticket.channel.as_str())
@@ -618,7 +610,10 @@ async fn write(pool: &PgPool, batch: Vec<Pending>, numbers: &mut Numbers) {
     let (mut drafts, replies): (Vec<Draft>, Vec<_>) = batch.into_iter().unzip();
     let written = match pool.acquire().await {
         Err(error) => Err(error),
-        Ok(mut conn) => insert_many(&mut conn, &mut drafts, numbers).await,
+        Ok(mut conn) if drafts.iter().all(|d| d.files.is_empty()) => {
+            insert_many(&mut conn, &mut drafts, numbers).await
+        }
+        Ok(mut conn) => with_files(&mut conn, &mut drafts, numbers).await,
     };
     match written {
         Ok(inserted) => {
@@ -636,13 +631,45 @@ async fn write(pool: &PgPool, batch: Vec<Pending>, numbers: &mut Numbers) {
             tracing::debug!(%error, tickets = drafts.len(), "batch refused; writing one by one");
             for (mut draft, reply) in drafts.into_iter().zip(replies) {
                 let written = match pool.acquire().await {
-                    Ok(mut conn) => insert_one(&mut conn, &mut draft).await,
+                    Ok(mut conn) => alone(&mut conn, &mut draft).await,
                     Err(error) => Err(error),
                 };
                 let _ = reply.send((draft, written));
             }
         }
     }
+}
+
+/// [`insert_many`] for drafts some of which have files: in a transaction
+/// that also keeps the files of each ticket inserted.
+async fn with_files(
+    conn: &mut PgConnection,
+    drafts: &mut [Draft],
+    numbers: &mut Numbers,
+) -> sqlx::Result<Vec<bool>> {
+    let mut tx = conn.begin().await?;
+    let inserted = insert_many(&mut tx, drafts, numbers).await?;
+    for (draft, inserted) in drafts.iter_mut().zip(&inserted) {
+        if *inserted && !draft.files.is_empty() {
+            let files = std::mem::take(&mut draft.files);
+            insert_attachments(&mut tx, draft.article.id, &draft.article.attachments, files)
+                .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(inserted)
+}
+
+/// One draft on its own (after its batch failed), with its files.
+async fn alone(conn: &mut PgConnection, draft: &mut Draft) -> sqlx::Result<bool> {
+    let mut tx = conn.begin().await?;
+    let inserted = insert_one(&mut tx, draft).await?;
+    if inserted && !draft.files.is_empty() {
+        let files = std::mem::take(&mut draft.files);
+        insert_attachments(&mut tx, draft.article.id, &draft.article.attachments, files).await?;
+    }
+    tx.commit().await?;
+    Ok(inserted)
 }
 
 /// The parameters of the first-article insert, shared by both writers.
@@ -991,7 +1018,7 @@ async fn insert_attachments(
     article_id: Uuid,
     kept: &[Attachment],
     files: Vec<NewAttachment>,
-) -> Result<(), StoreError> {
+) -> sqlx::Result<()> {
     let ids: Vec<Uuid> = kept.iter().map(|a| a.id).collect();
     let names: Vec<String> = kept.iter().map(|a| a.name.clone()).collect();
     let types: Vec<String> = kept.iter().map(|a| a.content_type.clone()).collect();

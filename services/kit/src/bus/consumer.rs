@@ -19,6 +19,7 @@
 //! - undecodable: dead-lettered at once.
 
 use std::{
+    collections::HashSet,
     future::Future,
     hash::{Hash, Hasher},
     panic::AssertUnwindSafe,
@@ -68,7 +69,26 @@ pub trait EventHandler: Send + Sync + 'static {
     fn ordered(&self, _event: &EventEnvelope) -> bool {
         true
     }
+
+    /// Whether the handler reads only the ticket an event carries, never
+    /// which event it is. Every event of one ticket version carries the same
+    /// ticket, so for such a handler the first one applied stands for the
+    /// others of that version, which are then skipped as stale.
+    fn snapshots(&self) -> bool {
+        false
+    }
+
+    /// Whether events waiting together may be applied in one transaction.
+    /// Only for a handler whose every effect is in the transaction, or
+    /// harmless to repeat: a batch that fails is applied again event by
+    /// event. A handler that sends mail answers `false`.
+    fn batched(&self) -> bool {
+        false
+    }
 }
+
+/// Most events one transaction applies.
+const MAX_BATCH: usize = 32;
 
 /// A peer's passing trouble (a mail relay answering 4xx, ...): a handler
 /// returns its error wrapped in this, and the event is held and retried
@@ -155,29 +175,91 @@ impl<H: EventHandler> Consumer<H> {
         if !first {
             return Ok(Outcome::Duplicate);
         }
+        let outcome = self.apply_new(&mut tx, event).await?;
+        tx.commit().await?;
+        if outcome == Outcome::Applied
+            && let Some(relay) = &self.outbox
+        {
+            relay.committed();
+        }
+        Ok(outcome)
+    }
+
+    /// Applies events waiting together in one transaction: one inbox
+    /// statement and one commit for all of them, each applied as
+    /// [`Consumer::apply`] would, in order, in its own span.
+    async fn apply_batch(
+        &self,
+        events: &[(EventEnvelope, tracing::Span)],
+    ) -> anyhow::Result<Vec<Outcome>> {
+        let ids = events
+            .iter()
+            .map(|(event, _)| Uuid::parse_str(&event.id).context("event id is not a UUID"))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let types: Vec<&str> = events
+            .iter()
+            .map(|(event, _)| event.r#type.as_str())
+            .collect();
+        let mut tx = self.pool.begin().await?;
+        let mut fresh: HashSet<Uuid> = sqlx::query_scalar(
+            "INSERT INTO inbox (event_id, event_type)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[])
+             ON CONFLICT DO NOTHING RETURNING event_id",
+        )
+        .bind(&ids)
+        .bind(&types)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let mut outcomes = Vec::with_capacity(events.len());
+        for ((event, span), id) in events.iter().zip(&ids) {
+            // `remove`: the same event twice in one batch applies once.
+            outcomes.push(if fresh.remove(id) {
+                self.apply_new(&mut tx, event)
+                    .instrument(span.clone())
+                    .await?
+            } else {
+                Outcome::Duplicate
+            });
+        }
+        tx.commit().await?;
+        if outcomes.contains(&Outcome::Applied)
+            && let Some(relay) = &self.outbox
+        {
+            relay.committed();
+        }
+        Ok(outcomes)
+    }
+
+    /// An event not applied before: applied unless its ticket has moved on.
+    async fn apply_new(
+        &self,
+        conn: &mut PgConnection,
+        event: &EventEnvelope,
+    ) -> anyhow::Result<Outcome> {
         if !event.ticket_id.is_empty() && self.handler.ordered(event) {
             let ticket_id = Uuid::parse_str(&event.ticket_id).context("ticket id is not a UUID")?;
-            let current = sqlx::query(
+            let current = sqlx::query(if self.handler.snapshots() {
                 "INSERT INTO applied_versions (ticket_id, version) VALUES ($1, $2)
                  ON CONFLICT (ticket_id) DO UPDATE SET version = EXCLUDED.version
-                 WHERE applied_versions.version <= EXCLUDED.version",
-            )
+                 WHERE applied_versions.version < EXCLUDED.version"
+            } else {
+                "INSERT INTO applied_versions (ticket_id, version) VALUES ($1, $2)
+                 ON CONFLICT (ticket_id) DO UPDATE SET version = EXCLUDED.version
+                 WHERE applied_versions.version <= EXCLUDED.version"
+            })
             .bind(ticket_id)
             .bind(event.ticket_version)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?
             .rows_affected()
                 == 1;
             if !current {
-                tx.commit().await?;
                 return Ok(Outcome::Stale);
             }
         }
-        self.handler.handle(&mut tx, event).await?;
-        tx.commit().await?;
-        if let Some(relay) = &self.outbox {
-            relay.committed();
-        }
+        self.handler.handle(conn, event).await?;
         Ok(Outcome::Applied)
     }
 
@@ -248,7 +330,14 @@ impl<H: EventHandler> Consumer<H> {
             let (consumer, session) = (self.clone(), session.clone());
             workers.spawn(async move {
                 while let Some(delivery) = receiver.recv().await {
-                    consumer.deliver(delivery, &session).await;
+                    let mut batch = vec![delivery];
+                    while consumer.handler.batched() && batch.len() < MAX_BATCH {
+                        match receiver.try_recv() {
+                            Ok(next) => batch.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    consumer.deliver_batch(batch, &session).await;
                 }
             });
         }
@@ -283,23 +372,69 @@ impl<H: EventHandler> Consumer<H> {
         result
     }
 
-    async fn deliver(&self, delivery: Delivery, session: &CancellationToken) {
-        if session.is_cancelled() {
-            return;
+    /// Deliveries that waited together in a lane: applied in one
+    /// transaction and acknowledged after its commit. Anything amiss (one
+    /// undecodable, a handler failing, the database away) and each is
+    /// delivered on its own instead, with the retries and dead letters
+    /// that brings.
+    async fn deliver_batch(&self, batch: Vec<Delivery>, session: &CancellationToken) {
+        if batch.len() > 1 && !session.is_cancelled() {
+            let events: Result<Vec<_>, _> = batch
+                .iter()
+                .map(|delivery| {
+                    EventEnvelope::decode(delivery.data.as_slice())
+                        .map(|event| (event, self.span(delivery)))
+                })
+                .collect();
+            if let Ok(events) = events {
+                let applied = AssertUnwindSafe(self.apply_batch(&events))
+                    .catch_unwind()
+                    .await;
+                match applied {
+                    Ok(Ok(outcomes)) => {
+                        tracing::debug!(?outcomes, "events applied together");
+                        metrics::counter!("hotline_events_consumed_total", "service" => self.service.clone())
+                            .increment(batch.len() as u64);
+                        for delivery in &batch {
+                            settle(delivery.ack(BasicAckOptions::default()).await, "ack");
+                        }
+                        return;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::debug!(error = format!("{error:#}"), "batch failed; one by one");
+                    }
+                    Err(_) => tracing::debug!("batch panicked; one by one"),
+                }
+            }
         }
+        for delivery in batch {
+            self.deliver(delivery, session).await;
+        }
+    }
+
+    /// A delivery's span, a child of the trace that published it.
+    fn span(&self, delivery: &Delivery) -> tracing::Span {
         let headers = delivery.properties.headers().as_ref();
-        let attempt = header_int(headers, "x-delivery-count").unwrap_or(0) + 1;
         let span = tracing::info_span!(
             "consume",
             service = %self.service,
             event_type = %delivery.routing_key,
-            attempt
+            attempt = attempt_of(delivery)
         );
         telemetry::set_parent(
             &span,
             header_str(headers, "traceparent").as_deref(),
             header_str(headers, "tracestate").as_deref(),
         );
+        span
+    }
+
+    async fn deliver(&self, delivery: Delivery, session: &CancellationToken) {
+        if session.is_cancelled() {
+            return;
+        }
+        let attempt = attempt_of(&delivery);
+        let span = self.span(&delivery);
         async {
             let event = match EventEnvelope::decode(delivery.data.as_slice()) {
                 Ok(event) => event,
@@ -444,6 +579,11 @@ impl<H: EventHandler> Consumer<H> {
             }
         }
     }
+}
+
+/// Which delivery of its message this is, from 1.
+fn attempt_of(delivery: &Delivery) -> i64 {
+    header_int(delivery.properties.headers().as_ref(), "x-delivery-count").unwrap_or(0) + 1
 }
 
 fn requeue() -> BasicNackOptions {

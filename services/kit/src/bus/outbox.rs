@@ -126,6 +126,9 @@ impl OutboxRows {
 
 /// Writes `events` to the outbox inside the caller's transaction.
 pub async fn enqueue(conn: &mut PgConnection, events: &[EventEnvelope]) -> anyhow::Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
     let sql = OutboxRows::insert_sql(1, None);
     OutboxRows::new(events)?
         .bind(sqlx::query(&sql))
