@@ -219,6 +219,36 @@ async fn a_missed_call_opens_a_ticket_awaiting_a_response_and_an_answered_one_a_
 }
 
 #[tokio::test]
+async fn events_of_one_call_arriving_at_once_are_all_counted() {
+    let desk = Desk::start().await;
+    // Some PBXs post a call's events in parallel: `newCall` and `answer`
+    // of each call at the same moment, either may be the first stored.
+    for n in 0..12 {
+        let form = |event: &str| {
+            format!(
+                "event={event}&callId=par{n}&direction=in&from=%2B4940700{n:04}&to=200&user=ana"
+            )
+        };
+        let (first, second) = (form("newCall"), form("answer"));
+        let (new_call, answer) = tokio::join!(desk.pbx(TOKEN, &first), desk.pbx(TOKEN, &second));
+        assert_eq!((new_call.0, answer.0), (200, 200));
+        let (status, _) = desk
+            .pbx(TOKEN, &format!("{}&cause=normalClearing", form("hangup")))
+            .await;
+        assert_eq!(status, 200);
+    }
+    for n in 0..12 {
+        let shown = desk.await_articles(&format!("+4940700{n:04}"), 1).await;
+        assert_eq!(
+            call_of(&shown, 0),
+            (IN, ANSWERED, format!("par{n}")),
+            "no event of call par{n} lost"
+        );
+    }
+    desk.stop().await;
+}
+
+#[tokio::test]
 async fn calls_land_on_the_callers_open_ticket_and_a_call_back_is_the_response() {
     let desk = Desk::start().await;
     let caller = "%2B4930999000";

@@ -3,10 +3,10 @@
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use hotline_kit::{
-    bus::outbox::{self, envelope},
+    bus::outbox::{self, OutboxRows, envelope},
     time::timestamp,
 };
-use hotline_proto::events::v1::{self as ev, event_envelope::Payload};
+use hotline_proto::events::v1::{self as ev, EventEnvelope, event_envelope::Payload};
 use sqlx::{PgConnection, PgPool};
 
 use crate::{
@@ -59,7 +59,9 @@ pub enum Recorded {
 
 /// Records a PBX event durably, moves its call on, and — when the call
 /// ended with an outcome — queues `intake.call_ended` in the same
-/// transaction.
+/// transaction. Two statements: the event with its call, locked (a call
+/// begun if this is its first event), then the call moved on with its
+/// outcome.
 pub async fn record(
     pool: &PgPool,
     event: &Event,
@@ -69,35 +71,16 @@ pub async fn record(
     blocked: bool,
 ) -> anyhow::Result<Recorded> {
     let mut tx = pool.begin().await?;
-    let first = sqlx::query(
-        "INSERT INTO cti_events (call_id, event, fields, received_at) VALUES ($1, $2, $3, $4)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(&event.call_id)
-    .bind(event.kind.as_str())
-    .bind(serde_json::to_value(fields)?)
-    .bind(at)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if !first {
+    let Some(mut call) = begin_or_lock(&mut tx, event, fields, at).await? else {
         return Ok(Recorded::Duplicate);
-    }
-    // The row first, then its lock: two first events of one call must not
-    // both start from nothing.
-    save_call(&mut tx, &Call::begin(event, at), None, true).await?;
-    let mut call = lock_call(&mut tx, &event.call_id)
-        .await?
-        .context("the call row vanished")?;
+    };
     call.blocked |= blocked;
     let outcome = call.apply(event, at);
-    save_call(&mut tx, &call, outcome, false).await?;
-    if let Some(outcome) = outcome {
+    let ended = outcome.map(|outcome| {
         // Only a number that matches a customer: never a raw or empty one,
         // which would match every ticket or the wrong one.
         let customer = phone::normalise(&call.customer, country_code).unwrap_or_default();
-        let ended = envelope(
+        envelope(
             "intake.call_ended",
             None,
             at,
@@ -111,59 +94,85 @@ pub async fn record(
                 started_at: Some(timestamp(call.started_at)),
                 ended_at: call.ended_at.map(timestamp),
             }),
-        );
-        outbox::enqueue(&mut tx, &[ended]).await?;
-    }
+        )
+    });
+    save_call(&mut tx, &call, outcome, ended.as_slice()).await?;
     tx.commit().await?;
     Ok(Recorded::Applied)
 }
 
-async fn lock_call(conn: &mut PgConnection, call_id: &str) -> sqlx::Result<Option<Call>> {
+/// Stores the event unless heard before (then `None`), and returns its
+/// call locked: as stored, or begun from this event if it is the first.
+/// Two first events of one call at once: the second waits for the first's
+/// row and reads it.
+async fn begin_or_lock(
+    conn: &mut PgConnection,
+    event: &Event,
+    fields: &Fields,
+    at: DateTime<Utc>,
+) -> anyhow::Result<Option<Call>> {
+    let begun = Call::begin(event, at);
     let row: Option<CallRow> = sqlx::query_as(
-        "SELECT call_id, direction, customer, started_at, answered_at, agent, ended_at, cause,
-             blocked
-         FROM calls WHERE call_id = $1 FOR UPDATE",
+        "WITH event AS (
+             INSERT INTO cti_events (call_id, event, fields, received_at)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING
+             RETURNING call_id
+         )
+         INSERT INTO calls (call_id, direction, customer, started_at, answered_at, agent,
+             ended_at, cause, blocked)
+         SELECT call_id, $5, $6, $7, $8, $9, $10, $11, $12 FROM event
+         ON CONFLICT (call_id) DO UPDATE SET call_id = EXCLUDED.call_id
+         RETURNING call_id, direction, customer, started_at, answered_at, agent, ended_at,
+             cause, blocked",
     )
-    .bind(call_id)
+    .bind(&event.call_id)
+    .bind(event.kind.as_str())
+    .bind(serde_json::to_value(fields)?)
+    .bind(at)
+    .bind(begun.direction.as_str())
+    .bind(&begun.customer)
+    .bind(begun.started_at)
+    .bind(begun.answered_at)
+    .bind(&begun.agent)
+    .bind(begun.ended_at)
+    .bind(&begun.cause)
+    .bind(begun.blocked)
     .fetch_optional(conn)
     .await?;
     Ok(row.map(Call::from))
 }
 
-/// Writes a call; `only_new` inserts it if absent and leaves an existing
-/// one alone.
+/// Writes the call as it now stands, and `ended` to the outbox.
 async fn save_call(
     conn: &mut PgConnection,
     call: &Call,
     outcome: Option<&str>,
-    only_new: bool,
-) -> sqlx::Result<()> {
-    let conflict = if only_new {
-        "DO NOTHING"
-    } else {
-        "DO UPDATE SET customer = EXCLUDED.customer,
-             answered_at = EXCLUDED.answered_at, agent = EXCLUDED.agent,
-             ended_at = EXCLUDED.ended_at, cause = EXCLUDED.cause, blocked = EXCLUDED.blocked,
-             outcome = COALESCE(EXCLUDED.outcome, calls.outcome)"
-    };
-    sqlx::query(&format!(
-        "INSERT INTO calls (call_id, direction, customer, started_at, answered_at, agent,
-             ended_at, cause, outcome, blocked)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-         ON CONFLICT (call_id) {conflict}"
-    ))
-    .bind(&call.call_id)
-    .bind(call.direction.as_str())
-    .bind(&call.customer)
-    .bind(call.started_at)
-    .bind(call.answered_at)
-    .bind(&call.agent)
-    .bind(call.ended_at)
-    .bind(&call.cause)
-    .bind(outcome)
-    .bind(call.blocked)
-    .execute(conn)
-    .await?;
+    ended: &[EventEnvelope],
+) -> anyhow::Result<()> {
+    let sql = format!(
+        "WITH call AS (
+             UPDATE calls SET customer = $2, answered_at = $3, agent = $4, ended_at = $5,
+                 cause = $6, blocked = $7, outcome = COALESCE($8, outcome)
+             WHERE call_id = $1
+         ), events AS ({})
+         SELECT 1",
+        OutboxRows::insert_sql(9, None)
+    );
+    let query = sqlx::query(&sql)
+        .bind(&call.call_id)
+        .bind(&call.customer)
+        .bind(call.answered_at)
+        .bind(&call.agent)
+        .bind(call.ended_at)
+        .bind(&call.cause)
+        .bind(call.blocked)
+        .bind(outcome);
+    OutboxRows::new(ended)?
+        .bind(query)
+        .execute(conn)
+        .await
+        .context("saving the call")?;
     Ok(())
 }
 
