@@ -165,9 +165,12 @@ impl EventHandler for Handler {
         true
     }
 
-    /// Clocks live in the transaction; the due-index is rebuildable, and
-    /// an entry set for a batch that rolled back only wakes the scheduler
-    /// to find nothing due.
+    /// Clocks live in the transaction. The due-index entry set for an event
+    /// whose batch then rolled back is set again when the event is applied
+    /// on its own; until then an entry too early only wakes the scheduler
+    /// to find nothing due, and a clock whose entry is too late is found by
+    /// the scheduler's safety net, which reads PostgreSQL (as after a
+    /// commit that fails on its own).
     fn batched(&self) -> bool {
         true
     }

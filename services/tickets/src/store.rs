@@ -250,14 +250,27 @@ struct Draft {
     ticket: Ticket,
     article: Article,
     key: Option<String>,
-    /// The first article's files, as `article.attachments` lists them;
-    /// taken when written.
+    /// The first article's files, as `article.attachments` lists them.
     files: Vec<NewAttachment>,
     /// The request's span: its events carry the caller's trace.
     span: tracing::Span,
 }
 
 impl Draft {
+    /// Keeps the first article's files, if it has any.
+    async fn keep_files(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
+        if self.files.is_empty() {
+            return Ok(());
+        }
+        insert_attachments(
+            conn,
+            self.article.id,
+            &self.article.attachments,
+            &self.files,
+        )
+        .await
+    }
+
     fn events(&self) -> Vec<EventEnvelope> {
         self.span
             .in_scope(|| events::created(&self.ticket, &self.article))
@@ -627,7 +640,9 @@ async fn write(pool: &PgPool, batch: Vec<Pending>, numbers: &mut Numbers) {
                 let _ = reply.send((draft, Err(error)));
             }
         }
-        Err(error) => {
+        // The database refused the statement (a key naming another ticket's
+        // article, a check): nothing was written; each alone gets its answer.
+        Err(sqlx::Error::Database(error)) => {
             tracing::debug!(%error, tickets = drafts.len(), "batch refused; writing one by one");
             for (mut draft, reply) in drafts.into_iter().zip(replies) {
                 let written = match pool.acquire().await {
@@ -637,6 +652,25 @@ async fn write(pool: &PgPool, batch: Vec<Pending>, numbers: &mut Numbers) {
                 let _ = reply.send((draft, written));
             }
         }
+        // The database away, or the commit's fate unknown: writing them
+        // again one by one would wait once per ticket, or write twice. Every
+        // caller hears of it, and retries with its key.
+        Err(error) => {
+            for (draft, reply) in drafts.into_iter().zip(replies) {
+                let _ = reply.send((draft, Err(same_kind(&error))));
+            }
+        }
+    }
+}
+
+/// An error for one more caller, of the same kind as `error`: passing
+/// trouble stays passing trouble.
+fn same_kind(error: &sqlx::Error) -> sqlx::Error {
+    match error {
+        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
+        sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
+        sqlx::Error::Io(io) => sqlx::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
+        other => sqlx::Error::Protocol(other.to_string()),
     }
 }
 
@@ -649,11 +683,9 @@ async fn with_files(
 ) -> sqlx::Result<Vec<bool>> {
     let mut tx = conn.begin().await?;
     let inserted = insert_many(&mut tx, drafts, numbers).await?;
-    for (draft, inserted) in drafts.iter_mut().zip(&inserted) {
-        if *inserted && !draft.files.is_empty() {
-            let files = std::mem::take(&mut draft.files);
-            insert_attachments(&mut tx, draft.article.id, &draft.article.attachments, files)
-                .await?;
+    for (draft, inserted) in drafts.iter().zip(&inserted) {
+        if *inserted {
+            draft.keep_files(&mut tx).await?;
         }
     }
     tx.commit().await?;
@@ -664,9 +696,8 @@ async fn with_files(
 async fn alone(conn: &mut PgConnection, draft: &mut Draft) -> sqlx::Result<bool> {
     let mut tx = conn.begin().await?;
     let inserted = insert_one(&mut tx, draft).await?;
-    if inserted && !draft.files.is_empty() {
-        let files = std::mem::take(&mut draft.files);
-        insert_attachments(&mut tx, draft.article.id, &draft.article.attachments, files).await?;
+    if inserted {
+        draft.keep_files(&mut tx).await?;
     }
     tx.commit().await?;
     Ok(inserted)
@@ -742,20 +773,22 @@ async fn insert_one(conn: &mut PgConnection, draft: &mut Draft) -> sqlx::Result<
 /// over are dropped (a gap in the numbers, as a failed create leaves).
 #[derive(Default)]
 struct Numbers {
-    ahead: std::collections::VecDeque<i64>,
-    drawn: Option<std::time::Instant>,
+    /// Each with when it was drawn, oldest first.
+    ahead: std::collections::VecDeque<(i64, std::time::Instant)>,
 }
 
 impl Numbers {
     const FRESH: std::time::Duration = std::time::Duration::from_millis(100);
 
-    /// Up to `count` numbers drawn ahead, oldest first, if still fresh.
+    /// Up to `count` numbers drawn ahead, oldest first; stale ones dropped.
     fn take(&mut self, count: usize) -> Vec<i64> {
-        if self.drawn.is_none_or(|drawn| drawn.elapsed() > Self::FRESH) {
-            self.ahead.clear();
-        }
+        self.ahead
+            .retain(|(_, drawn)| drawn.elapsed() <= Self::FRESH);
         let count = count.min(self.ahead.len());
-        self.ahead.drain(..count).collect()
+        self.ahead
+            .drain(..count)
+            .map(|(number, _)| number)
+            .collect()
     }
 }
 
@@ -909,11 +942,10 @@ async fn insert_many(
     for row in rows {
         match (row.try_get(0)?, row.try_get(1)?) {
             (Some(id), _) => inserted.push(id),
-            (None, Some(number)) => numbers.ahead.push_back(number),
+            (None, Some(number)) => numbers.ahead.push_back((number, drawing)),
             (None, None) => {}
         }
     }
-    numbers.drawn = Some(drawing);
     Ok(drafts
         .iter()
         .map(|d| inserted.contains(&d.ticket.id))
@@ -1017,12 +1049,12 @@ async fn insert_attachments(
     conn: &mut PgConnection,
     article_id: Uuid,
     kept: &[Attachment],
-    files: Vec<NewAttachment>,
+    files: &[NewAttachment],
 ) -> sqlx::Result<()> {
     let ids: Vec<Uuid> = kept.iter().map(|a| a.id).collect();
     let names: Vec<String> = kept.iter().map(|a| a.name.clone()).collect();
     let types: Vec<String> = kept.iter().map(|a| a.content_type.clone()).collect();
-    let contents: Vec<Vec<u8>> = files.into_iter().map(|f| f.content).collect();
+    let contents: Vec<&[u8]> = files.iter().map(|f| f.content.as_slice()).collect();
     sqlx::query(
         "INSERT INTO attachments (id, article_id, position, name, content_type, size, content)
          SELECT f.id, $1, f.position, f.name, f.content_type, length(f.content), f.content
@@ -1066,7 +1098,7 @@ async fn insert_article(
     .execute(&mut *conn)
     .await?;
     let attachments = listed(&article.attachments);
-    insert_attachments(conn, id, &attachments, article.attachments).await?;
+    insert_attachments(conn, id, &attachments, &article.attachments).await?;
     Ok(Article {
         id,
         ticket_id,

@@ -177,8 +177,10 @@ async fn concurrent_creates_each_get_their_own_ticket_and_one_announcement() {
     let mut tap = EventTap::bound(&desk.env.config, "ticket.created")
         .await
         .unwrap();
-    // 20 without a key, 10 keys asked twice each, and one key already used
-    // for an article on `earlier`: written together, in whatever batches.
+    // 20 without a key (the first five with a file each), 10 keys asked
+    // twice each, and one key already used for an article on `earlier`:
+    // written together, in whatever batches. A batch that holds the last
+    // one is refused as a whole and written again one by one.
     let mut keys: Vec<String> = (0..20).map(|_| String::new()).collect();
     for n in 0..10 {
         keys.push(format!("cti:pair-{n}"));
@@ -190,8 +192,18 @@ async fn concurrent_creates_each_get_their_own_ticket_and_one_announcement() {
         .enumerate()
         .map(|(n, key)| {
             let mut client = desk.client(Role::Bridge);
+            let attachments = if n < 5 {
+                vec![pb::NewAttachment {
+                    name: format!("log-{n}.txt"),
+                    content_type: "text/plain".into(),
+                    content: format!("log of fault {n}").into_bytes(),
+                }]
+            } else {
+                Vec::new()
+            };
             let request = pb::CreateTicketRequest {
                 idempotency_key: key.clone(),
+                attachments,
                 ..report(&format!("Fault {n}"))
             };
             tokio::spawn(async move { client.create_ticket(request).await.unwrap().into_inner() })
