@@ -117,6 +117,10 @@ impl Config {
             "bus.retry_backoff must be at most 60s"
         );
         anyhow::ensure!(
+            bus.inbox_retention >= Duration::from_secs(86_400),
+            "bus.inbox_retention must be at least 1d"
+        );
+        anyhow::ensure!(
             self.db.max_connections >= 1,
             "db.max_connections must be at least 1"
         );
@@ -191,6 +195,10 @@ pub struct BusConfig {
     /// First delay before redelivering a failed message; doubles per attempt.
     #[serde(deserialize_with = "duration")]
     pub retry_backoff: Duration,
+    /// How long a consumer remembers an applied event, to ignore it if it
+    /// comes again: far longer than any redelivery or republish takes.
+    #[serde(deserialize_with = "duration")]
+    pub inbox_retention: Duration,
 }
 
 impl Default for BusConfig {
@@ -202,6 +210,7 @@ impl Default for BusConfig {
             relay_poll: Duration::from_secs(1),
             relay_linger: Duration::from_millis(2),
             retry_backoff: Duration::from_millis(200),
+            inbox_retention: Duration::from_secs(30 * 86_400),
         }
     }
 }

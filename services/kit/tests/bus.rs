@@ -9,7 +9,7 @@ use chrono::Utc;
 use hotline_kit::{
     bus::{
         Bus,
-        consumer::{Consumer, EventHandler, Outcome},
+        consumer::{Consumer, EventHandler, Outcome, forget_events_before},
         header_int, header_str,
         outbox::{OutboxSignal, Relay, enqueue, envelope},
     },
@@ -426,6 +426,48 @@ async fn a_handler_of_snapshots_applies_one_event_per_version() {
     assert_eq!(consumer.apply(&replied).await.unwrap(), Outcome::Applied);
     assert_eq!(consumer.apply(&late).await.unwrap(), Outcome::Stale);
     assert_eq!(fixture.versions_applied().await, vec![1, 2]);
+    fixture.finish().await;
+}
+
+#[tokio::test]
+async fn applied_events_are_forgotten_only_after_the_retention() {
+    let fixture = Fixture::new().await;
+    let consumer = fixture.consumer();
+    // One event applied 40 days ago (its UUIDv7 id says so, and so does its
+    // receipt), one just now.
+    let then = Utc::now() - chrono::Duration::days(40);
+    let mut old = event("test.old", Some((Uuid::now_v7(), 1)));
+    old.id = Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        u64::try_from(then.timestamp()).unwrap(),
+        0,
+    ))
+    .to_string();
+    let recent = event("test.recent", Some((Uuid::now_v7(), 1)));
+    assert_eq!(consumer.apply(&old).await.unwrap(), Outcome::Applied);
+    assert_eq!(consumer.apply(&recent).await.unwrap(), Outcome::Applied);
+    sqlx::query("UPDATE inbox SET received_at = $1 WHERE event_id = $2")
+        .bind(then)
+        .bind(Uuid::parse_str(&old.id).unwrap())
+        .execute(&fixture.pool)
+        .await
+        .unwrap();
+
+    let retention = chrono::Duration::days(30);
+    let forgotten = forget_events_before(&fixture.pool, Utc::now() - retention)
+        .await
+        .unwrap();
+    assert_eq!(forgotten, 1, "only the event older than the retention");
+    assert_eq!(
+        consumer.apply(&recent).await.unwrap(),
+        Outcome::Duplicate,
+        "a recent event is still recognised"
+    );
+    let left: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM inbox")
+        .fetch_all(&fixture.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, vec![Uuid::parse_str(&recent.id).unwrap()]);
     fixture.finish().await;
 }
 

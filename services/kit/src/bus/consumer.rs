@@ -272,6 +272,17 @@ impl<H: EventHandler> Consumer<H> {
     /// Consumes until `cancel`, starting over after every broker outage; on
     /// cancel, stops taking deliveries and finishes those in flight.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> anyhow::Result<()> {
+        let purge = tokio::spawn(forget_old_events(
+            self.pool.clone(),
+            self.config.inbox_retention,
+            cancel.clone(),
+        ));
+        let consumed = self.consume_until(cancel).await;
+        purge.abort();
+        consumed
+    }
+
+    async fn consume_until(self: Arc<Self>, cancel: CancellationToken) -> anyhow::Result<()> {
         // Grows while subscriptions keep failing at once (a broker shutting
         // down cancels consumers over and over), so deliveries are not
         // bounced towards the broker's delivery limit.
@@ -577,6 +588,58 @@ impl<H: EventHandler> Consumer<H> {
                 );
                 settle(delivery.nack(requeue()).await, "nack");
             }
+        }
+    }
+}
+
+/// How often a consumer forgets events older than its retention.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Forgets, every [`PURGE_EVERY`], the applied events older than
+/// `retention`. A failed round is logged and tried again next time.
+async fn forget_old_events(pool: PgPool, retention: Duration, cancel: CancellationToken) {
+    loop {
+        match forget_events_before(&pool, chrono::Utc::now() - retention).await {
+            Ok(0) => {}
+            Ok(forgotten) => tracing::info!(forgotten, "old events forgotten from the inbox"),
+            Err(error) => tracing::warn!(error = format!("{error:#}"), "inbox purge failed"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(PURGE_EVERY) => {}
+        }
+    }
+}
+
+/// Deletes the inbox rows of events applied before `before`, a few thousand
+/// per statement so no long lock is held; how many. Event ids are UUIDv7,
+/// ordered by time: the range is read off the primary key, and the receipt
+/// time confirms each row.
+pub async fn forget_events_before(
+    pool: &PgPool,
+    before: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<u64> {
+    let millis = u64::try_from(before.timestamp_millis()).unwrap_or(0);
+    let bound = Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        millis / 1000,
+        u32::try_from(millis % 1000).unwrap_or(0) * 1_000_000,
+    ));
+    let mut forgotten = 0;
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM inbox WHERE event_id IN (
+                 SELECT event_id FROM inbox WHERE event_id < $1 AND received_at < $2
+                 LIMIT 5000)",
+        )
+        .bind(bound)
+        .bind(before)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        forgotten += deleted;
+        if deleted < 5000 {
+            return Ok(forgotten);
         }
     }
 }
