@@ -591,6 +591,39 @@ async fn a_receiver_answering_500_then_202_is_paged_exactly_once() {
 }
 
 #[tokio::test]
+async fn a_page_waiting_for_its_retry_is_not_sent_after_the_acknowledgement() {
+    let desk = Desk::start_with("1h", &[("retry_backoff", "3s")]).await;
+    desk.pd.answer_next(&[500]);
+    let (ticket, _) = desk.report("Camera ring offline").await;
+    let first = desk
+        .pd
+        .wait_for("trigger", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(first[0].status, 500, "the first try failed");
+    // Acknowledged by phone before the retry is due.
+    desk.pager()
+        .acknowledge(AcknowledgeRequest {
+            ticket: ticket.number.clone(),
+        })
+        .await
+        .unwrap();
+    let acks = desk
+        .pd
+        .wait_for("acknowledge", 1, Duration::from_secs(5))
+        .await;
+    assert_eq!(acks.len(), 1, "PagerDuty hears of the acknowledgement");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    desk.pd
+        .assert_quiet("trigger", "the retry is not sent after the acknowledgement")
+        .await;
+    assert_eq!(desk.pd.events("trigger").len(), 1);
+    let pages = desk.pages(&ticket.number).await;
+    let trigger = pages.iter().find(|p| p.action == "trigger").unwrap();
+    assert_eq!(trigger.state, PageState::Cancelled as i32);
+    desk.stop().await;
+}
+
+#[tokio::test]
 async fn a_400_is_recorded_as_failed_without_a_retry_storm() {
     let desk = Desk::start("1h").await;
     desk.pd.answer_next(&[400]);

@@ -9,8 +9,9 @@
 //! - any other HTTP 4xx: failed at once with the peer's message — a request it
 //!   refuses will not improve by repetition.
 //!
-//! A trigger whose breach was cleared is cancelled instead of sent: never a
-//! page after the ticket was answered.
+//! A trigger whose breach was cleared or acknowledged is cancelled instead
+//! of sent (a retry included): never a page after the ticket was answered
+//! or someone took it.
 
 use std::{sync::Arc, time::Duration};
 
@@ -148,7 +149,7 @@ impl Sender {
     async fn send(&self, delivery: Claimed) {
         let started = Utc::now();
         let clock = std::time::Instant::now();
-        let (settled, error, status) = if delivery.action == "trigger" && delivery.cleared {
+        let (settled, error, status) = if delivery.action == "trigger" && delivery.unwanted {
             (Settled::Cancelled, None, 0)
         } else {
             // Bounds the whole attempt: lettre's timeout covers only the

@@ -333,11 +333,6 @@ pub async fn acknowledge(
         .await
         .map_err(anyhow::Error::from)?;
     if first {
-        // Pages of a later step that no one was sent yet stay unsent; those
-        // sent hear of the acknowledgement below.
-        store::cancel_triggers(&mut tx, breach.ticket_id, breach.breach)
-            .await
-            .map_err(anyhow::Error::from)?;
         breach.acknowledged_at = Some(at);
         breach.acknowledged_by = Some(by.to_owned());
         let event = envelope(
@@ -353,10 +348,16 @@ pub async fn acknowledge(
             }),
         );
         outbox::enqueue(&mut tx, &[event]).await?;
+        // Everyone a trigger was tried on hears of it; pages no one was
+        // sent yet are cancelled, and one being retried is cancelled when
+        // its turn comes.
         let mut told = followups(&mut tx, &breach, "acknowledge", "acknowledged").await?;
         if via == "pagerduty" {
             told.retain(|d| d.channel != "pagerduty");
         }
+        store::cancel_triggers(&mut tx, breach.ticket_id, breach.breach)
+            .await
+            .map_err(anyhow::Error::from)?;
         store::queue(&mut tx, &told)
             .await
             .map_err(anyhow::Error::from)?;

@@ -261,8 +261,9 @@ pub struct Claimed {
     pub body: String,
     pub attempts: i32,
     pub created_at: DateTime<Utc>,
-    /// The breach was cleared: a trigger is no longer wanted.
-    pub cleared: bool,
+    /// The breach was cleared or acknowledged: a trigger is no longer
+    /// wanted.
+    pub unwanted: bool,
 }
 
 /// Leases up to `limit` deliveries due now, for `lease`; a sender that dies
@@ -287,7 +288,9 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<V
          WHERE d.id = due.id
          RETURNING d.id, d.action, d.channel, d.destination, d.body, d.attempts, d.created_at,
              EXISTS (SELECT 1 FROM breaches b WHERE b.ticket_id = d.ticket_id
-                     AND b.breach = d.breach AND b.cleared_at IS NOT NULL) AS cleared",
+                     AND b.breach = d.breach
+                     AND (b.cleared_at IS NOT NULL OR b.acknowledged_at IS NOT NULL))
+                 AS unwanted",
     )
     .bind(limit)
     .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
