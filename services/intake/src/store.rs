@@ -255,6 +255,9 @@ pub async fn thread(
     conn: &mut PgConnection,
     message_ids: &[String],
 ) -> sqlx::Result<Option<String>> {
+    if message_ids.is_empty() {
+        return Ok(None);
+    }
     sqlx::query_scalar(
         "SELECT ticket_number FROM message_ids WHERE message_id = ANY($1)
          ORDER BY seen_at DESC LIMIT 1",

@@ -87,6 +87,9 @@ pub trait EventHandler: Send + Sync + 'static {
     }
 }
 
+/// How long an ack, nack or reject may take to be handed to the broker.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Most events one transaction applies.
 const MAX_BATCH: usize = 32;
 
@@ -314,7 +317,7 @@ impl<H: EventHandler> Consumer<H> {
 
     async fn consume(
         self: Arc<Self>,
-        connection: &Connection,
+        connection: &Arc<Connection>,
         cancel: &CancellationToken,
     ) -> anyhow::Result<()> {
         let channel = connection.create_channel().await?;
@@ -357,6 +360,13 @@ impl<H: EventHandler> Consumer<H> {
                 _ = cancel.cancelled() => {
                     let _ = channel.basic_cancel(deliveries.tag(), BasicCancelOptions::default()).await;
                     break Ok(());
+                }
+                // Seen once in ~30 broker restarts: the connection died and
+                // the delivery stream never ended, so the consumer waited on
+                // a dead channel with its queue filling up.
+                _ = self.bus.lost(connection) => {
+                    session.cancel();
+                    break Err(anyhow::anyhow!("the connection to RabbitMQ was lost"));
                 }
                 delivery = deliveries.next() => match delivery {
                     Some(Ok(delivery)) => {
@@ -407,7 +417,7 @@ impl<H: EventHandler> Consumer<H> {
                         metrics::counter!("hotline_events_consumed_total", "service" => self.service.clone())
                             .increment(batch.len() as u64);
                         for delivery in &batch {
-                            settle(delivery.ack(BasicAckOptions::default()).await, "ack");
+                            settle(delivery.ack(BasicAckOptions::default()), "ack").await;
                         }
                         return;
                     }
@@ -473,11 +483,11 @@ impl<H: EventHandler> Consumer<H> {
                     tracing::debug!(?outcome, "event applied");
                     metrics::counter!("hotline_events_consumed_total", "service" => self.service.clone())
                         .increment(1);
-                    settle(delivery.ack(BasicAckOptions::default()).await, "ack");
+                    settle(delivery.ack(BasicAckOptions::default()), "ack").await;
                 }
                 Err(error) if is_outage(&error) => {
                     // Stopping during an outage: give it back untouched.
-                    settle(delivery.nack(requeue()).await, "nack");
+                    settle(delivery.nack(requeue()), "nack").await;
                 }
                 Err(error) if attempt >= i64::from(self.config.max_attempts) => {
                     self.dead_letter(&delivery, &format!("{error:#}"), attempt, session)
@@ -495,7 +505,7 @@ impl<H: EventHandler> Consumer<H> {
                     // `reject` (not `nack`): the return that counts as a
                     // failed delivery on every RabbitMQ version.
                     let retry = BasicRejectOptions { requeue: true };
-                    settle(delivery.reject(retry).await, "reject");
+                    settle(delivery.reject(retry), "reject").await;
                 }
             }
         }
@@ -579,14 +589,14 @@ impl<H: EventHandler> Consumer<H> {
                 ))
             });
         match published {
-            Ok(()) => settle(delivery.ack(BasicAckOptions::default()).await, "ack"),
+            Ok(()) => settle(delivery.ack(BasicAckOptions::default()), "ack").await,
             Err(publish_error) => {
                 self.dead_letters.reset().await;
                 tracing::error!(
                     error = format!("{publish_error:#}"),
                     "cannot dead-letter; requeueing"
                 );
-                settle(delivery.nack(requeue()).await, "nack");
+                settle(delivery.nack(requeue()), "nack").await;
             }
         }
     }
@@ -656,14 +666,19 @@ fn requeue() -> BasicNackOptions {
     }
 }
 
-/// Logs an ack or nack that did not reach the broker; it will redeliver.
-fn settle(result: lapin::Result<bool>, what: &str) {
-    match result {
-        Ok(true) => {}
-        Ok(false) => {
+/// Sends an ack, nack or reject, and logs one that did not reach the
+/// broker; it will redeliver. Bounded: on a channel whose connection just
+/// died the send may never complete, and the lane must not wait forever.
+async fn settle(send: impl Future<Output = lapin::Result<bool>>, what: &str) {
+    match tokio::time::timeout(SETTLE_TIMEOUT, send).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => {
             tracing::warn!("{what} not sent: the channel closed; the broker will redeliver")
         }
-        Err(error) => tracing::warn!(%error, "{what} failed; the broker will redeliver"),
+        Ok(Err(error)) => tracing::warn!(%error, "{what} failed; the broker will redeliver"),
+        Err(_) => {
+            tracing::warn!("{what} not sent within {SETTLE_TIMEOUT:?}; the broker will redeliver")
+        }
     }
 }
 

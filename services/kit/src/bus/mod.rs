@@ -95,6 +95,17 @@ impl Bus {
         }
     }
 
+    /// Resolves once `connection` is no longer the live connection of this
+    /// bus: it failed (and the bus is reconnecting) or the bus stopped. A
+    /// consumer's delivery stream does not always end when its connection
+    /// dies; this does.
+    pub async fn lost(&self, connection: &Arc<Connection>) {
+        let mut receiver = self.connection.subscribe();
+        let _ = receiver
+            .wait_for(|current| !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, connection)))
+            .await;
+    }
+
     /// Keeps the connection up until `cancel`: connects, declares the
     /// exchanges, and starts over with backoff whenever the connection fails.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> anyhow::Result<()> {
