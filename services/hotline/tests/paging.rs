@@ -620,6 +620,14 @@ async fn a_page_waiting_for_its_retry_is_not_sent_after_the_acknowledgement() {
     let pages = desk.pages(&ticket.number).await;
     let trigger = pages.iter().find(|p| p.action == "trigger").unwrap();
     assert_eq!(trigger.state, PageState::Cancelled as i32);
+    // PagerDuty may have opened the incident on the failed try: the answer
+    // still resolves it.
+    desk.respond(&ticket).await;
+    let resolves = desk
+        .pd
+        .wait_for("resolve", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(resolves.len(), 1, "the incident is resolved");
     desk.stop().await;
 }
 

@@ -117,8 +117,9 @@ impl Config {
             "bus.retry_backoff must be at most 60s"
         );
         anyhow::ensure!(
-            bus.inbox_retention >= Duration::from_secs(86_400),
-            "bus.inbox_retention must be at least 1d"
+            (Duration::from_secs(86_400)..=Duration::from_secs(3650 * 86_400))
+                .contains(&bus.inbox_retention),
+            "bus.inbox_retention must be between 1d and 3650d"
         );
         anyhow::ensure!(
             self.db.max_connections >= 1,

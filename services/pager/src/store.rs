@@ -107,7 +107,9 @@ pub async fn cancel_triggers(
 }
 
 /// A target a breach's trigger reached (or may have reached): it gets the
-/// acknowledgement and the resolution too.
+/// acknowledgement and the resolution too. A trigger cancelled at its turn
+/// counts that turn as an attempt, so one cancelled after a real try has
+/// more than one.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Reached {
     pub channel: String,
@@ -124,7 +126,7 @@ pub async fn reached(
     sqlx::query_as(
         "SELECT DISTINCT channel, target, destination, dedup_key FROM deliveries
          WHERE ticket_id = $1 AND breach = $2 AND action = 'trigger'
-           AND state <> 'cancelled' AND attempts > 0",
+           AND attempts > 0 AND (state <> 'cancelled' OR attempts > 1)",
     )
     .bind(ticket_id)
     .bind(breach)

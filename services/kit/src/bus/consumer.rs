@@ -417,7 +417,11 @@ impl<H: EventHandler> Consumer<H> {
                         metrics::counter!("hotline_events_consumed_total", "service" => self.service.clone())
                             .increment(batch.len() as u64);
                         for delivery in &batch {
-                            settle(delivery.ack(BasicAckOptions::default()), "ack").await;
+                            // A channel that took none in time takes no more:
+                            // the broker redelivers the rest, the inbox skips them.
+                            if !settle(delivery.ack(BasicAckOptions::default()), "ack").await {
+                                break;
+                            }
                         }
                         return;
                     }
@@ -589,7 +593,9 @@ impl<H: EventHandler> Consumer<H> {
                 ))
             });
         match published {
-            Ok(()) => settle(delivery.ack(BasicAckOptions::default()), "ack").await,
+            Ok(()) => {
+                settle(delivery.ack(BasicAckOptions::default()), "ack").await;
+            }
             Err(publish_error) => {
                 self.dead_letters.reset().await;
                 tracing::error!(
@@ -640,7 +646,7 @@ pub async fn forget_events_before(
         let deleted = sqlx::query(
             "DELETE FROM inbox WHERE event_id IN (
                  SELECT event_id FROM inbox WHERE event_id < $1 AND received_at < $2
-                 LIMIT 5000)",
+                 LIMIT 5000 FOR UPDATE SKIP LOCKED)",
         )
         .bind(bound)
         .bind(before)
@@ -669,15 +675,21 @@ fn requeue() -> BasicNackOptions {
 /// Sends an ack, nack or reject, and logs one that did not reach the
 /// broker; it will redeliver. Bounded: on a channel whose connection just
 /// died the send may never complete, and the lane must not wait forever.
-async fn settle(send: impl Future<Output = lapin::Result<bool>>, what: &str) {
+/// Whether it was handed to the broker.
+async fn settle(send: impl Future<Output = lapin::Result<bool>>, what: &str) -> bool {
     match tokio::time::timeout(SETTLE_TIMEOUT, send).await {
-        Ok(Ok(true)) => {}
+        Ok(Ok(true)) => true,
         Ok(Ok(false)) => {
-            tracing::warn!("{what} not sent: the channel closed; the broker will redeliver")
+            tracing::warn!("{what} not sent: the channel closed; the broker will redeliver");
+            false
         }
-        Ok(Err(error)) => tracing::warn!(%error, "{what} failed; the broker will redeliver"),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "{what} failed; the broker will redeliver");
+            false
+        }
         Err(_) => {
-            tracing::warn!("{what} not sent within {SETTLE_TIMEOUT:?}; the broker will redeliver")
+            tracing::warn!("{what} not sent within {SETTLE_TIMEOUT:?}; the broker will redeliver");
+            false
         }
     }
 }
