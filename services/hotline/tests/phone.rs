@@ -114,29 +114,13 @@ impl Desk {
     /// Waits until `contact` has tickets whose articles number `articles`
     /// in all; returns the newest ticket with its articles.
     async fn await_articles(&self, contact: &str, articles: usize) -> GetTicketResponse {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let mut total = 0;
-            let mut newest = None;
-            for ticket in self.of(contact).await {
-                let shown = self
-                    .tickets()
-                    .get_ticket(GetTicketRequest { ticket: ticket.id })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                total += shown.articles.len();
-                newest.get_or_insert(shown);
-            }
-            if total >= articles {
-                return newest.unwrap();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{contact} has {total} articles, not {articles}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let shown = common::tickets_of(&self.env, &self.app, contact, articles).await;
+        let total: usize = shown.iter().map(|t| t.articles.len()).sum();
+        assert!(
+            total >= articles,
+            "{contact} has {total} articles, not {articles}"
+        );
+        shown.into_iter().next().unwrap()
     }
 
     async fn stop(self) {

@@ -645,8 +645,12 @@ async fn write(pool: &PgPool, batch: Vec<Pending>, numbers: &mut Numbers) {
         Err(sqlx::Error::Database(error)) => {
             tracing::debug!(%error, tickets = drafts.len(), "batch refused; writing one by one");
             for (mut draft, reply) in drafts.into_iter().zip(replies) {
+                // Alone, with numbers of its own.
+                let alone = std::slice::from_mut(&mut draft);
                 let written = match pool.acquire().await {
-                    Ok(mut conn) => alone(&mut conn, &mut draft).await,
+                    Ok(mut conn) => with_files(&mut conn, alone, &mut Numbers::default())
+                        .await
+                        .map(|inserted| inserted.first().copied().unwrap_or(false)),
                     Err(error) => Err(error),
                 };
                 let _ = reply.send((draft, written));
@@ -674,8 +678,9 @@ fn same_kind(error: &sqlx::Error) -> sqlx::Error {
     }
 }
 
-/// [`insert_many`] for drafts some of which have files: in a transaction
-/// that also keeps the files of each ticket inserted.
+/// [`insert_many`] in a transaction that also keeps the files of each
+/// ticket inserted: for a batch some of whose drafts have files, and for a
+/// draft written alone after its batch was refused.
 async fn with_files(
     conn: &mut PgConnection,
     drafts: &mut [Draft],
@@ -692,18 +697,7 @@ async fn with_files(
     Ok(inserted)
 }
 
-/// One draft on its own (after its batch failed), with its files.
-async fn alone(conn: &mut PgConnection, draft: &mut Draft) -> sqlx::Result<bool> {
-    let mut tx = conn.begin().await?;
-    let inserted = insert_one(&mut tx, draft).await?;
-    if inserted {
-        draft.keep_files(&mut tx).await?;
-    }
-    tx.commit().await?;
-    Ok(inserted)
-}
-
-/// The parameters of the first-article insert, shared by both writers.
+/// The kind columns of a first article, as [`insert_many`] binds them.
 fn article_columns(
     article: &Article,
 ) -> (&'static str, Option<&'static str>, Option<&'static str>) {
@@ -717,53 +711,6 @@ fn article_columns(
 
 fn outbox_rows(events: &[EventEnvelope]) -> sqlx::Result<OutboxRows> {
     OutboxRows::new(events).map_err(|error| sqlx::Error::Encode(error.into()))
-}
-
-/// Numbers and writes one ticket, its first article and its events in a
-/// single statement, which does nothing if the key was used before.
-async fn insert_one(conn: &mut PgConnection, draft: &mut Draft) -> sqlx::Result<bool> {
-    draft.ticket.number = sqlx::query_scalar("SELECT nextval('ticket_numbers')")
-        .fetch_one(&mut *conn)
-        .await?;
-    let (ticket, article) = (&draft.ticket, &draft.article);
-    let events = outbox_rows(&draft.events())?;
-    let (kind, direction, outcome) = article_columns(article);
-    let sql = format!(
-        "WITH ticket AS (
-             INSERT INTO tickets (id, number, status, priority, channel, subject, contact,
-                                  awaiting_since, idempotency_key, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
-             ON CONFLICT (idempotency_key) DO NOTHING
-             RETURNING id
-         ), article AS (
-             INSERT INTO articles (id, ticket_id, kind, body, author, call_direction,
-                                   call_outcome, call_id, created_at, idempotency_key, html)
-             SELECT $11, id, $12, $13, $14, $15, $16, $17, $10, $9, $18 FROM ticket
-         ), events AS ({})
-         SELECT count(*) FROM ticket",
-        OutboxRows::insert_sql(19, Some("EXISTS (SELECT FROM ticket)"))
-    );
-    let query = sqlx::query(&sql)
-        .bind(ticket.id)
-        .bind(ticket.number)
-        .bind(ticket.status.as_str())
-        .bind(ticket.priority.as_str())
-        .bind(ticket.channel.as_str())
-        .bind(&ticket.subject)
-        .bind(&ticket.contact)
-        .bind(ticket.awaiting_since)
-        .bind(&draft.key)
-        .bind(ticket.created_at)
-        .bind(article.id)
-        .bind(kind)
-        .bind(&article.body)
-        .bind(&article.author)
-        .bind(direction)
-        .bind(outcome)
-        .bind(&article.call_id)
-        .bind(&article.html);
-    let inserted: i64 = events.bind(query).fetch_one(conn).await?.try_get(0)?;
-    Ok(inserted == 1)
 }
 
 /// Ticket numbers a writer drew ahead, with the batch before, so that under

@@ -19,7 +19,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::{ms, percentile, round};
+use crate::{ms, percentile, round, until_done};
 
 /// A 20 KB message: text, and a small attachment (base64).
 fn message(run: &str, line: usize, n: u64) -> String {
@@ -108,22 +108,14 @@ pub async fn smtp(concurrency: usize, duration: Duration) -> anyhow::Result<()> 
         session.await??;
     }
     let sending = started.elapsed();
-    let wait_until = Instant::now() + Duration::from_secs(120);
     // By envelope sender, which names the run: reading the stored messages
     // themselves would cost the database more than intake's own work.
-    let pattern = format!("load-{run}-%");
-    let (done, total) = loop {
-        let (done, total): (i64, i64) = sqlx::query_as(
-            "SELECT count(ticket_number), count(*) FROM mails WHERE mail_from LIKE $1",
-        )
-        .bind(&pattern)
-        .fetch_one(&pool)
-        .await?;
-        if done == total || Instant::now() > wait_until {
-            break (done, total);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (done, total) = until_done(
+        &pool,
+        "SELECT count(ticket_number), count(*) FROM mails WHERE mail_from LIKE $1",
+        &format!("load-{run}-%"),
+    )
+    .await?;
     let into_tickets = started.elapsed();
     let mut latencies = latencies.lock().unwrap().clone();
     let accepted = accepted.load(Ordering::Relaxed);

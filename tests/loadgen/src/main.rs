@@ -325,6 +325,19 @@ fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
+/// Runs `count` (the items of this run that are done, and all of them,
+/// matched by `pattern`) every 100 ms until all are done, or 120 s.
+async fn until_done(pool: &sqlx::PgPool, count: &str, pattern: &str) -> anyhow::Result<(i64, i64)> {
+    let wait_until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let (done, total): (i64, i64) = sqlx::query_as(count).bind(pattern).fetch_one(pool).await?;
+        if done == total || std::time::Instant::now() > wait_until {
+            return Ok((done, total));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 fn round(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
 }

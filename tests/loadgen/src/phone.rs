@@ -16,7 +16,7 @@ use anyhow::Context;
 use hotline_kit::{config::Config, db};
 use serde_json::json;
 
-use crate::{ms, percentile, round};
+use crate::{ms, percentile, round, until_done};
 
 pub async fn cti(concurrency: usize, duration: Duration) -> anyhow::Result<()> {
     let config = Config::load(None)?;
@@ -88,19 +88,12 @@ pub async fn cti(concurrency: usize, duration: Duration) -> anyhow::Result<()> {
     }
     let sending = started.elapsed();
     // Until every call of the run is on a ticket (or 120 s).
-    let pattern = format!("lg-{run}-%");
-    let wait_until = Instant::now() + Duration::from_secs(120);
-    let (done, total) = loop {
-        let (done, total): (i64, i64) =
-            sqlx::query_as("SELECT count(forwarded_at), count(*) FROM calls WHERE call_id LIKE $1")
-                .bind(&pattern)
-                .fetch_one(&pool)
-                .await?;
-        if done == total || Instant::now() > wait_until {
-            break (done, total);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (done, total) = until_done(
+        &pool,
+        "SELECT count(forwarded_at), count(*) FROM calls WHERE call_id LIKE $1",
+        &format!("lg-{run}-%"),
+    )
+    .await?;
     let into_tickets = started.elapsed();
     let mut latencies = latencies.lock().unwrap().clone();
     let accepted = accepted.load(Ordering::Relaxed);

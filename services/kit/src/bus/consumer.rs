@@ -164,28 +164,13 @@ impl<H: EventHandler> Consumer<H> {
 
     /// Applies one event exactly once: the single step the loop runs.
     pub async fn apply(&self, event: &EventEnvelope) -> anyhow::Result<Outcome> {
-        let event_id = Uuid::parse_str(&event.id).context("event id is not a UUID")?;
-        let mut tx = self.pool.begin().await?;
-        let first = sqlx::query(
-            "INSERT INTO inbox (event_id, event_type) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
-        .bind(event_id)
-        .bind(&event.r#type)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !first {
-            return Ok(Outcome::Duplicate);
-        }
-        let outcome = self.apply_new(&mut tx, event).await?;
-        tx.commit().await?;
-        if outcome == Outcome::Applied
-            && let Some(relay) = &self.outbox
-        {
-            relay.committed();
-        }
-        Ok(outcome)
+        let outcomes = self
+            .apply_batch(&[(event, tracing::Span::current())])
+            .await?;
+        outcomes
+            .first()
+            .copied()
+            .context("no outcome for the event")
     }
 
     /// Applies events waiting together in one transaction: one inbox
@@ -193,7 +178,7 @@ impl<H: EventHandler> Consumer<H> {
     /// [`Consumer::apply`] would, in order, in its own span.
     async fn apply_batch(
         &self,
-        events: &[(EventEnvelope, tracing::Span)],
+        events: &[(&EventEnvelope, tracing::Span)],
     ) -> anyhow::Result<Vec<Outcome>> {
         let ids = events
             .iter()
@@ -339,7 +324,7 @@ impl<H: EventHandler> Consumer<H> {
         let mut lanes = Vec::with_capacity(LANES);
         let mut workers = JoinSet::new();
         for _ in 0..LANES {
-            let (sender, mut receiver) = mpsc::unbounded_channel::<Delivery>();
+            let (sender, mut receiver) = mpsc::unbounded_channel::<(Delivery, Decoded)>();
             lanes.push(sender);
             let (consumer, session) = (self.clone(), session.clone());
             workers.spawn(async move {
@@ -370,8 +355,9 @@ impl<H: EventHandler> Consumer<H> {
                 }
                 delivery = deliveries.next() => match delivery {
                     Some(Ok(delivery)) => {
-                        let lane = lane_of(&delivery.data);
-                        if lanes[lane].send(delivery).is_err() {
+                        let event = EventEnvelope::decode(delivery.data.as_slice());
+                        let lane = lane_of(&event);
+                        if lanes[lane].send((delivery, event)).is_err() {
                             break Err(anyhow::anyhow!("a consumer lane stopped"));
                         }
                     }
@@ -398,16 +384,18 @@ impl<H: EventHandler> Consumer<H> {
     /// undecodable, a handler failing, the database away) and each is
     /// delivered on its own instead, with the retries and dead letters
     /// that brings.
-    async fn deliver_batch(&self, batch: Vec<Delivery>, session: &CancellationToken) {
+    async fn deliver_batch(&self, batch: Vec<(Delivery, Decoded)>, session: &CancellationToken) {
         if batch.len() > 1 && !session.is_cancelled() {
-            let events: Result<Vec<_>, _> = batch
+            let events: Option<Vec<_>> = batch
                 .iter()
-                .map(|delivery| {
-                    EventEnvelope::decode(delivery.data.as_slice())
+                .map(|(delivery, event)| {
+                    event
+                        .as_ref()
+                        .ok()
                         .map(|event| (event, self.span(delivery)))
                 })
                 .collect();
-            if let Ok(events) = events {
+            if let Some(events) = events {
                 let applied = AssertUnwindSafe(self.apply_batch(&events))
                     .catch_unwind()
                     .await;
@@ -416,7 +404,7 @@ impl<H: EventHandler> Consumer<H> {
                         tracing::debug!(?outcomes, "events applied together");
                         metrics::counter!("hotline_events_consumed_total", "service" => self.service.clone())
                             .increment(batch.len() as u64);
-                        for delivery in &batch {
+                        for (delivery, _) in &batch {
                             // A channel that took none in time takes no more:
                             // the broker redelivers the rest, the inbox skips them.
                             if !settle(delivery.ack(BasicAckOptions::default()), "ack").await {
@@ -432,8 +420,8 @@ impl<H: EventHandler> Consumer<H> {
                 }
             }
         }
-        for delivery in batch {
-            self.deliver(delivery, session).await;
+        for (delivery, event) in batch {
+            self.deliver(delivery, event, session).await;
         }
     }
 
@@ -454,14 +442,14 @@ impl<H: EventHandler> Consumer<H> {
         span
     }
 
-    async fn deliver(&self, delivery: Delivery, session: &CancellationToken) {
+    async fn deliver(&self, delivery: Delivery, event: Decoded, session: &CancellationToken) {
         if session.is_cancelled() {
             return;
         }
         let attempt = attempt_of(&delivery);
         let span = self.span(&delivery);
         async {
-            let event = match EventEnvelope::decode(delivery.data.as_slice()) {
+            let event = match event {
                 Ok(event) => event,
                 Err(error) => {
                     let error = format!("undecodable event: {error}");
@@ -694,17 +682,16 @@ async fn settle(send: impl Future<Output = lapin::Result<bool>>, what: &str) -> 
     }
 }
 
+/// A delivery's event, decoded once when it arrives.
+type Decoded = Result<EventEnvelope, prost::DecodeError>;
+
 /// The lane of a delivery: by ticket, so one ticket's events stay in order.
-fn lane_of(data: &[u8]) -> usize {
-    let key = EventEnvelope::decode(data)
-        .map(|event| {
-            if event.ticket_id.is_empty() {
-                event.id
-            } else {
-                event.ticket_id
-            }
-        })
-        .unwrap_or_default();
+fn lane_of(event: &Decoded) -> usize {
+    let key = match event {
+        Ok(event) if event.ticket_id.is_empty() => event.id.as_str(),
+        Ok(event) => event.ticket_id.as_str(),
+        Err(_) => "",
+    };
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut hasher);
     usize::try_from(hasher.finish() % LANES as u64).unwrap_or(0)
