@@ -505,6 +505,47 @@ async fn a_reply_the_relay_refuses_for_good_becomes_an_internal_note() {
     desk.stop().await;
 }
 
+#[tokio::test]
+async fn an_acknowledgement_the_relay_defers_is_sent_later_once() {
+    let (mails, sink) = common::smtp_sink().await;
+    let relay = format!("smtp://{sink}");
+    let desk = Desk::start(&[("relay", &relay)]).await;
+    let from = "deferred@customer.example";
+    let report = message(
+        from,
+        "Recorder beeps",
+        "Message-ID: <d1@customer.example>\r\n",
+        "x",
+    );
+    let sent = tokio::time::Instant::now();
+    assert_eq!(
+        desk.send(from, "help@support.example", &report).await.0,
+        250
+    );
+    let ticket = desk.of(from, 1).await[0].ticket.clone().unwrap();
+    // The first attempt got 451; the next comes after the first backoff.
+    let ack = relayed(&mails, 1).await;
+    assert_eq!(ack.len(), 1, "the acknowledgement was never sent");
+    assert!(
+        sent.elapsed() >= Duration::from_secs(4),
+        "sent {:?} after the mail, before any backoff",
+        sent.elapsed()
+    );
+    assert!(
+        ack[0].contains(&format!("[{}]", ticket.number)),
+        "{}",
+        ack[0]
+    );
+    assert!(
+        ack[0].contains("To: deferred@customer.example"),
+        "{}",
+        ack[0]
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(mails.lock().unwrap().len(), 1, "sent once");
+    desk.stop().await;
+}
+
 /// Sends a message over STARTTLS; prints what the server offered and did.
 const SEND_TLS: &str = r#"
 import json, smtplib, ssl, sys

@@ -61,9 +61,7 @@ impl EventHandler for Forwarder {
                     && ticket.channel == Channel::Email as i32
                     && !ticket.contact.is_empty();
                 if emailed {
-                    self.mailer
-                        .reply(conn, &self.tickets, ticket, article)
-                        .await?;
+                    self.mailer.reply(conn, ticket, article).await?;
                 }
                 Ok(())
             }

@@ -11,7 +11,8 @@
 //! - [`mail`]: reading a message: author, threading, robots.
 //! - [`forward`]: `intake.call_ended` and `intake.mail_received` from the
 //!   bus to `tickets`, idempotent; agents' replies out by mail.
-//! - [`outgoing`]: mail out through the relay, once, in its thread.
+//! - [`outgoing`]: mail out through the relay: queued in the transaction,
+//!   sent after it commits, once, in its thread.
 
 pub mod cti;
 pub mod forward;
@@ -33,6 +34,7 @@ use hotline_kit::{
     },
     config::{Secret, duration, text},
     grpc::{self, ServiceToken},
+    queue,
     supervisor::{Module, ModuleContext},
 };
 use hotline_proto::tickets::v1::ticket_service_client::TicketServiceClient;
@@ -262,6 +264,27 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
     ))
     .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
     .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES);
+    let mail_relay = if config.relay.is_empty() {
+        None
+    } else {
+        Some(hotline_kit::mail::relay(
+            &config.relay,
+            "intake.relay",
+            Duration::from_secs(30),
+        )?)
+    };
+    let sender = outgoing::Sender {
+        pool: pool.clone(),
+        relay: mail_relay.clone(),
+        from: config.from.parse()?,
+        tickets: tickets.clone(),
+    };
+    let cancel = context.cancel.clone();
+    context.spawn("mail-sender", async move {
+        let pool = sender.pool.clone();
+        queue::run(&sender, &pool, cancel).await;
+        Ok(())
+    });
     let consumer = Consumer::new(
         "intake",
         CONSUMES,
@@ -276,16 +299,7 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
                 max_file_bytes: config.max_attachment_bytes,
             },
             mailer: outgoing::Mailer {
-                relay: if config.relay.is_empty() {
-                    None
-                } else {
-                    Some(hotline_kit::mail::relay(
-                        &config.relay,
-                        "intake.relay",
-                        Duration::from_secs(30),
-                    )?)
-                },
-                from: config.from.parse()?,
+                relay: mail_relay.is_some(),
                 hostname: config.hostname.clone(),
             },
         },

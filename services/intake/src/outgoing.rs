@@ -1,56 +1,49 @@
 //! Email out through the relay: agents' replies on email tickets, and the
 //! one acknowledgement a new email ticket gets.
 //!
-//! Every mail has a key (`reply:<article>`, `ack:<ticket>`) recorded with
-//! its outcome in the consumer's transaction, so it is sent once. Its
-//! Message-ID (`<article id@hostname>`) is remembered with the ticket, so
-//! the customer's reply — and a bounce — threads back. The relay answering
-//! 4xx or not at all holds the event and retries; a 5xx is final, and an
-//! internal note on the ticket says so.
+//! A mail is queued (`outgoing`) in the transaction that decides it, under a
+//! key (`reply:<article>`, `ack:<ticket>`), so it is decided once; it is sent
+//! after that transaction commits by whichever intake process leases it
+//! ([`hotline_kit::queue`]), so a transaction that rolls back sends nothing
+//! and a slow relay holds no consumer. Its Message-ID (`<article
+//! id@hostname>`) is remembered with the ticket once sent, so the customer's
+//! reply — and a bounce — threads back. The relay answering 4xx or not at all
+//! is retried with doubling backoff (at most [`MAX_BACKOFF`] apart); a 5xx is
+//! final, and an internal note on the reply's ticket says so.
 
-use anyhow::Context;
-use hotline_kit::{bus::consumer::Transient, mail};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use hotline_kit::{mail, queue};
 use hotline_proto::tickets::v1::{AddArticleRequest, Article, ArticleKind, Ticket};
 use lettre::{
     AsyncTransport, Message,
     message::{Mailbox, header::ContentType},
 };
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 use crate::{
     forward::Tickets,
-    store::{self, Outgoing},
+    store::{self, Leased, Mail, Sent},
 };
 
 /// The longest one mail may take to hand to the relay (lettre's own
 /// timeout bounds only the connect).
-const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Mails sent at once by one process.
+const CONCURRENCY: i64 = 8;
+/// The first wait after a deferred attempt; it doubles each time.
+const FIRST_BACKOFF: Duration = Duration::from_secs(5);
+/// The longest wait between two attempts of one mail.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
+/// Decides mail inside the consumer's transaction.
 pub struct Mailer {
-    /// `None` without `intake.relay`: nothing can be sent.
-    pub relay: Option<mail::Relay>,
-    pub from: Mailbox,
+    /// Whether a relay is configured (`intake.relay`): without one no
+    /// acknowledgement is queued, and a reply becomes a note that it could
+    /// not be sent.
+    pub relay: bool,
     pub hostname: String,
-}
-
-/// A mail to send: who to, what, in which thread.
-struct Draft<'a> {
-    key: &'a str,
-    kind: &'a str,
-    ticket: &'a str,
-    to: &'a str,
-    subject: String,
-    body: String,
-    /// Without angle brackets.
-    message_id: String,
-    automatic: bool,
-}
-
-/// What became of a draft.
-enum Sent {
-    Yes,
-    /// Refused for good (or not sendable): why.
-    No(String),
 }
 
 /// `[HL-n] subject`, unless the subject carries the tag already.
@@ -63,48 +56,27 @@ fn tagged(number: &str, subject: &str) -> String {
 }
 
 impl Mailer {
-    /// Sends an agent's public reply on an email ticket to its customer.
+    /// Queues an agent's public reply on an email ticket to its customer.
     pub async fn reply(
         &self,
         conn: &mut PgConnection,
-        tickets: &Tickets,
         ticket: &Ticket,
         article: &Article,
-    ) -> anyhow::Result<()> {
-        let key = format!("reply:{}", article.id);
-        if store::outgoing_done(conn, &key).await? {
-            return Ok(());
-        }
-        let draft = Draft {
-            key: &key,
-            kind: "reply",
-            ticket: &ticket.number,
-            to: &ticket.contact,
+    ) -> sqlx::Result<()> {
+        let mail = Mail {
+            key: format!("reply:{}", article.id),
+            kind: "reply".into(),
+            ticket_number: ticket.number.clone(),
+            recipient: ticket.contact.clone(),
+            message_id: format!("{}@{}", article.id, self.hostname),
             subject: format!("Re: {}", tagged(&ticket.number, &ticket.subject)),
             body: article.body.clone(),
-            message_id: format!("{}@{}", article.id, self.hostname),
             automatic: false,
         };
-        if let Sent::No(why) = self.send(conn, &draft).await? {
-            tickets
-                .clone()
-                .add_article(AddArticleRequest {
-                    ticket: ticket.number.clone(),
-                    kind: ArticleKind::InternalNote as i32,
-                    body: format!(
-                        "This reply could not be emailed to {}: {why}",
-                        ticket.contact
-                    ),
-                    idempotency_key: format!("mail-failed:{}", article.id),
-                    ..Default::default()
-                })
-                .await
-                .context("noting that a reply could not be emailed")?;
-        }
-        Ok(())
+        store::queue_mail(conn, &mail).await
     }
 
-    /// The acknowledgement of a ticket opened by `to`'s mail: one per
+    /// Queues the acknowledgement of a ticket opened by `to`'s mail: one per
     /// ticket, at most one per sender per ten minutes, never to a robot.
     pub async fn acknowledge(
         &self,
@@ -112,94 +84,158 @@ impl Mailer {
         number: &str,
         subject: &str,
         to: &str,
-    ) -> anyhow::Result<()> {
-        let key = format!("ack:{number}");
-        if self.relay.is_none()
-            || store::outgoing_done(conn, &key).await?
-            || store::acknowledged_lately(conn, to).await?
-        {
+    ) -> sqlx::Result<()> {
+        if !self.relay || store::acknowledged_lately(conn, to).await? {
             return Ok(());
         }
-        let draft = Draft {
-            key: &key,
-            kind: "ack",
-            ticket: number,
-            to,
+        let mail = Mail {
+            key: format!("ack:{number}"),
+            kind: "ack".into(),
+            ticket_number: number.to_owned(),
+            recipient: to.to_owned(),
+            message_id: format!("ack-{number}@{}", self.hostname),
             subject: format!("Re: {}", tagged(number, subject)),
             body: format!(
                 "Thank you for your report. It is registered as {number}; an engineer will \
                  answer you.\n\nTo add to it, reply to this mail and keep [{number}] in the \
                  subject.\n"
             ),
-            message_id: format!("ack-{number}@{}", self.hostname),
             automatic: true,
         };
-        if let Sent::No(why) = self.send(conn, &draft).await? {
-            tracing::warn!(ticket = number, %why, "the acknowledgement could not be sent");
-        }
-        Ok(())
+        store::queue_mail(conn, &mail).await
+    }
+}
+
+/// Sends the queued mail, from any number of intake processes.
+pub struct Sender {
+    pub pool: PgPool,
+    /// `None` without `intake.relay`: a queued reply fails with a note.
+    pub relay: Option<mail::Relay>,
+    pub from: Mailbox,
+    /// For the note on a ticket whose reply could not be sent.
+    pub tickets: Tickets,
+}
+
+impl queue::Queue for Sender {
+    type Job = Leased;
+
+    fn channel(&self) -> &'static str {
+        store::MAIL_QUEUE
     }
 
-    /// Sends `draft` in its ticket's thread and records the outcome.
-    async fn send(&self, conn: &mut PgConnection, draft: &Draft<'_>) -> anyhow::Result<Sent> {
-        let outcome = match self.compose(conn, draft).await? {
-            Err(why) => Sent::No(why),
-            Ok(message) => match &self.relay {
-                None => Sent::No("no relay is configured (intake.relay)".into()),
-                Some(relay) => match tokio::time::timeout(SEND_TIMEOUT, relay.send(message))
-                    .await
-                    .map_err(|_| Transient(anyhow::anyhow!("the relay did not answer in time")))?
-                {
-                    Ok(_) => Sent::Yes,
-                    Err(error) if mail::is_transient(&error) => {
-                        return Err(Transient(anyhow::anyhow!(
-                            "the relay deferred the mail: {error}"
-                        ))
-                        .into());
-                    }
-                    Err(error) => Sent::No(format!("the relay refused it: {error}")),
-                },
-            },
-        };
-        let error = match &outcome {
-            Sent::Yes => None,
-            Sent::No(why) => Some(why.as_str()),
-        };
-        store::record_outgoing(
-            conn,
-            &Outgoing {
-                key: draft.key,
-                kind: draft.kind,
-                ticket: draft.ticket,
-                recipient: draft.to,
-                message_id: &draft.message_id,
-                error,
-            },
+    async fn claim(&self) -> sqlx::Result<Vec<Leased>> {
+        // The send and some slack: a sender that died lets it go by then.
+        store::lease_mails(
+            &self.pool,
+            CONCURRENCY,
+            SEND_TIMEOUT * 2 + Duration::from_secs(5),
         )
-        .await?;
-        if error.is_none() {
-            store::remember(conn, &draft.message_id, draft.ticket).await?;
-            metrics::counter!("hotline_mail_sent_total", "kind" => draft.kind.to_owned())
+        .await
+    }
+
+    async fn next_due(&self) -> sqlx::Result<Option<DateTime<Utc>>> {
+        store::next_mail_due(&self.pool).await
+    }
+
+    async fn work(&self, leased: Leased) {
+        let sent = match leased.refused {
+            Some(why) => self.refused(&leased.mail, leased.attempts, why).await,
+            None => self.attempt(&leased.mail, leased.attempts).await,
+        };
+        if matches!(sent, Sent::Yes) {
+            metrics::counter!("hotline_mail_sent_total", "kind" => leased.mail.kind.clone())
                 .increment(1);
         }
-        Ok(outcome)
+        if let Err(error) =
+            store::settle_mail(&self.pool, &leased.mail, leased.attempts, &sent).await
+        {
+            // The lease runs out and the mail is tried again.
+            tracing::warn!(%error, mail = %leased.mail.key, "cannot record a mail attempt");
+        }
+    }
+}
+
+/// When attempt `attempts` failing is followed by the next.
+fn retry_at(attempts: i32) -> DateTime<Utc> {
+    let exponent = u32::try_from(attempts - 1).unwrap_or(0).min(16);
+    Utc::now() + (FIRST_BACKOFF * 2u32.pow(exponent)).min(MAX_BACKOFF)
+}
+
+impl Sender {
+    /// One attempt to hand `mail` to the relay.
+    async fn attempt(&self, queued: &Mail, attempts: i32) -> Sent {
+        let message = match self.compose(queued).await {
+            Ok(Ok(message)) => message,
+            Ok(Err(why)) => return self.refused(queued, attempts, why).await,
+            Err(error) => return Sent::Retry(retry_at(attempts), format!("{error:#}")),
+        };
+        let Some(relay) = &self.relay else {
+            let why = "no relay is configured (intake.relay)".to_owned();
+            return self.refused(queued, attempts, why).await;
+        };
+        match tokio::time::timeout(SEND_TIMEOUT, relay.send(message)).await {
+            Ok(Ok(_)) => Sent::Yes,
+            Ok(Err(error)) if mail::is_transient(&error) => Sent::Retry(
+                retry_at(attempts),
+                format!("the relay deferred the mail: {error}"),
+            ),
+            Ok(Err(error)) => {
+                let why = format!("the relay refused it: {error}");
+                self.refused(queued, attempts, why).await
+            }
+            Err(_) => Sent::Retry(
+                retry_at(attempts),
+                "the relay did not answer in time".into(),
+            ),
+        }
     }
 
-    /// The message, or why there is none to send.
-    async fn compose(
-        &self,
-        conn: &mut PgConnection,
-        draft: &Draft<'_>,
-    ) -> anyhow::Result<Result<Message, String>> {
-        let Ok(to) = draft.to.parse::<Mailbox>() else {
-            return Ok(Err(format!("{:?} is not an email address", draft.to)));
+    /// `mail` will never be sent: a reply's ticket is told so (retried until
+    /// it is); an acknowledgement is only logged.
+    async fn refused(&self, queued: &Mail, attempts: i32, why: String) -> Sent {
+        let Some(article) = queued.key.strip_prefix("reply:") else {
+            tracing::warn!(ticket = %queued.ticket_number, %why, "the acknowledgement could not be sent");
+            return Sent::Failed(why);
         };
-        let thread = store::conversation(conn, draft.ticket).await?;
+        let noted = self
+            .tickets
+            .clone()
+            .add_article(AddArticleRequest {
+                ticket: queued.ticket_number.clone(),
+                kind: ArticleKind::InternalNote as i32,
+                body: format!(
+                    "This reply could not be emailed to {}: {why}",
+                    queued.recipient
+                ),
+                idempotency_key: format!("mail-failed:{article}"),
+                ..Default::default()
+            })
+            .await;
+        match noted {
+            Ok(_) => Sent::Failed(why),
+            Err(status) => {
+                tracing::warn!(%status, mail = %queued.key, "cannot note a refused reply; retrying");
+                Sent::Refused(retry_at(attempts), why)
+            }
+        }
+    }
+
+    /// The message in its ticket's thread, or why there is none to send.
+    async fn compose(&self, queued: &Mail) -> sqlx::Result<Result<Message, String>> {
+        let Ok(to) = queued.recipient.parse::<Mailbox>() else {
+            return Ok(Err(format!(
+                "{:?} is not an email address",
+                queued.recipient
+            )));
+        };
+        let mut conn = self.pool.acquire().await?;
+        let thread = store::conversation(&mut conn, &queued.ticket_number).await?;
+        drop(conn);
         let mut builder = Message::builder()
             .from(self.from.clone())
             .to(to)
-            .subject(draft.subject.clone())
-            .message_id(Some(format!("<{}>", draft.message_id)))
+            .subject(queued.subject.clone())
+            .message_id(Some(format!("<{}>", queued.message_id)))
             .header(ContentType::TEXT_PLAIN);
         if let Some(last) = thread.last() {
             builder = builder.in_reply_to(format!("<{last}>")).references(
@@ -210,11 +246,11 @@ impl Mailer {
                     .join(" "),
             );
         }
-        if draft.automatic {
+        if queued.automatic {
             builder = builder.header(mail::AutoSubmitted("auto-replied"));
         }
         Ok(builder
-            .body(draft.body.clone())
+            .body(queued.body.clone())
             .map_err(|error| format!("cannot build the mail: {error}")))
     }
 }

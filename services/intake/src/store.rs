@@ -1,9 +1,12 @@
 //! The only SQL of `intake`: PBX events and calls.
 
+use std::time::Duration;
+
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use hotline_kit::{
     bus::outbox::{self, OutboxRows, envelope},
+    queue,
     time::timestamp,
 };
 use hotline_proto::events::v1::{self as ev, EventEnvelope, event_envelope::Payload};
@@ -280,52 +283,148 @@ pub async fn remember(conn: &mut PgConnection, message_id: &str, ticket: &str) -
     Ok(())
 }
 
-/// Whether the mail with `key` was sent or given up on already.
-pub async fn outgoing_done(conn: &mut PgConnection, key: &str) -> sqlx::Result<bool> {
-    Ok(
-        sqlx::query_scalar::<_, i32>("SELECT 1 FROM outgoing WHERE key = $1")
-            .bind(key)
-            .fetch_optional(conn)
-            .await?
-            .is_some(),
+/// The channel that wakes mail senders ([`hotline_kit::queue`]).
+pub const MAIL_QUEUE: &str = "intake_outgoing";
+
+/// A mail to send: who to, what, in which thread.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Mail {
+    /// `reply:<article>` or `ack:<ticket>`: one mail per key, ever.
+    pub key: String,
+    pub kind: String,
+    pub ticket_number: String,
+    pub recipient: String,
+    /// Without angle brackets.
+    pub message_id: String,
+    pub subject: String,
+    pub body: String,
+    pub automatic: bool,
+}
+
+/// Queues `mail` unless its key was queued before, and wakes the senders
+/// once this transaction commits.
+pub async fn queue_mail(conn: &mut PgConnection, mail: &Mail) -> sqlx::Result<()> {
+    let queued = sqlx::query(
+        "INSERT INTO outgoing (key, kind, ticket_number, recipient, message_id, subject, body,
+             automatic, state)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending') ON CONFLICT (key) DO NOTHING",
     )
+    .bind(&mail.key)
+    .bind(&mail.kind)
+    .bind(&mail.ticket_number)
+    .bind(&mail.recipient)
+    .bind(&mail.message_id)
+    .bind(&mail.subject)
+    .bind(&mail.body)
+    .bind(mail.automatic)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if queued > 0 {
+        queue::wake(conn, MAIL_QUEUE).await?;
+    }
+    Ok(())
 }
 
-/// One mail sent (or given up on).
-pub struct Outgoing<'a> {
-    pub key: &'a str,
-    pub kind: &'a str,
-    pub ticket: &'a str,
-    pub recipient: &'a str,
-    pub message_id: &'a str,
-    pub error: Option<&'a str>,
+/// A queued mail leased for one attempt.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Leased {
+    #[sqlx(flatten)]
+    pub mail: Mail,
+    /// This attempt's number, from 1.
+    pub attempts: i32,
+    /// Refused for good already: only the note on the ticket is left.
+    pub refused: Option<String>,
 }
 
-pub async fn record_outgoing(conn: &mut PgConnection, sent: &Outgoing<'_>) -> sqlx::Result<()> {
+/// Leases up to `limit` mails due now, for `lease`; a sender that dies lets
+/// its lease run out and another takes over.
+pub async fn lease_mails(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<Vec<Leased>> {
+    sqlx::query_as(
+        "UPDATE outgoing o SET lease_until = now() + $2::bigint * interval '1 millisecond',
+             attempts = o.attempts + 1
+         FROM (SELECT key FROM outgoing
+               WHERE state = 'pending' AND next_attempt_at <= now()
+                 AND (lease_until IS NULL OR lease_until < now())
+               ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
+         WHERE o.key = due.key
+         RETURNING o.key, o.kind, o.ticket_number, o.recipient, o.message_id, o.subject, o.body,
+             o.automatic, o.attempts, o.refused",
+    )
+    .bind(limit)
+    .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+    .fetch_all(pool)
+    .await
+}
+
+/// When the next queued mail falls due (or its lease runs out).
+pub async fn next_mail_due(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar(
+        "SELECT min(GREATEST(next_attempt_at, COALESCE(lease_until, next_attempt_at)))
+         FROM outgoing WHERE state = 'pending'",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// What became of one attempt to send a mail.
+pub enum Sent {
+    /// The relay took it: its Message-ID now threads replies and bounces
+    /// back to the ticket.
+    Yes,
+    /// Passing trouble: try again at this moment.
+    Retry(DateTime<Utc>, String),
+    /// Refused for good; the ticket is still to be told (at this moment).
+    Refused(DateTime<Utc>, String),
+    /// Refused for good, and nothing more to do.
+    Failed(String),
+}
+
+/// Records attempt `attempt` of `mail`; nothing if another sender has
+/// leased it since.
+pub async fn settle_mail(
+    pool: &PgPool,
+    mail: &Mail,
+    attempt: i32,
+    sent: &Sent,
+) -> sqlx::Result<()> {
+    let (state, next, error) = match sent {
+        Sent::Yes => ("sent", None, None),
+        Sent::Retry(at, why) => ("pending", Some(*at), Some(why.as_str())),
+        Sent::Refused(at, why) => ("pending", Some(*at), Some(why.as_str())),
+        Sent::Failed(why) => ("failed", None, Some(why.as_str())),
+    };
+    let refused = matches!(sent, Sent::Refused(..));
     sqlx::query(
-        "INSERT INTO outgoing (key, kind, ticket_number, recipient, message_id, state, error)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (key) DO NOTHING",
+        "WITH settled AS (
+             UPDATE outgoing SET state = $3, lease_until = NULL,
+                 next_attempt_at = COALESCE($4, next_attempt_at), error = $5,
+                 refused = CASE WHEN $6 THEN $5 ELSE refused END,
+                 at = CASE WHEN $3 = 'pending' THEN at ELSE now() END
+             WHERE key = $1 AND attempts = $2 AND state = 'pending'
+             RETURNING ticket_number, message_id, state
+         )
+         INSERT INTO message_ids (message_id, ticket_number)
+         SELECT message_id, ticket_number FROM settled WHERE state = 'sent'
+         ON CONFLICT (message_id) DO NOTHING",
     )
-    .bind(sent.key)
-    .bind(sent.kind)
-    .bind(sent.ticket)
-    .bind(sent.recipient)
-    .bind(sent.message_id)
-    .bind(if sent.error.is_some() {
-        "failed"
-    } else {
-        "sent"
-    })
-    .bind(sent.error)
-    .execute(conn)
+    .bind(&mail.key)
+    .bind(attempt)
+    .bind(state)
+    .bind(next)
+    .bind(error)
+    .bind(refused)
+    .execute(pool)
     .await?;
     Ok(())
 }
 
-/// Whether `recipient` got an acknowledgement in the last ten minutes.
+/// Whether `recipient` got (or is about to get) an acknowledgement in the
+/// last ten minutes.
 pub async fn acknowledged_lately(conn: &mut PgConnection, recipient: &str) -> sqlx::Result<bool> {
     Ok(sqlx::query_scalar::<_, i32>(
-        "SELECT 1 FROM outgoing WHERE kind = 'ack' AND state = 'sent' AND recipient = $1
+        "SELECT 1 FROM outgoing WHERE kind = 'ack' AND state IN ('pending', 'sent')
+           AND recipient = $1
            AND at > now() - interval '10 minutes' LIMIT 1",
     )
     .bind(recipient)

@@ -9,6 +9,7 @@
 //! - [`auth`]: signed bearer tokens with roles, checked on every gRPC call.
 //! - [`grpc`]: server limits and authenticated clients.
 //! - [`mail`]: mail out through the SMTP relay.
+//! - [`queue`]: work kept in a table, leased and done by any process.
 //! - [`supervisor`]: modules, start order, readiness, graceful shutdown.
 //! - [`ticket_ref`]: naming a ticket by id or number, in services that
 //!   keep copies of tickets.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod db;
 pub mod grpc;
 pub mod mail;
+pub mod queue;
 pub mod supervisor;
 pub mod telemetry;
 pub mod testing;

@@ -15,17 +15,15 @@
 
 use std::{sync::Arc, time::Duration};
 
-use chrono::Utc;
-use futures_util::future::join_all;
+use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use hotline_kit::bus::Backoff;
-use hotline_kit::mail;
+use hotline_kit::{mail, queue};
 use lettre::{
     AsyncTransport, Message,
     message::{Mailbox, header::ContentType},
 };
 use sha2::Sha256;
-use sqlx::{PgPool, postgres::PgListener};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -35,8 +33,6 @@ use crate::{
 
 /// Deliveries sent at once by one process.
 const CONCURRENCY: i64 = 32;
-/// The longest wait without looking at the queue.
-const MAX_IDLE: Duration = Duration::from_secs(1);
 /// The longest wait between two attempts of one delivery.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -54,6 +50,29 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
         .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The writers' wake-up channel (`store::queue_deliveries`).
+pub const CHANNEL: &str = "pager_deliveries";
+
+impl queue::Queue for Sender {
+    type Job = Claimed;
+
+    fn channel(&self) -> &'static str {
+        CHANNEL
+    }
+
+    async fn claim(&self) -> sqlx::Result<Vec<Claimed>> {
+        store::claim(&self.pool, CONCURRENCY, self.lease()).await
+    }
+
+    async fn next_due(&self) -> sqlx::Result<Option<DateTime<Utc>>> {
+        store::next_due(&self.pool).await
+    }
+
+    async fn work(&self, delivery: Claimed) {
+        self.send(delivery).await;
+    }
 }
 
 /// What one attempt came to.
@@ -87,58 +106,8 @@ impl Sender {
     }
 
     pub async fn run(&self, cancel: CancellationToken) -> anyhow::Result<()> {
-        let mut listener = None;
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-        while !cancel.is_cancelled() {
-            if listener.is_none() {
-                listener = self.listen().await;
-            }
-            let claimed = match store::claim(&self.pool, CONCURRENCY, self.lease()).await {
-                Ok(claimed) => {
-                    backoff.reset();
-                    claimed
-                }
-                Err(error) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(%error, ?delay, "cannot read the page queue; retrying");
-                    tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    continue;
-                }
-            };
-            if !claimed.is_empty() {
-                join_all(claimed.into_iter().map(|c| self.send(c))).await;
-                continue;
-            }
-            let idle = match store::next_due(&self.pool).await {
-                Ok(Some(next)) => (next - Utc::now()).to_std().unwrap_or_default(),
-                _ => MAX_IDLE,
-            }
-            .min(MAX_IDLE);
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(idle) => {}
-                woken = async {
-                    match listener.as_mut() {
-                        Some(listener) => listener.recv().await.map(|_| ()),
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    if woken.is_err() {
-                        listener = None;
-                    }
-                }
-            }
-        }
+        queue::run(self, &self.pool, cancel).await;
         Ok(())
-    }
-
-    async fn listen(&self) -> Option<PgListener> {
-        let mut listener = PgListener::connect_with(&self.pool).await.ok()?;
-        listener.listen("pager_deliveries").await.ok()?;
-        Some(listener)
     }
 
     /// How long a sender holds a delivery: its request and some slack.

@@ -4,12 +4,15 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use hotline_kit::{ticket_ref::TicketRef, time::from_timestamp};
+use hotline_kit::{queue, ticket_ref::TicketRef, time::from_timestamp};
 use hotline_proto::events::v1 as ev;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::schedule::{Override, Rotation, parse_local};
+use crate::{
+    deliver,
+    schedule::{Override, Rotation, parse_local},
+};
 
 /// A breach as the pager knows it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -194,9 +197,7 @@ pub async fn queue(conn: &mut PgConnection, deliveries: &[NewDelivery]) -> sqlx:
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    sqlx::query("SELECT pg_notify('pager_deliveries', '')")
-        .execute(conn)
-        .await?;
+    queue::wake(conn, deliver::CHANNEL).await?;
     Ok(queued)
 }
 

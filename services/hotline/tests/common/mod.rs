@@ -57,7 +57,8 @@ pub async fn serve(
 }
 
 /// A local SMTP relay that keeps each message it accepts; it refuses (550)
-/// recipients whose address starts with `refused`.
+/// recipients whose address starts with `refused`, and defers (451) the
+/// first recipient it is given whose address starts with `deferred`.
 #[allow(dead_code)] // each test binary uses a part of this module
 pub async fn smtp_sink() -> (Arc<Mutex<Vec<String>>>, SocketAddr) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -65,9 +66,10 @@ pub async fn smtp_sink() -> (Arc<Mutex<Vec<String>>>, SocketAddr) {
     let addr = listener.local_addr().unwrap();
     let messages = Arc::new(Mutex::new(Vec::new()));
     let kept = messages.clone();
+    let deferred_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
-            let kept = kept.clone();
+            let (kept, deferred_once) = (kept.clone(), deferred_once.clone());
             tokio::spawn(async move {
                 let (reader, mut writer) = socket.into_split();
                 let mut lines = BufReader::new(reader).lines();
@@ -86,9 +88,14 @@ pub async fn smtp_sink() -> (Arc<Mutex<Vec<String>>>, SocketAddr) {
                         continue;
                     }
                     let verb = line.split_whitespace().next().unwrap_or("").to_uppercase();
-                    let refused = verb == "RCPT" && line.to_ascii_lowercase().contains(":<refused");
+                    let to = |prefix: &str| {
+                        verb == "RCPT" && line.to_ascii_lowercase().contains(&format!(":<{prefix}"))
+                    };
+                    let deferred = to("deferred")
+                        && !deferred_once.swap(true, std::sync::atomic::Ordering::SeqCst);
                     let reply: &[u8] = match verb.as_str() {
-                        _ if refused => b"550 5.1.1 No such user\r\n",
+                        _ if to("refused") => b"550 5.1.1 No such user\r\n",
+                        _ if deferred => b"451 4.3.0 Try again later\r\n",
                         "EHLO" | "HELO" => b"250 sink\r\n",
                         "DATA" => {
                             data = Some(String::new());
