@@ -233,6 +233,59 @@ async fn events_of_one_call_arriving_at_once_are_all_counted() {
 }
 
 #[tokio::test]
+async fn many_calls_of_one_caller_ending_at_once_open_one_ticket() {
+    let desk = Desk::start().await;
+    // Two customers give up ten times each, their hangups all at once: the
+    // forwarder takes them together, in batches and in parallel lanes.
+    for n in 0..20 {
+        let from = if n % 2 == 0 {
+            "%2B4930555001"
+        } else {
+            "%2B4930555002"
+        };
+        let (status, _) = desk
+            .pbx(
+                TOKEN,
+                &format!("event=newCall&callId=m{n}&direction=in&from={from}&to=200"),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let shared = &desk;
+    let hangups = (0..20).map(|n| {
+        let from = if n % 2 == 0 {
+            "%2B4930555001"
+        } else {
+            "%2B4930555002"
+        };
+        let form = format!("event=hangup&callId=m{n}&direction=in&from={from}&to=200&cause=cancel");
+        async move { shared.pbx(TOKEN, &form).await.0 }
+    });
+    assert!(
+        futures_util::future::join_all(hangups)
+            .await
+            .iter()
+            .all(|status| *status == 200)
+    );
+    for caller in ["+4930555001", "+4930555002"] {
+        let shown = desk.await_articles(caller, 10).await;
+        let tickets = desk.of(caller).await;
+        assert_eq!(
+            tickets.len(),
+            1,
+            "{caller}: one ticket, not {}",
+            tickets.len()
+        );
+        assert_eq!(shown.articles.len(), 10, "{caller}: every call on it");
+        let mut calls: Vec<String> = (0..10).map(|i| call_of(&shown, i).2).collect();
+        calls.sort();
+        calls.dedup();
+        assert_eq!(calls.len(), 10, "{caller}: each call once");
+    }
+    desk.stop().await;
+}
+
+#[tokio::test]
 async fn calls_land_on_the_callers_open_ticket_and_a_call_back_is_the_response() {
     let desk = Desk::start().await;
     let caller = "%2B4930999000";

@@ -6,7 +6,10 @@
 //! after a crash records nothing twice; `tickets` being unavailable holds
 //! the event until it is back.
 
+use std::collections::{BTreeMap, HashMap};
+
 use anyhow::Context;
+use futures_util::future::join_all;
 use hotline_kit::{bus::consumer::EventHandler, grpc::ServiceToken};
 use hotline_proto::{
     events::v1::{CallEnded, EventEnvelope, event_envelope::Payload},
@@ -18,6 +21,7 @@ use hotline_proto::{
 };
 use sqlx::PgConnection;
 use tonic::{service::interceptor::InterceptedService, transport::Channel as GrpcChannel};
+use tracing::Instrument;
 
 use crate::{
     mail,
@@ -38,82 +42,255 @@ pub struct Forwarder {
 
 impl EventHandler for Forwarder {
     async fn handle(&self, conn: &mut PgConnection, event: &EventEnvelope) -> anyhow::Result<()> {
-        match &event.payload {
-            Some(Payload::IntakeCallEnded(call)) => {
-                if !call.customer.is_empty() {
-                    // One caller's calls one at a time (in any process), so
-                    // two at once do not both open a ticket.
-                    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-                        .bind(&call.customer)
-                        .execute(&mut *conn)
-                        .await?;
+        self.handle_batch(conn, &[(event, tracing::Span::current())])
+            .await
+    }
+
+    /// Calls and mails that waited together are forwarded at once: their
+    /// rows read and written in one statement each, `tickets` asked for all
+    /// of them concurrently (where its writer batches them in turn).
+    async fn handle_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[(&EventEnvelope, tracing::Span)],
+    ) -> anyhow::Result<()> {
+        let mut calls = Vec::new();
+        let mut mails = Vec::new();
+        for (event, span) in events {
+            match &event.payload {
+                Some(Payload::IntakeCallEnded(call)) => calls.push((call, span)),
+                Some(Payload::IntakeMailReceived(received)) => {
+                    mails.push((received.mail_id, span));
                 }
-                let ticket = self.call(call).await?;
-                store::forwarded(conn, &call.call_id, &ticket).await?;
-                Ok(())
-            }
-            Some(Payload::IntakeMailReceived(received)) => self.mail(conn, received.mail_id).await,
-            Some(Payload::TicketArticleAdded(added)) => {
-                let (Some(ticket), Some(article)) = (&added.ticket, &added.article) else {
-                    return Ok(());
-                };
-                let emailed = article.kind == ArticleKind::AgentReply as i32
-                    && ticket.channel == Channel::Email as i32
-                    && !ticket.contact.is_empty();
-                if emailed {
-                    self.mailer.reply(conn, ticket, article).await?;
+                Some(Payload::TicketArticleAdded(added)) => {
+                    let (Some(ticket), Some(article)) = (&added.ticket, &added.article) else {
+                        continue;
+                    };
+                    let emailed = article.kind == ArticleKind::AgentReply as i32
+                        && ticket.channel == Channel::Email as i32
+                        && !ticket.contact.is_empty();
+                    if emailed {
+                        self.mailer.reply(conn, ticket, article).await?;
+                    }
                 }
-                Ok(())
+                _ => {}
             }
-            _ => Ok(()),
         }
+        if !calls.is_empty() {
+            self.calls(conn, &calls).await?;
+        }
+        if !mails.is_empty() {
+            self.mails(conn, &mails).await?;
+        }
+        Ok(())
     }
 
     /// Intake's own facts concern no ticket version.
     fn ordered(&self, _event: &EventEnvelope) -> bool {
         false
     }
+
+    /// Every effect is in the transaction (mail out is queued there) or
+    /// idempotent (every call to `tickets` carries a key).
+    fn batched(&self) -> bool {
+        true
+    }
+}
+
+/// A stored message, read.
+enum MailPlan {
+    /// Not a person writing (or not a message at all): no ticket; a bounce
+    /// of ours is noted on the ticket it came back from.
+    Robot {
+        id: i64,
+        why: &'static str,
+        bounced: Option<String>,
+        inbound: Option<mail::Inbound>,
+    },
+    /// A person's message: onto `threaded` if it names a ticket, else a new
+    /// one.
+    Person {
+        id: i64,
+        inbound: mail::Inbound,
+        threaded: Option<String>,
+    },
+}
+
+/// What became of a stored message.
+pub struct Forwarded {
+    pub id: i64,
+    /// The ticket it went on.
+    pub ticket: Option<String>,
+    /// Why it went on none as a person's message (a robot's, or no message).
+    pub ignored: Option<&'static str>,
+    /// Its Message-ID, remembered with the ticket to thread replies.
+    pub message_id: Option<String>,
+    /// It opened its ticket: its subject and sender, to acknowledge.
+    opened: Option<(String, String)>,
 }
 
 impl Forwarder {
-    /// A stored message becomes a ticket, or a customer article on the
-    /// ticket it replies to; a robot's becomes nothing.
-    async fn mail(&self, conn: &mut PgConnection, id: i64) -> anyhow::Result<()> {
-        let (envelope_from, raw) = store::mail(conn, id)
+    /// Calls that ended: each caller's one after another (in any process and
+    /// lane, so two at once do not both open a ticket), different callers'
+    /// at once.
+    async fn calls(
+        &self,
+        conn: &mut PgConnection,
+        calls: &[(&CallEnded, &tracing::Span)],
+    ) -> anyhow::Result<()> {
+        let customers: Vec<&str> = calls
+            .iter()
+            .map(|(call, _)| call.customer.as_str())
+            .filter(|customer| !customer.is_empty())
+            .collect();
+        store::lock_callers(conn, &customers).await?;
+        let mut callers: BTreeMap<&str, Vec<(&CallEnded, &tracing::Span)>> = BTreeMap::new();
+        for &(call, span) in calls {
+            // A call without a number matches nobody's: on its own.
+            let caller = if call.customer.is_empty() {
+                call.call_id.as_str()
+            } else {
+                call.customer.as_str()
+            };
+            callers.entry(caller).or_default().push((call, span));
+        }
+        let recorded = join_all(callers.into_values().map(|calls| async move {
+            let mut recorded = Vec::with_capacity(calls.len());
+            for (call, span) in calls {
+                let ticket = self.call(call).instrument(span.clone()).await?;
+                recorded.push((call.call_id.clone(), ticket));
+            }
+            anyhow::Ok(recorded)
+        }))
+        .await;
+        let mut forwarded = Vec::with_capacity(calls.len());
+        for calls in recorded {
+            forwarded.extend(calls?);
+        }
+        store::forwarded(conn, &forwarded).await?;
+        Ok(())
+    }
+
+    /// Stored messages become tickets, or customer articles on the tickets
+    /// they reply to; a robot's become nothing.
+    async fn mails(
+        &self,
+        conn: &mut PgConnection,
+        ids: &[(i64, &tracing::Span)],
+    ) -> anyhow::Result<()> {
+        let wanted: Vec<i64> = ids.iter().map(|(id, _)| *id).collect();
+        let mut stored: HashMap<i64, (String, Vec<u8>)> = store::mails(conn, &wanted)
             .await?
-            .with_context(|| format!("mail {id} is not stored"))?;
-        let Some(inbound) = mail::read(&raw, &envelope_from, &self.hostname, self.limits) else {
-            store::mail_forwarded(conn, id, None, Some("not a message")).await?;
-            return Ok(());
+            .into_iter()
+            .map(|(id, from, raw)| (id, (from, raw)))
+            .collect();
+        let mut plans = Vec::with_capacity(ids.len());
+        for &(id, span) in ids {
+            let (envelope_from, raw) = stored
+                .remove(&id)
+                .with_context(|| format!("mail {id} is not stored"))?;
+            plans.push((self.plan(conn, id, &envelope_from, &raw).await?, span));
+        }
+        let forwarded = join_all(
+            plans
+                .into_iter()
+                .map(|(plan, span)| self.forward_mail(plan).instrument(span.clone())),
+        )
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+        for mail in &forwarded {
+            if let (Some(number), Some((subject, from))) = (&mail.ticket, &mail.opened) {
+                self.mailer.acknowledge(conn, number, subject, from).await?;
+            }
+        }
+        store::mails_forwarded(conn, &forwarded).await?;
+        Ok(())
+    }
+
+    /// What to do with a stored message: read it, and find the ticket it
+    /// belongs to (its tag, then the messages it answers).
+    async fn plan(
+        &self,
+        conn: &mut PgConnection,
+        id: i64,
+        envelope_from: &str,
+        raw: &[u8],
+    ) -> anyhow::Result<MailPlan> {
+        let Some(inbound) = mail::read(raw, envelope_from, &self.hostname, self.limits) else {
+            return Ok(MailPlan::Robot {
+                id,
+                why: "not a message",
+                bounced: None,
+                inbound: None,
+            });
         };
         if let Some(robot) = inbound.robot {
             tracing::info!(mail = id, from = %inbound.from, robot, "robot mail: no ticket");
             let bounced = if robot.starts_with("bounce") {
-                store::thread(conn, &outgoing::ours_in(&raw, &self.hostname)).await?
+                store::thread(conn, &outgoing::ours_in(raw, &self.hostname)).await?
             } else {
                 None
             };
-            if let Some(number) = &bounced {
-                // A mail of ours came back: the desk must know.
-                self.tickets
-                    .clone()
-                    .add_article(AddArticleRequest {
-                        ticket: number.clone(),
-                        kind: ArticleKind::InternalNote as i32,
-                        body: format!(
-                            "A mail to the customer bounced ({}):\n\n{}",
-                            inbound.subject,
-                            inbound.body.chars().take(2000).collect::<String>()
-                        ),
-                        idempotency_key: format!("bounce:{id}"),
-                        ..Default::default()
-                    })
-                    .await
-                    .context("noting a bounce on its ticket")?;
-            }
-            store::mail_forwarded(conn, id, bounced.as_deref(), Some(robot)).await?;
-            return Ok(());
+            return Ok(MailPlan::Robot {
+                id,
+                why: robot,
+                bounced,
+                inbound: Some(inbound),
+            });
         }
+        let threaded = match &inbound.tag {
+            Some(tag) => Some(tag.clone()),
+            None => store::thread(conn, &inbound.replies_to).await?,
+        };
+        Ok(MailPlan::Person {
+            id,
+            inbound,
+            threaded,
+        })
+    }
+
+    /// Carries out a plan in `tickets`.
+    async fn forward_mail(&self, plan: MailPlan) -> anyhow::Result<Forwarded> {
+        let (id, inbound, threaded) = match plan {
+            MailPlan::Robot {
+                id,
+                why,
+                bounced,
+                inbound,
+            } => {
+                if let (Some(number), Some(inbound)) = (&bounced, &inbound) {
+                    // A mail of ours came back: the desk must know.
+                    self.tickets
+                        .clone()
+                        .add_article(AddArticleRequest {
+                            ticket: number.clone(),
+                            kind: ArticleKind::InternalNote as i32,
+                            body: format!(
+                                "A mail to the customer bounced ({}):\n\n{}",
+                                inbound.subject,
+                                inbound.body.chars().take(2000).collect::<String>()
+                            ),
+                            idempotency_key: format!("bounce:{id}"),
+                            ..Default::default()
+                        })
+                        .await
+                        .context("noting a bounce on its ticket")?;
+                }
+                return Ok(Forwarded {
+                    id,
+                    ticket: bounced,
+                    ignored: Some(why),
+                    message_id: None,
+                    opened: None,
+                });
+            }
+            MailPlan::Person {
+                id,
+                inbound,
+                threaded,
+            } => (id, inbound, threaded),
+        };
         let key = format!(
             "mail:{}",
             inbound
@@ -131,10 +308,6 @@ impl Forwarder {
             })
             .collect();
         let html = inbound.html.clone().unwrap_or_default();
-        let threaded = match &inbound.tag {
-            Some(tag) => Some(tag.clone()),
-            None => store::thread(conn, &inbound.replies_to).await?,
-        };
         let mut ticket = None;
         if let Some(number) = threaded {
             let added = self
@@ -185,16 +358,13 @@ impl Forwarder {
                 .map(|t| t.number)
                 .unwrap_or_default(),
         };
-        if let Some(message_id) = &inbound.message_id {
-            store::remember(conn, message_id, &number).await?;
-        }
-        if opened {
-            self.mailer
-                .acknowledge(conn, &number, &inbound.subject, &inbound.from)
-                .await?;
-        }
-        store::mail_forwarded(conn, id, Some(&number), None).await?;
-        Ok(())
+        Ok(Forwarded {
+            id,
+            ticket: Some(number),
+            ignored: None,
+            message_id: inbound.message_id,
+            opened: opened.then_some((inbound.subject, inbound.from)),
+        })
     }
 
     /// The customer's ticket still being worked, newest first.

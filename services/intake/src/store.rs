@@ -14,6 +14,7 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::{
     cti::{Call, Direction, Event, Fields},
+    forward::Forwarded,
     phone,
 };
 
@@ -179,13 +180,38 @@ async fn save_call(
     Ok(())
 }
 
-/// Notes where tickets recorded a call (empty: nowhere to record it).
-pub async fn forwarded(conn: &mut PgConnection, call_id: &str, ticket: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE calls SET ticket_number = $2, forwarded_at = now() WHERE call_id = $1")
-        .bind(call_id)
-        .bind(ticket)
-        .execute(conn)
-        .await?;
+/// Takes the callers' locks until the transaction ends, all at once and
+/// in one order, so two transactions locking some of the same callers wait
+/// for each other rather than deadlock.
+pub async fn lock_callers(conn: &mut PgConnection, customers: &[&str]) -> sqlx::Result<()> {
+    if customers.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(key)
+         FROM (SELECT DISTINCT hashtext(c) AS key FROM UNNEST($1::text[]) AS c ORDER BY 1) AS keys",
+    )
+    .bind(customers)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Notes where tickets recorded each call (empty: nowhere to record it).
+pub async fn forwarded(conn: &mut PgConnection, calls: &[(String, String)]) -> sqlx::Result<()> {
+    let (ids, tickets): (Vec<&str>, Vec<&str>) = calls
+        .iter()
+        .map(|(call, ticket)| (call.as_str(), ticket.as_str()))
+        .unzip();
+    sqlx::query(
+        "UPDATE calls SET ticket_number = f.ticket, forwarded_at = now()
+         FROM UNNEST($1::text[], $2::text[]) AS f(call_id, ticket)
+         WHERE calls.call_id = f.call_id",
+    )
+    .bind(ids)
+    .bind(tickets)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -227,27 +253,42 @@ pub async fn record_mail(
     Ok(id)
 }
 
-/// A stored message: envelope sender and raw bytes.
-pub async fn mail(conn: &mut PgConnection, id: i64) -> sqlx::Result<Option<(String, Vec<u8>)>> {
-    sqlx::query_as("SELECT mail_from, raw FROM mails WHERE id = $1")
-        .bind(id)
-        .fetch_optional(conn)
+/// Stored messages: id, envelope sender and raw bytes.
+pub async fn mails(
+    conn: &mut PgConnection,
+    ids: &[i64],
+) -> sqlx::Result<Vec<(i64, String, Vec<u8>)>> {
+    sqlx::query_as("SELECT id, mail_from, raw FROM mails WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(conn)
         .await
 }
 
-/// Notes what became of a message: the ticket it went on, or why none.
-pub async fn mail_forwarded(
-    conn: &mut PgConnection,
-    id: i64,
-    ticket: Option<&str>,
-    ignored: Option<&str>,
-) -> sqlx::Result<()> {
+/// Notes what became of each message (the ticket it went on, or why none),
+/// and remembers the Message-ID of each that went on a ticket.
+pub async fn mails_forwarded(conn: &mut PgConnection, mails: &[Forwarded]) -> sqlx::Result<()> {
+    let ids: Vec<i64> = mails.iter().map(|m| m.id).collect();
+    let tickets: Vec<Option<&str>> = mails.iter().map(|m| m.ticket.as_deref()).collect();
+    let ignored: Vec<Option<&str>> = mails.iter().map(|m| m.ignored).collect();
+    let message_ids: Vec<Option<&str>> = mails.iter().map(|m| m.message_id.as_deref()).collect();
     sqlx::query(
-        "UPDATE mails SET ticket_number = $2, ignored = $3, forwarded_at = now() WHERE id = $1",
+        "WITH done AS (
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[])
+                 AS d(id, ticket, ignored, message_id)
+         ), remembered AS (
+             INSERT INTO message_ids (message_id, ticket_number)
+             SELECT DISTINCT ON (message_id) message_id, ticket FROM done
+             WHERE message_id IS NOT NULL AND ticket IS NOT NULL AND ignored IS NULL
+             ON CONFLICT (message_id) DO NOTHING
+         )
+         UPDATE mails SET ticket_number = done.ticket, ignored = done.ignored,
+             forwarded_at = now()
+         FROM done WHERE mails.id = done.id",
     )
-    .bind(id)
-    .bind(ticket)
+    .bind(ids)
+    .bind(tickets)
     .bind(ignored)
+    .bind(message_ids)
     .execute(conn)
     .await?;
     Ok(())
@@ -268,19 +309,6 @@ pub async fn thread(
     .bind(message_ids)
     .fetch_optional(conn)
     .await
-}
-
-/// Remembers that `message_id` belongs to `ticket`.
-pub async fn remember(conn: &mut PgConnection, message_id: &str, ticket: &str) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO message_ids (message_id, ticket_number) VALUES ($1, $2)
-         ON CONFLICT (message_id) DO NOTHING",
-    )
-    .bind(message_id)
-    .bind(ticket)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// The channel that wakes mail senders ([`hotline_kit::queue`]).

@@ -78,6 +78,23 @@ pub trait EventHandler: Send + Sync + 'static {
         false
     }
 
+    /// Applies events that waited together, in one transaction, each in
+    /// its own span (only for a [`EventHandler::batched`] handler, and a
+    /// single event is a batch of one). By default one after another; a
+    /// handler may do better: one statement for all, peers called at once.
+    fn handle_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[(&EventEnvelope, tracing::Span)],
+    ) -> impl Future<Output = anyhow::Result<()>> + Send {
+        async move {
+            for (event, span) in events {
+                self.handle(conn, event).instrument(span.clone()).await?;
+            }
+            Ok(())
+        }
+    }
+
     /// Whether events waiting together may be applied in one transaction.
     /// Only for a handler whose every effect is in the transaction, or
     /// harmless to repeat: a batch that fails is applied again event by
@@ -201,15 +218,21 @@ impl<H: EventHandler> Consumer<H> {
         .into_iter()
         .collect();
         let mut outcomes = Vec::with_capacity(events.len());
+        let mut due = Vec::with_capacity(events.len());
         for ((event, span), id) in events.iter().zip(&ids) {
             // `remove`: the same event twice in one batch applies once.
-            outcomes.push(if fresh.remove(id) {
-                self.apply_new(&mut tx, event)
-                    .instrument(span.clone())
-                    .await?
-            } else {
+            let outcome = if !fresh.remove(id) {
                 Outcome::Duplicate
-            });
+            } else if self.current(&mut tx, event).await? {
+                due.push((*event, span.clone()));
+                Outcome::Applied
+            } else {
+                Outcome::Stale
+            };
+            outcomes.push(outcome);
+        }
+        if !due.is_empty() {
+            self.handler.handle_batch(&mut tx, &due).await?;
         }
         tx.commit().await?;
         if outcomes.contains(&Outcome::Applied)
@@ -220,35 +243,33 @@ impl<H: EventHandler> Consumer<H> {
         Ok(outcomes)
     }
 
-    /// An event not applied before: applied unless its ticket has moved on.
-    async fn apply_new(
+    /// Whether an event not applied before is still current: its ticket has
+    /// not moved past it (recorded as applied if so).
+    async fn current(
         &self,
         conn: &mut PgConnection,
         event: &EventEnvelope,
-    ) -> anyhow::Result<Outcome> {
-        if !event.ticket_id.is_empty() && self.handler.ordered(event) {
-            let ticket_id = Uuid::parse_str(&event.ticket_id).context("ticket id is not a UUID")?;
-            let current = sqlx::query(if self.handler.snapshots() {
-                "INSERT INTO applied_versions (ticket_id, version) VALUES ($1, $2)
-                 ON CONFLICT (ticket_id) DO UPDATE SET version = EXCLUDED.version
-                 WHERE applied_versions.version < EXCLUDED.version"
-            } else {
-                "INSERT INTO applied_versions (ticket_id, version) VALUES ($1, $2)
-                 ON CONFLICT (ticket_id) DO UPDATE SET version = EXCLUDED.version
-                 WHERE applied_versions.version <= EXCLUDED.version"
-            })
-            .bind(ticket_id)
-            .bind(event.ticket_version)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected()
-                == 1;
-            if !current {
-                return Ok(Outcome::Stale);
-            }
+    ) -> anyhow::Result<bool> {
+        if event.ticket_id.is_empty() || !self.handler.ordered(event) {
+            return Ok(true);
         }
-        self.handler.handle(conn, event).await?;
-        Ok(Outcome::Applied)
+        let ticket_id = Uuid::parse_str(&event.ticket_id).context("ticket id is not a UUID")?;
+        let current = sqlx::query(if self.handler.snapshots() {
+            "INSERT INTO applied_versions (ticket_id, version) VALUES ($1, $2)
+             ON CONFLICT (ticket_id) DO UPDATE SET version = EXCLUDED.version
+             WHERE applied_versions.version < EXCLUDED.version"
+        } else {
+            "INSERT INTO applied_versions (ticket_id, version) VALUES ($1, $2)
+             ON CONFLICT (ticket_id) DO UPDATE SET version = EXCLUDED.version
+             WHERE applied_versions.version <= EXCLUDED.version"
+        })
+        .bind(ticket_id)
+        .bind(event.ticket_version)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+            == 1;
+        Ok(current)
     }
 
     /// Declares the service's queue and bindings (idempotent).
