@@ -235,8 +235,9 @@ async fn events_of_one_call_arriving_at_once_are_all_counted() {
 #[tokio::test]
 async fn many_calls_of_one_caller_ending_at_once_open_one_ticket() {
     let desk = Desk::start().await;
-    // Two customers give up ten times each, their hangups all at once: the
-    // forwarder takes them together, in batches and in parallel lanes.
+    // Two customers give up ten times each, their hangups all at once and
+    // each sent twice (a PBX retrying before its first answer): recorded
+    // together in batches, a repeat among them, and forwarded together.
     for n in 0..20 {
         let from = if n % 2 == 0 {
             "%2B4930555001"
@@ -252,7 +253,8 @@ async fn many_calls_of_one_caller_ending_at_once_open_one_ticket() {
         assert_eq!(status, 200);
     }
     let shared = &desk;
-    let hangups = (0..20).map(|n| {
+    let hangups = (0..40).map(|n| {
+        let n = n % 20;
         let from = if n % 2 == 0 {
             "%2B4930555001"
         } else {

@@ -213,8 +213,10 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let pool = context.pool(SCHEMA)?;
     let relay_signal = OutboxSignal::default();
+    let (recorder, writer) = store::Recorder::new(pool.clone(), config.country_code.clone());
+    context.spawn("cti-recorder", writer.run(context.cancel.clone()));
     context.add_http(web::router(
-        pool.clone(),
+        recorder,
         config.clone(),
         Arc::new(config.blocked_callers()?),
         relay_signal.clone(),

@@ -1,16 +1,19 @@
 //! The only SQL of `intake`: PBX events and calls.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use hotline_kit::{
+    batch::Batches,
     bus::outbox::{self, OutboxRows, envelope},
     queue,
     time::timestamp,
 };
 use hotline_proto::events::v1::{self as ev, EventEnvelope, event_envelope::Payload};
 use sqlx::{PgConnection, PgPool};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     cti::{Call, Direction, Event, Fields},
@@ -52,7 +55,7 @@ impl From<CallRow> for Call {
 }
 
 /// What recording an event did.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
     /// New: the call moved on (and, when it ended, its outcome is queued
     /// for tickets).
@@ -61,33 +64,125 @@ pub enum Recorded {
     Duplicate,
 }
 
-/// Records a PBX event durably, moves its call on, and — when the call
-/// ended with an outcome — queues `intake.call_ended` in the same
-/// transaction. Two statements: the event with its call, locked (a call
-/// begun if this is its first event), then the call moved on with its
-/// outcome.
-pub async fn record(
+/// A PBX event to record: as parsed, as sent, when it came, and whether
+/// its caller is blocked.
+pub struct Incoming {
+    pub event: Event,
+    pub fields: Fields,
+    pub at: DateTime<Utc>,
+    pub blocked: bool,
+}
+
+/// An event, and where its writer answers.
+pub type Pending = (Incoming, oneshot::Sender<anyhow::Result<Recorded>>);
+
+/// Most PBX events one transaction records.
+const MAX_BATCH: usize = 64;
+
+/// Records PBX events in batches ([`hotline_kit::batch`]): the events
+/// waiting when it is free share one transaction of two statements.
+pub struct Recorder {
+    pool: PgPool,
+    country_code: String,
+    waiting: Batches<Pending>,
+}
+
+impl Recorder {
+    /// The recorder, and where to send it events.
+    pub fn new(pool: PgPool, country_code: String) -> (mpsc::Sender<Pending>, Self) {
+        let (sender, waiting) = mpsc::channel(1024);
+        let recorder = Self {
+            pool,
+            country_code,
+            waiting: Batches::new(waiting, MAX_BATCH),
+        };
+        (sender, recorder)
+    }
+
+    /// Records until `cancel`; then what is already waiting.
+    pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
+        while let Some(batch) = self.waiting.next(&cancel).await {
+            self.write(batch).await;
+        }
+        Ok(())
+    }
+
+    /// Records `batch` and answers each event. A batch the database refuses
+    /// is recorded again one event at a time, so each gets its own answer;
+    /// any other failure (the database away, the commit's fate unknown) is
+    /// every caller's, and each PBX retries.
+    async fn write(&self, batch: Vec<Pending>) {
+        let (incoming, replies): (Vec<Incoming>, Vec<_>) = batch.into_iter().unzip();
+        match record(&self.pool, &incoming, &self.country_code).await {
+            Ok(recorded) => {
+                for (reply, recorded) in replies.into_iter().zip(recorded) {
+                    // A PBX that went away needs no answer.
+                    let _ = reply.send(Ok(recorded));
+                }
+            }
+            Err(error)
+                if incoming.len() > 1
+                    && matches!(error.downcast_ref(), Some(sqlx::Error::Database(_))) =>
+            {
+                tracing::debug!(error = format!("{error:#}"), "batch refused; one by one");
+                for (one, reply) in incoming.iter().zip(replies) {
+                    let recorded =
+                        record(&self.pool, std::slice::from_ref(one), &self.country_code)
+                            .await
+                            .and_then(|recorded| {
+                                recorded.first().copied().context("no answer for the event")
+                            });
+                    let _ = reply.send(recorded);
+                }
+            }
+            Err(error) => {
+                for reply in replies {
+                    let _ = reply.send(Err(anyhow::anyhow!("{error:#}")));
+                }
+            }
+        }
+    }
+}
+
+/// Records PBX events durably in one transaction, moves their calls on, and
+/// queues `intake.call_ended` for each call that ended with an outcome.
+/// Two statements: the events with their calls, locked (a call begun by its
+/// first event), then the calls moved on with their outcomes. An event
+/// heard before (or twice in the batch) is a duplicate.
+async fn record(
     pool: &PgPool,
-    event: &Event,
-    fields: &Fields,
-    at: DateTime<Utc>,
+    incoming: &[Incoming],
     country_code: &str,
-    blocked: bool,
-) -> anyhow::Result<Recorded> {
+) -> anyhow::Result<Vec<Recorded>> {
     let mut tx = pool.begin().await?;
-    let Some(mut call) = begin_or_lock(&mut tx, event, fields, at).await? else {
-        return Ok(Recorded::Duplicate);
-    };
-    call.blocked |= blocked;
-    let outcome = call.apply(event, at);
-    let ended = outcome.map(|outcome| {
+    let mut fresh = vec![false; incoming.len()];
+    let mut calls: HashMap<String, Call> = HashMap::new();
+    for (call, ords) in begin_or_lock(&mut tx, incoming).await? {
+        for ord in ords {
+            if let Some(slot) = usize::try_from(ord - 1).ok().and_then(|i| fresh.get_mut(i)) {
+                *slot = true;
+            }
+        }
+        calls.insert(call.call_id.clone(), call);
+    }
+    let mut outcomes: HashMap<String, &'static str> = HashMap::new();
+    let mut ended = Vec::new();
+    for (one, _) in incoming.iter().zip(&fresh).filter(|(_, fresh)| **fresh) {
+        let call = calls
+            .get_mut(&one.event.call_id)
+            .with_context(|| format!("call {} was not locked", one.event.call_id))?;
+        call.blocked |= one.blocked;
+        let Some(outcome) = call.apply(&one.event, one.at) else {
+            continue;
+        };
+        outcomes.insert(call.call_id.clone(), outcome);
         // Only a number that matches a customer: never a raw or empty one,
         // which would match every ticket or the wrong one.
         let customer = phone::normalise(&call.customer, country_code).unwrap_or_default();
-        envelope(
+        ended.push(envelope(
             "intake.call_ended",
             None,
-            at,
+            one.at,
             Payload::IntakeCallEnded(ev::CallEnded {
                 call_id: call.call_id.clone(),
                 direction: call.direction.as_str().into(),
@@ -98,85 +193,139 @@ pub async fn record(
                 started_at: Some(timestamp(call.started_at)),
                 ended_at: call.ended_at.map(timestamp),
             }),
-        )
-    });
-    save_call(&mut tx, &call, outcome, ended.as_slice()).await?;
+        ));
+    }
+    if !calls.is_empty() {
+        save_calls(&mut tx, &calls, &outcomes, &ended).await?;
+    }
     tx.commit().await?;
-    Ok(Recorded::Applied)
+    Ok(fresh
+        .into_iter()
+        .map(|fresh| {
+            if fresh {
+                Recorded::Applied
+            } else {
+                Recorded::Duplicate
+            }
+        })
+        .collect())
 }
 
-/// Stores the event unless heard before (then `None`), and returns its
-/// call locked: as stored, or begun from this event if it is the first.
-/// Two first events of one call at once: the second waits for the first's
-/// row and reads it.
+#[derive(sqlx::FromRow)]
+struct LockedCall {
+    #[sqlx(flatten)]
+    call: CallRow,
+    /// The positions (from 1) of the batch's events new to this call.
+    fresh: Vec<i64>,
+}
+
+/// Stores the events not heard before, and returns the calls they concern
+/// locked, each with its new events: as stored, or begun from its first
+/// event. Two first events of one call at once: the second waits for the
+/// first's row and reads it. Calls are locked in the order of their ids, so
+/// two batches sharing calls wait rather than deadlock.
 async fn begin_or_lock(
     conn: &mut PgConnection,
-    event: &Event,
-    fields: &Fields,
-    at: DateTime<Utc>,
-) -> anyhow::Result<Option<Call>> {
-    let begun = Call::begin(event, at);
-    let row: Option<CallRow> = sqlx::query_as(
-        "WITH event AS (
+    incoming: &[Incoming],
+) -> anyhow::Result<Vec<(Call, Vec<i64>)>> {
+    let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut begun = (Vec::new(), Vec::new());
+    for one in incoming {
+        let call = Call::begin(&one.event, one.at);
+        columns.0.push(one.event.call_id.as_str());
+        columns.1.push(one.event.kind.as_str());
+        columns.2.push(serde_json::to_value(&one.fields)?);
+        columns.3.push(one.at);
+        begun.0.push(call.direction.as_str());
+        begun.1.push(call.customer);
+    }
+    let rows: Vec<LockedCall> = sqlx::query_as(
+        "WITH input AS (
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::jsonb[], $4::timestamptz[],
+                 $5::text[], $6::text[])
+                 WITH ORDINALITY AS i(call_id, event, fields, at, direction, customer, ord)
+         ), stored AS (
              INSERT INTO cti_events (call_id, event, fields, received_at)
-             VALUES ($1, $2, $3, $4)
+             SELECT call_id, event, fields, at FROM input ORDER BY ord
              ON CONFLICT DO NOTHING
-             RETURNING call_id
+             RETURNING call_id, event
+         ), fresh AS (
+             SELECT DISTINCT ON (i.call_id, i.event) i.*
+             FROM input i JOIN stored s ON s.call_id = i.call_id AND s.event = i.event
+             ORDER BY i.call_id, i.event, i.ord
+         ), locked AS (
+             INSERT INTO calls (call_id, direction, customer, started_at)
+             SELECT DISTINCT ON (call_id) call_id, direction, customer, at
+             FROM fresh ORDER BY call_id, ord
+             ON CONFLICT (call_id) DO UPDATE SET call_id = EXCLUDED.call_id
+             RETURNING call_id, direction, customer, started_at, answered_at, agent, ended_at,
+                 cause, blocked
          )
-         INSERT INTO calls (call_id, direction, customer, started_at, answered_at, agent,
-             ended_at, cause, blocked)
-         SELECT call_id, $5, $6, $7, $8, $9, $10, $11, $12 FROM event
-         ON CONFLICT (call_id) DO UPDATE SET call_id = EXCLUDED.call_id
-         RETURNING call_id, direction, customer, started_at, answered_at, agent, ended_at,
-             cause, blocked",
+         SELECT locked.*,
+             ARRAY(SELECT ord FROM fresh WHERE fresh.call_id = locked.call_id ORDER BY ord)
+                 AS fresh
+         FROM locked",
     )
-    .bind(&event.call_id)
-    .bind(event.kind.as_str())
-    .bind(serde_json::to_value(fields)?)
-    .bind(at)
-    .bind(begun.direction.as_str())
-    .bind(&begun.customer)
-    .bind(begun.started_at)
-    .bind(begun.answered_at)
-    .bind(&begun.agent)
-    .bind(begun.ended_at)
-    .bind(&begun.cause)
-    .bind(begun.blocked)
-    .fetch_optional(conn)
+    .bind(columns.0)
+    .bind(columns.1)
+    .bind(columns.2)
+    .bind(columns.3)
+    .bind(begun.0)
+    .bind(begun.1)
+    .fetch_all(conn)
     .await?;
-    Ok(row.map(Call::from))
+    Ok(rows
+        .into_iter()
+        .map(|row| (Call::from(row.call), row.fresh))
+        .collect())
 }
 
-/// Writes the call as it now stands, and `ended` to the outbox.
-async fn save_call(
+/// Writes the calls as they now stand, and `ended` to the outbox.
+async fn save_calls(
     conn: &mut PgConnection,
-    call: &Call,
-    outcome: Option<&str>,
+    calls: &HashMap<String, Call>,
+    outcomes: &HashMap<String, &'static str>,
     ended: &[EventEnvelope],
 ) -> anyhow::Result<()> {
+    let calls: Vec<&Call> = calls.values().collect();
     let sql = format!(
-        "WITH call AS (
-             UPDATE calls SET customer = $2, answered_at = $3, agent = $4, ended_at = $5,
-                 cause = $6, blocked = $7, outcome = COALESCE($8, outcome)
-             WHERE call_id = $1
+        "WITH input AS (
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[],
+                 $5::timestamptz[], $6::text[], $7::bool[], $8::text[])
+                 AS u(call_id, customer, answered_at, agent, ended_at, cause, blocked, outcome)
+         ), call AS (
+             UPDATE calls SET customer = u.customer, answered_at = u.answered_at,
+                 agent = u.agent, ended_at = u.ended_at, cause = u.cause, blocked = u.blocked,
+                 outcome = COALESCE(u.outcome, calls.outcome)
+             FROM input u WHERE calls.call_id = u.call_id
          ), events AS ({})
          SELECT 1",
         OutboxRows::insert_sql(9, None)
     );
     let query = sqlx::query(&sql)
-        .bind(&call.call_id)
-        .bind(&call.customer)
-        .bind(call.answered_at)
-        .bind(&call.agent)
-        .bind(call.ended_at)
-        .bind(&call.cause)
-        .bind(call.blocked)
-        .bind(outcome);
+        .bind(calls.iter().map(|c| c.call_id.as_str()).collect::<Vec<_>>())
+        .bind(
+            calls
+                .iter()
+                .map(|c| c.customer.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(calls.iter().map(|c| c.answered_at).collect::<Vec<_>>())
+        .bind(calls.iter().map(|c| c.agent.as_deref()).collect::<Vec<_>>())
+        .bind(calls.iter().map(|c| c.ended_at).collect::<Vec<_>>())
+        .bind(calls.iter().map(|c| c.cause.as_deref()).collect::<Vec<_>>())
+        .bind(calls.iter().map(|c| c.blocked).collect::<Vec<_>>())
+        .bind(
+            calls
+                .iter()
+                .map(|c| outcomes.get(&c.call_id).copied())
+                .collect::<Vec<_>>(),
+        );
     OutboxRows::new(ended)?
         .bind(query)
         .execute(conn)
         .await
-        .context("saving the call")?;
+        .context("saving the calls")?;
     Ok(())
 }
 

@@ -16,8 +16,8 @@ use axum::{
 use chrono::Utc;
 use hotline_kit::bus::outbox::OutboxSignal;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 use subtle::ConstantTimeEq;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     IntakeConfig,
@@ -28,7 +28,8 @@ use crate::{
 
 #[derive(Clone)]
 struct Phone {
-    pool: PgPool,
+    /// The batch writer of PBX events.
+    recorder: mpsc::Sender<store::Pending>,
     config: Arc<IntakeConfig>,
     /// Callers answered `reject`, in E.164.
     blocked: Arc<HashSet<String>>,
@@ -36,7 +37,7 @@ struct Phone {
 }
 
 pub fn router(
-    pool: PgPool,
+    recorder: mpsc::Sender<store::Pending>,
     config: Arc<IntakeConfig>,
     blocked: Arc<HashSet<String>>,
     relay: OutboxSignal,
@@ -44,7 +45,7 @@ pub fn router(
     Router::new()
         .route("/api/v1/cti/{token}", post(receive))
         .with_state(Phone {
-            pool,
+            recorder,
             config,
             blocked,
             relay,
@@ -93,15 +94,29 @@ async fn receive(
         && event.direction == Direction::In
         && phone::normalise(&event.from, country)
             .is_some_and(|caller| phone.blocked.contains(&caller));
-    match store::record(&phone.pool, &event, &fields, Utc::now(), country, blocked).await {
+    let kind = event.kind;
+    let call_id = event.call_id.clone();
+    let (reply, recorded) = oneshot::channel();
+    let incoming = store::Incoming {
+        event,
+        fields,
+        at: Utc::now(),
+        blocked,
+    };
+    let recorded = match phone.recorder.send((incoming, reply)).await {
+        Ok(()) => recorded
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the recorder stopped"))),
+        Err(_) => Err(anyhow::anyhow!("the recorder stopped")),
+    };
+    match recorded {
         Ok(Recorded::Applied) => {
             phone.relay.committed();
-            metrics::counter!("hotline_cti_events_total", "event" => event.kind.as_str())
-                .increment(1);
+            metrics::counter!("hotline_cti_events_total", "event" => kind.as_str()).increment(1);
         }
         Ok(Recorded::Duplicate) => {}
         Err(failure) => {
-            tracing::error!(error = format!("{failure:#}"), call = %event.call_id, "cannot record a CTI event");
+            tracing::error!(error = format!("{failure:#}"), call = %call_id, "cannot record a CTI event");
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the event could not be recorded; retry",

@@ -5,6 +5,7 @@
 //! - [`db`]: a pool per service schema and the migrations.
 //! - [`bus`]: RabbitMQ connection, transactional outbox and relay,
 //!   consumers with inbox, ordering and dead letters.
+//! - [`batch`]: requests that wait together, written together.
 //! - [`cache`]: Redis under the namespace prefix.
 //! - [`auth`]: signed bearer tokens with roles, checked on every gRPC call.
 //! - [`grpc`]: server limits and authenticated clients.
@@ -21,6 +22,7 @@
 //! the relay publishes them → other modules' consumers apply them.
 
 pub mod auth;
+pub mod batch;
 pub mod bus;
 pub mod cache;
 pub mod config;

@@ -4,7 +4,10 @@
 
 use anyhow::Context;
 use chrono::{DateTime, SubsecRound, Utc};
-use hotline_kit::bus::outbox::{self, OutboxRows, OutboxSignal};
+use hotline_kit::{
+    batch::Batches,
+    bus::outbox::{self, OutboxRows, OutboxSignal},
+};
 use hotline_proto::events::v1::EventEnvelope;
 use sqlx::{Connection, PgConnection, PgPool, Postgres, QueryBuilder, Row};
 use tokio::sync::{mpsc, oneshot};
@@ -290,7 +293,7 @@ impl Store {
         let (drafts, waiting) = mpsc::channel(1024);
         let creator = Creator {
             pool: pool.clone(),
-            waiting,
+            waiting: Batches::new(waiting, MAX_BATCH),
         };
         (
             Self {
@@ -578,7 +581,7 @@ impl Store {
 /// two writing at once made smaller batches and fewer tickets per second.
 pub struct Creator {
     pool: PgPool,
-    waiting: mpsc::Receiver<Pending>,
+    waiting: Batches<Pending>,
 }
 
 impl Creator {
@@ -586,33 +589,10 @@ impl Creator {
     /// accepted request is dropped.
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
         let mut numbers = Numbers::default();
-        loop {
-            let first = tokio::select! {
-                _ = cancel.cancelled() => None,
-                first = self.waiting.recv() => first,
-            };
-            let Some(first) = first else { break };
-            let batch = self.gather(first);
-            write(&self.pool, batch, &mut numbers).await;
-        }
-        self.waiting.close();
-        while let Ok(first) = self.waiting.try_recv() {
-            let batch = self.gather(first);
+        while let Some(batch) = self.waiting.next(&cancel).await {
             write(&self.pool, batch, &mut numbers).await;
         }
         Ok(())
-    }
-
-    /// `first` and whatever else is waiting, up to [`MAX_BATCH`].
-    fn gather(&mut self, first: Pending) -> Vec<Pending> {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match self.waiting.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
-        batch
     }
 }
 
