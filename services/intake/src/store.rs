@@ -297,7 +297,9 @@ async fn save_calls(
              UPDATE calls SET customer = u.customer, answered_at = u.answered_at,
                  agent = u.agent, ended_at = u.ended_at, cause = u.cause, blocked = u.blocked,
                  outcome = COALESCE(u.outcome, calls.outcome)
-             FROM input u WHERE calls.call_id = u.call_id
+             -- `= ANY`: the primary key, even in a plan made while the table
+             -- was small (a hash join on a scan of every call, otherwise).
+             FROM input u WHERE calls.call_id = ANY($1) AND calls.call_id = u.call_id
          ), events AS ({})
          SELECT 1",
         OutboxRows::insert_sql(9, None)
@@ -355,7 +357,7 @@ pub async fn forwarded(conn: &mut PgConnection, calls: &[(String, String)]) -> s
     sqlx::query(
         "UPDATE calls SET ticket_number = f.ticket, forwarded_at = now()
          FROM UNNEST($1::text[], $2::text[]) AS f(call_id, ticket)
-         WHERE calls.call_id = f.call_id",
+         WHERE calls.call_id = ANY($1) AND calls.call_id = f.call_id",
     )
     .bind(ids)
     .bind(tickets)
@@ -432,7 +434,7 @@ pub async fn mails_forwarded(conn: &mut PgConnection, mails: &[Forwarded]) -> sq
          )
          UPDATE mails SET ticket_number = done.ticket, ignored = done.ignored,
              forwarded_at = now()
-         FROM done WHERE mails.id = done.id",
+         FROM done WHERE mails.id = ANY($1) AND mails.id = done.id",
     )
     .bind(ids)
     .bind(tickets)
