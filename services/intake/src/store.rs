@@ -108,7 +108,8 @@ impl Recorder {
     }
 
     /// Records `batch` and answers each event. A batch the database refuses
-    /// is recorded again one event at a time, so each gets its own answer;
+    /// for what it holds is recorded again one event at a time, so each gets
+    /// its own answer;
     /// any other failure (the database away, the commit's fate unknown) is
     /// every caller's, and each PBX retries.
     async fn write(&self, batch: Vec<Pending>) {
@@ -120,10 +121,7 @@ impl Recorder {
                     let _ = reply.send(Ok(recorded));
                 }
             }
-            Err(error)
-                if incoming.len() > 1
-                    && matches!(error.downcast_ref(), Some(sqlx::Error::Database(_))) =>
-            {
+            Err(error) if incoming.len() > 1 && refused(&error) => {
                 tracing::debug!(error = format!("{error:#}"), "batch refused; one by one");
                 for (one, reply) in incoming.iter().zip(replies) {
                     let recorded =
@@ -142,6 +140,18 @@ impl Recorder {
             }
         }
     }
+}
+
+/// Whether the database refused a batch for what it holds — a value out of
+/// range, a constraint, a deadlock — rather than being away or shutting
+/// down: then each event alone may well pass.
+fn refused(error: &anyhow::Error) -> bool {
+    let Some(sqlx::Error::Database(error)) = error.downcast_ref() else {
+        return false;
+    };
+    error.code().is_some_and(|code| {
+        code.starts_with("22") || code.starts_with("23") || code.starts_with("40")
+    })
 }
 
 /// Records PBX events durably in one transaction, moves their calls on, and
@@ -246,7 +256,9 @@ async fn begin_or_lock(
                  WITH ORDINALITY AS i(call_id, event, fields, at, direction, customer, ord)
          ), stored AS (
              INSERT INTO cti_events (call_id, event, fields, received_at)
-             SELECT call_id, event, fields, at FROM input ORDER BY ord
+             -- In key order, so two batches never deadlock on the same events;
+             -- the first copy of an event sent twice is the one kept.
+             SELECT call_id, event, fields, at FROM input ORDER BY call_id, event, ord
              ON CONFLICT DO NOTHING
              RETURNING call_id, event
          ), fresh AS (
@@ -287,7 +299,9 @@ async fn save_calls(
     outcomes: &HashMap<String, &'static str>,
     ended: &[EventEnvelope],
 ) -> anyhow::Result<()> {
-    let calls: Vec<&Call> = calls.values().collect();
+    // In the order `begin_or_lock` locked them.
+    let mut calls: Vec<&Call> = calls.values().collect();
+    calls.sort_by(|a, b| a.call_id.cmp(&b.call_id));
     let sql = format!(
         "WITH input AS (
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[],
@@ -598,13 +612,13 @@ pub async fn settle_mail(
     Ok(())
 }
 
-/// Whether `recipient` got (or is about to get) an acknowledgement in the
-/// last ten minutes.
+/// Whether `recipient` got an acknowledgement in the last ten minutes, or
+/// has one still waiting to be sent.
 pub async fn acknowledged_lately(conn: &mut PgConnection, recipient: &str) -> sqlx::Result<bool> {
     Ok(sqlx::query_scalar::<_, i32>(
-        "SELECT 1 FROM outgoing WHERE kind = 'ack' AND state IN ('pending', 'sent')
-           AND recipient = $1
-           AND at > now() - interval '10 minutes' LIMIT 1",
+        "SELECT 1 FROM outgoing WHERE kind = 'ack' AND recipient = $1
+           AND (state = 'pending' OR (state = 'sent' AND at > now() - interval '10 minutes'))
+         LIMIT 1",
     )
     .bind(recipient)
     .fetch_optional(conn)

@@ -5,9 +5,9 @@
 //! version (an older fact is ignored, unless the handler wants every fact of
 //! that type), and is acknowledged only after that transaction commits.
 //!
-//! Deliveries are spread over [`LANES`] lanes by ticket: the events of one
-//! ticket are applied one after another in delivery order, those of
-//! different tickets in parallel.
+//! Deliveries are spread over [`LANES`] lanes (or as many as the handler
+//! asks for) by ticket: the events of one ticket are applied one after
+//! another in delivery order, those of different tickets in parallel.
 //!
 //! Failures:
 //! - the database unreachable: the delivery is held and retried until the
@@ -95,10 +95,17 @@ pub trait EventHandler: Send + Sync + 'static {
         }
     }
 
+    /// How many lanes apply events in parallel. A handler that takes its
+    /// batches whole may want fewer and larger batches: fewer commits.
+    fn lanes(&self) -> usize {
+        LANES
+    }
+
     /// Whether events waiting together may be applied in one transaction.
     /// Only for a handler whose every effect is in the transaction, or
     /// harmless to repeat: a batch that fails is applied again event by
-    /// event. A handler that sends mail answers `false`.
+    /// event. A handler that sends mail or calls a peer without a key
+    /// answers `false`.
     fn batched(&self) -> bool {
         false
     }
@@ -109,13 +116,6 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most events one transaction applies.
 const MAX_BATCH: usize = 32;
-
-/// A peer's passing trouble (a mail relay answering 4xx, ...): a handler
-/// returns its error wrapped in this, and the event is held and retried
-/// without counting attempts, like a database outage.
-#[derive(Debug, thiserror::Error)]
-#[error("{0:#}")]
-pub struct Transient(pub anyhow::Error);
 
 /// What became of a delivered event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -342,9 +342,10 @@ impl<H: EventHandler> Consumer<H> {
         // Ends with this subscription (a stop, or the channel failing): lane
         // workers then give back what they hold instead of working on it.
         let session = cancel.child_token();
-        let mut lanes = Vec::with_capacity(LANES);
+        let count = self.handler.lanes().max(1);
+        let mut lanes = Vec::with_capacity(count);
         let mut workers = JoinSet::new();
-        for _ in 0..LANES {
+        for _ in 0..count {
             let (sender, mut receiver) = mpsc::unbounded_channel::<(Delivery, Decoded)>();
             lanes.push(sender);
             let (consumer, session) = (self.clone(), session.clone());
@@ -377,7 +378,7 @@ impl<H: EventHandler> Consumer<H> {
                 delivery = deliveries.next() => match delivery {
                     Some(Ok(delivery)) => {
                         let event = EventEnvelope::decode(delivery.data.as_slice());
-                        let lane = lane_of(&event);
+                        let lane = lane_of(&event, count);
                         if lanes[lane].send((delivery, event)).is_err() {
                             break Err(anyhow::anyhow!("a consumer lane stopped"));
                         }
@@ -707,7 +708,7 @@ async fn settle(send: impl Future<Output = lapin::Result<bool>>, what: &str) -> 
 type Decoded = Result<EventEnvelope, prost::DecodeError>;
 
 /// The lane of a delivery: by ticket, so one ticket's events stay in order.
-fn lane_of(event: &Decoded) -> usize {
+fn lane_of(event: &Decoded, lanes: usize) -> usize {
     let key = match event {
         Ok(event) if event.ticket_id.is_empty() => event.id.as_str(),
         Ok(event) => event.ticket_id.as_str(),
@@ -715,7 +716,7 @@ fn lane_of(event: &Decoded) -> usize {
     };
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut hasher);
-    usize::try_from(hasher.finish() % LANES as u64).unwrap_or(0)
+    usize::try_from(hasher.finish() % lanes as u64).unwrap_or(0)
 }
 
 /// Whether `error` is passing trouble — the database unreachable, failing
@@ -725,7 +726,6 @@ fn lane_of(event: &Decoded) -> usize {
 fn is_outage(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         // Another service down, timing out or shedding load: it passes too.
-        let passing = cause.downcast_ref::<Transient>().is_some();
         let downstream = cause.downcast_ref::<tonic::Status>().is_some_and(|status| {
             matches!(
                 status.code(),
@@ -734,8 +734,7 @@ fn is_outage(error: &anyhow::Error) -> bool {
                     | tonic::Code::ResourceExhausted
             )
         });
-        passing
-            || downstream
+        downstream
             || cause
                 .downcast_ref::<sqlx::Error>()
                 .is_some_and(|e| match e {
