@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use hotline_kit::{mail, queue};
+use hotline_kit::{bus::Backoff, mail, queue};
 use hotline_proto::tickets::v1::{AddArticleRequest, Article, ArticleKind, Ticket};
 use lettre::{
     AsyncTransport, Message,
@@ -157,8 +157,7 @@ impl queue::Queue for Sender {
 
 /// When attempt `attempts` failing is followed by the next.
 fn retry_at(attempts: i32) -> DateTime<Utc> {
-    let exponent = u32::try_from(attempts - 1).unwrap_or(0).min(16);
-    Utc::now() + (FIRST_BACKOFF * 2u32.pow(exponent)).min(MAX_BACKOFF)
+    Utc::now() + Backoff::after_attempt(FIRST_BACKOFF, MAX_BACKOFF, attempts.into())
 }
 
 impl Sender {

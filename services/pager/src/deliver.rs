@@ -17,7 +17,7 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use hotline_kit::{mail, queue};
+use hotline_kit::{bus::Backoff, mail, queue};
 use lettre::{
     AsyncTransport, Message,
     message::{Mailbox, header::ContentType},
@@ -138,8 +138,11 @@ impl Sender {
                     .record(latency.as_secs_f64());
                 Settled::Delivered
             } else if answer.retry && delivery.attempts < self.config.max_attempts {
-                let exponent = u32::try_from(delivery.attempts - 1).unwrap_or(0).min(16);
-                let delay = (self.config.retry_backoff * 2u32.pow(exponent)).min(MAX_BACKOFF);
+                let delay = Backoff::after_attempt(
+                    self.config.retry_backoff,
+                    MAX_BACKOFF,
+                    delivery.attempts.into(),
+                );
                 Settled::Retry(Utc::now() + delay)
             } else {
                 tracing::error!(

@@ -511,10 +511,11 @@ impl<H: EventHandler> Consumer<H> {
                     tracing::warn!(error = format!("{error:#}"), "event failed; will retry");
                     metrics::counter!("hotline_consumer_redeliveries_total", "service" => self.service.clone())
                         .increment(1);
-                    let exponent = u32::try_from(attempt - 1).unwrap_or(0).min(6);
+                    let first = self.config.retry_backoff;
+                    let delay = Backoff::after_attempt(first, first * 64, attempt);
                     tokio::select! {
                         _ = session.cancelled() => {}
-                        _ = tokio::time::sleep(self.config.retry_backoff * 2u32.pow(exponent)) => {}
+                        _ = tokio::time::sleep(delay) => {}
                     }
                     // `reject` (not `nack`): the return that counts as a
                     // failed delivery on every RabbitMQ version.

@@ -356,6 +356,14 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.current = self.min;
     }
+
+    /// The wait after failed attempt `attempt` (from 1) of a job retried
+    /// with doubling backoff: `first`, then twice that, and so on, at most
+    /// `max`.
+    pub fn after_attempt(first: Duration, max: Duration, attempt: i64) -> Duration {
+        let exponent = u32::try_from(attempt - 1).unwrap_or(0).min(16);
+        (first * 2u32.pow(exponent)).min(max)
+    }
 }
 
 /// Reads a string header of an AMQP message.
@@ -380,5 +388,20 @@ pub fn header_int(headers: Option<&FieldTable>, key: &str) -> Option<i64> {
         AMQPValue::ShortShortInt(value) => Some(i64::from(*value)),
         AMQPValue::ShortShortUInt(value) => Some(i64::from(*value)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_wait_twice_as_long_each_time_up_to_the_cap() {
+        let (first, max) = (Duration::from_secs(5), Duration::from_secs(300));
+        let waits: Vec<u64> = [0, 1, 2, 3, 7, 1000]
+            .into_iter()
+            .map(|attempt| Backoff::after_attempt(first, max, attempt).as_secs())
+            .collect();
+        assert_eq!(waits, vec![5, 5, 10, 20, 300, 300]);
     }
 }
