@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use hotline_kit::{
     batch::Batches,
     bus::outbox::{self, OutboxRows, envelope},
+    db::column,
     queue,
     time::timestamp,
 };
@@ -319,24 +320,14 @@ async fn save_calls(
         OutboxRows::insert_sql(9, None)
     );
     let query = sqlx::query(&sql)
-        .bind(calls.iter().map(|c| c.call_id.as_str()).collect::<Vec<_>>())
-        .bind(
-            calls
-                .iter()
-                .map(|c| c.customer.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(calls.iter().map(|c| c.answered_at).collect::<Vec<_>>())
-        .bind(calls.iter().map(|c| c.agent.as_deref()).collect::<Vec<_>>())
-        .bind(calls.iter().map(|c| c.ended_at).collect::<Vec<_>>())
-        .bind(calls.iter().map(|c| c.cause.as_deref()).collect::<Vec<_>>())
-        .bind(calls.iter().map(|c| c.blocked).collect::<Vec<_>>())
-        .bind(
-            calls
-                .iter()
-                .map(|c| outcomes.get(&c.call_id).copied())
-                .collect::<Vec<_>>(),
-        );
+        .bind(column(&calls, |c| c.call_id.as_str()))
+        .bind(column(&calls, |c| c.customer.as_str()))
+        .bind(column(&calls, |c| c.answered_at))
+        .bind(column(&calls, |c| c.agent.as_deref()))
+        .bind(column(&calls, |c| c.ended_at))
+        .bind(column(&calls, |c| c.cause.as_deref()))
+        .bind(column(&calls, |c| c.blocked))
+        .bind(column(&calls, |c| outcomes.get(&c.call_id).copied()));
     OutboxRows::new(ended)?
         .bind(query)
         .execute(conn)

@@ -91,3 +91,9 @@ fn clone_migrator(migrator: &Migrator) -> Migrator {
         no_tx: migrator.no_tx,
     }
 }
+
+/// One column of `rows`, to bind as an array (`UNNEST($1::text[], ...)`):
+/// one statement writes many rows.
+pub fn column<'a, T, U>(rows: &'a [T], field: impl Fn(&'a T) -> U) -> Vec<U> {
+    rows.iter().map(field).collect()
+}

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use hotline_kit::{queue, ticket_ref::TicketRef, time::from_timestamp};
+use hotline_kit::{db::column, queue, ticket_ref::TicketRef, time::from_timestamp};
 use hotline_proto::events::v1 as ev;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -164,36 +164,16 @@ pub async fn queue(conn: &mut PgConnection, deliveries: &[NewDelivery]) -> sqlx:
              $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
          ON CONFLICT DO NOTHING",
     )
-    .bind(deliveries.iter().map(|d| d.ticket_id).collect::<Vec<_>>())
-    .bind(deliveries.iter().map(|d| d.breach).collect::<Vec<_>>())
-    .bind(deliveries.iter().map(|d| d.step).collect::<Vec<_>>())
-    .bind(deliveries.iter().map(|d| d.level).collect::<Vec<_>>())
-    .bind(deliveries.iter().map(|d| d.action).collect::<Vec<_>>())
-    .bind(deliveries.iter().map(|d| d.channel).collect::<Vec<_>>())
-    .bind(
-        deliveries
-            .iter()
-            .map(|d| d.target.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        deliveries
-            .iter()
-            .map(|d| d.destination.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        deliveries
-            .iter()
-            .map(|d| d.dedup_key.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        deliveries
-            .iter()
-            .map(|d| d.body.clone())
-            .collect::<Vec<_>>(),
-    )
+    .bind(column(deliveries, |d| d.ticket_id))
+    .bind(column(deliveries, |d| d.breach))
+    .bind(column(deliveries, |d| d.step))
+    .bind(column(deliveries, |d| d.level))
+    .bind(column(deliveries, |d| d.action))
+    .bind(column(deliveries, |d| d.channel))
+    .bind(column(deliveries, |d| d.target.clone()))
+    .bind(column(deliveries, |d| d.destination.clone()))
+    .bind(column(deliveries, |d| d.dedup_key.clone()))
+    .bind(column(deliveries, |d| d.body.clone()))
     .execute(&mut *conn)
     .await?
     .rows_affected();

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, TryStreamExt};
-use hotline_kit::ticket_ref::TicketRef;
+use hotline_kit::{db::column, ticket_ref::TicketRef};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -199,12 +199,12 @@ pub async fn save_fired(
              $5::timestamptz[], $6::timestamptz[])
          ON CONFLICT DO NOTHING",
     )
-    .bind(fired.iter().map(|f| f.ticket_id).collect::<Vec<_>>())
-    .bind(fired.iter().map(|f| f.breach).collect::<Vec<_>>())
-    .bind(fired.iter().map(|f| f.step).collect::<Vec<_>>())
-    .bind(fired.iter().map(|f| f.level).collect::<Vec<_>>())
-    .bind(fired.iter().map(|f| f.due).collect::<Vec<_>>())
-    .bind(fired.iter().map(|f| f.fired_at).collect::<Vec<_>>())
+    .bind(column(fired, |f| f.ticket_id))
+    .bind(column(fired, |f| f.breach))
+    .bind(column(fired, |f| f.step))
+    .bind(column(fired, |f| f.level))
+    .bind(column(fired, |f| f.due))
+    .bind(column(fired, |f| f.fired_at))
     .execute(&mut *conn)
     .await?
     .rows_affected();

@@ -7,6 +7,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use hotline_kit::{
     batch::Batches,
     bus::outbox::{self, OutboxRows, OutboxSignal},
+    db::column,
 };
 use hotline_proto::events::v1::EventEnvelope;
 use sqlx::{Connection, PgConnection, PgPool, Postgres, QueryBuilder, Row};
@@ -785,79 +786,24 @@ async fn insert_many(
         OutboxRows::insert_sql(19, Some("(($24::uuid[])[ord]) IN (SELECT id FROM ticket)"))
     );
     let query = sqlx::query(&sql)
-        .bind(drafts.iter().map(|d| d.ticket.id).collect::<Vec<_>>())
-        .bind(drafts.iter().map(|d| d.ticket.number).collect::<Vec<_>>())
-        .bind(
-            drafts
-                .iter()
-                .map(|d| d.ticket.status.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            drafts
-                .iter()
-                .map(|d| d.ticket.priority.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            drafts
-                .iter()
-                .map(|d| d.ticket.channel.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            drafts
-                .iter()
-                .map(|d| d.ticket.subject.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            drafts
-                .iter()
-                .map(|d| d.ticket.contact.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            drafts
-                .iter()
-                .map(|d| d.ticket.awaiting_since)
-                .collect::<Vec<_>>(),
-        )
-        .bind(drafts.iter().map(|d| d.key.as_deref()).collect::<Vec<_>>())
-        .bind(
-            drafts
-                .iter()
-                .map(|d| d.ticket.created_at)
-                .collect::<Vec<_>>(),
-        )
-        .bind(drafts.iter().map(|d| d.article.id).collect::<Vec<_>>())
-        .bind(columns.iter().map(|c| c.0).collect::<Vec<_>>())
-        .bind(
-            drafts
-                .iter()
-                .map(|d| d.article.body.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            drafts
-                .iter()
-                .map(|d| d.article.author.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(columns.iter().map(|c| c.1).collect::<Vec<_>>())
-        .bind(columns.iter().map(|c| c.2).collect::<Vec<_>>())
-        .bind(
-            drafts
-                .iter()
-                .map(|d| d.article.call_id.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            drafts
-                .iter()
-                .map(|d| d.article.html.as_deref())
-                .collect::<Vec<_>>(),
-        );
+        .bind(column(drafts, |d| d.ticket.id))
+        .bind(column(drafts, |d| d.ticket.number))
+        .bind(column(drafts, |d| d.ticket.status.as_str()))
+        .bind(column(drafts, |d| d.ticket.priority.as_str()))
+        .bind(column(drafts, |d| d.ticket.channel.as_str()))
+        .bind(column(drafts, |d| d.ticket.subject.as_str()))
+        .bind(column(drafts, |d| d.ticket.contact.as_deref()))
+        .bind(column(drafts, |d| d.ticket.awaiting_since))
+        .bind(column(drafts, |d| d.key.as_deref()))
+        .bind(column(drafts, |d| d.ticket.created_at))
+        .bind(column(drafts, |d| d.article.id))
+        .bind(column(&columns, |c| c.0))
+        .bind(column(drafts, |d| d.article.body.as_str()))
+        .bind(column(drafts, |d| d.article.author.as_str()))
+        .bind(column(&columns, |c| c.1))
+        .bind(column(&columns, |c| c.2))
+        .bind(column(drafts, |d| d.article.call_id.as_deref()))
+        .bind(column(drafts, |d| d.article.html.as_deref()));
     let drawing = std::time::Instant::now();
     let rows = events
         .bind(query)
