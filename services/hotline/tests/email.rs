@@ -671,3 +671,280 @@ async fn killing_the_desk_mid_flow_loses_no_mail_and_doubles_none() {
     desk.wait().await.unwrap();
     env.cleanup_bus(&["sla", "pager", "intake"]).await.unwrap();
 }
+
+/// Sends the hostile corpus with smtplib, each message from its own
+/// envelope sender; prints one JSON line per message: its name, sender,
+/// the server's final code, and a text of its body that must reach the
+/// ticket (`null` where none is expected).
+const HOSTILE: &str = r#"
+import json, smtplib, sys
+host, port = sys.argv[1], int(sys.argv[2])
+
+def mail(n, headers, body):
+    return headers.encode() + b"\r\n" + body if isinstance(body, bytes) else (headers + "\r\n" + body).encode()
+
+corpus = []
+def add(name, raw, marker):
+    corpus.append((name, raw if isinstance(raw, bytes) else raw.encode(), marker))
+
+h = lambda name, extra="": f"From: {name}@corpus.example\r\nTo: help@support.example\r\n{extra}"
+add("nul-subject", h("nul-subject", "Subject: dark\x00camera\r\n") + "\r\nNUL in the subject.\r\n", "NUL in the subject.")
+add("subject-980", h("subject-980", "Subject: " + "\r\n ".join(["Kamera ausgefallen"] * 54) + "\r\n") + "\r\nLong subject 980.\r\n", "Long subject 980.")
+add("subject-2000", h("subject-2000", "Subject: " + "x" * 900 + "\r\n " + "y" * 900 + "\r\n " + "z" * 200 + "\r\n") + "\r\nLong subject 2000.\r\n", "Long subject 2000.")
+parts = "".join(f"--p\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=f{n}.bin\r\n\r\n\r\n" for n in range(36657))
+add("many-parts", h("many-parts", "Subject: parts\r\nContent-Type: multipart/mixed; boundary=p\r\n") + "\r\n--p\r\nContent-Type: text/plain\r\n\r\nMany parts text.\r\n" + parts + "--p--\r\n", "Many parts text.")
+add("no-headers", "Camera 7 is dark\r\n  since this morning, please help.\r\n", "since this morning, please help.")
+add("no-separator", h("no-separator", "Subject: sep\r\n") + "The recorder reboots every hour.\r\n", "The recorder reboots every hour.")
+add("part-no-separator", h("part-no-separator", "Subject: p\r\nContent-Type: multipart/mixed; boundary=b\r\n") + "\r\n--b\r\nA part with no headers at all.\r\n--b--\r\n", "A part with no headers at all.")
+add("boundary-never", h("boundary-never", "Subject: b\r\nContent-Type: multipart/mixed; boundary=never\r\n") + "\r\nText with a boundary that never comes.\r\n", "Text with a boundary that never comes.")
+add("boundary-unclosed", h("boundary-unclosed", "Subject: b\r\nContent-Type: multipart/alternative; boundary=b\r\n") + "\r\n--b\r\nContent-Type: text/plain\r\n\r\nUnclosed multipart text.\r\n", "Unclosed multipart text.")
+add("8bit-headers", h("8bit-headers").encode() + b"Subject: Kamera f\xc3\xa4llt aus \xe6\x91\x84\xe5\x83\x8f\r\nX-Latin: caf\xe9\r\n\r\nEight-bit headers \xe4\xf6\xfc.\r\n", "Eight-bit headers")
+add("unknown-charset", h("unknown-charset", "Subject: =?x-unknown?B?!!!?= =?utf-8?Q?caf=C3=A9?=\r\nContent-Type: text/plain; charset=x-unknown\r\nContent-Transfer-Encoding: quoted-printable\r\n") + "\r\nBroken =ZZ encodings =\r\nstill read.\r\n", "still read.")
+add("huge-header", h("huge-header", "X-Junk: " + "\r\n ".join(["j" * 900] * 200) + "\r\nSubject: " + "\r\n ".join(["s" * 900] * 60) + "\r\n") + "\r\nHuge headers.\r\n", "Huge headers.")
+nested = "Innermost text."
+for d in range(40):
+    nested = f"Content-Type: multipart/mixed; boundary=n{d}\r\nSubject: level {d}\r\n\r\n--n{d}\r\nContent-Type: text/plain\r\n\r\nLevel {d}.\r\n--n{d}\r\nContent-Type: message/rfc822\r\n\r\n{nested}\r\n--n{d}--"
+add("nested-rfc822", h("nested-rfc822", "Subject: nested\r\n") + nested + "\r\n", "Level 39.")
+digest = "".join(f"--d\r\n\r\nFrom: x{n}@y.example\r\nSubject: item {n}\r\n\r\nDigest item {n}.\r\n" for n in range(30))
+add("digest", h("digest", "Subject: digest\r\nContent-Type: multipart/mixed; boundary=o\r\n") + "\r\n--o\r\nContent-Type: text/plain\r\n\r\nDigest cover text.\r\n--o\r\nContent-Type: multipart/digest; boundary=d\r\n\r\n" + digest + "--d--\r\n--o--\r\n", "Digest cover text.")
+add("bare-cr", h("bare-cr", "Subject: cr\r\n") + "\r\nOne\rTwo\rBare CR text.\r\n", "Bare CR text.")
+add("long-message-id", h("long-message-id", "Subject: id\r\nMessage-ID: <" + "m" * 960 + "@corpus.example>\r\nReferences: " + "\r\n ".join(f"<r{n}@x>" for n in range(2000)) + "\r\n") + "\r\nLong Message-ID.\r\n", "Long Message-ID.")
+add("control-from", "From: =?utf-8?Q?Eve=1B]0;pwn=07?= <control-from@corpus.example>\r\nSubject: =?utf-8?Q?ESC=1B[2J_BEL=07_NUL=00?=\r\n\r\nControl \x1b[31mcharacters\x1b[0m in text.\r\n", "characters")
+add("html-only", h("html-only", "Subject: html\r\nContent-Type: text/html; charset=utf-8\r\n") + "\r\n<p>HTML only <b>text</b>\x00</p><script>alert(1)</script>\r\n", "HTML only")
+add("empty", h("empty", "Subject: \r\n") + "\r\n", None)
+add("headers-only", h("headers-only", "Subject: nothing else"), None)
+add("reuse-a", h("reuse", "Subject: first\r\nMessage-ID: <same@corpus.example>\r\n") + "\r\nFirst message with the id.\r\n", "First message with the id.")
+add("reuse-b", h("reuse", "Subject: second\r\nMessage-ID: <same@corpus.example>\r\n") + "\r\nSecond message reusing the id.\r\n", "Second message reusing the id.")
+add("retry-1", "Received: from a\r\n" + h("retry", "Subject: retried\r\nMessage-ID: <retry@corpus.example>\r\n") + "\r\nRetried once by its MTA.\r\n", "Retried once by its MTA.")
+add("retry-2", "Received: from b\r\n" + h("retry", "Subject: retried\r\nMessage-ID: <retry@corpus.example>\r\n") + "\r\nRetried once by its MTA.\r\n", "Retried once by its MTA.")
+add("long-line", h("long-line", "Subject: line\r\n") + "\r\n" + "x" * 2000 + "\r\n", None)
+
+for name, raw, marker in corpus:
+    sender = name.split("-")[0] + "@corpus.example" if name.startswith(("reuse", "retry")) else f"{name}@corpus.example"
+    try:
+        with smtplib.SMTP(host, port, timeout=30) as smtp:
+            smtp.sendmail(sender, ["help@support.example"], raw)
+        code = 250
+    except smtplib.SMTPResponseException as refused:
+        code = refused.smtp_code
+    except smtplib.SMTPDataError as refused:
+        code = refused.smtp_code
+    print(json.dumps({"name": name, "sender": sender, "code": code, "marker": marker}))
+"#;
+
+#[tokio::test]
+async fn hostile_mail_that_got_250_ends_as_a_ticket_an_article_or_a_recorded_robot() {
+    let desk = Desk::start(&[("sender_rate_per_minute", "0")]).await;
+    let output = tokio::process::Command::new("python3")
+        .args(["-c", HOSTILE, "127.0.0.1", &desk.smtp.port().to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let sent: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(sent.len(), 25);
+    let code = |name: &str| {
+        sent.iter()
+            .find(|s| s["name"] == name)
+            .and_then(|s| s["code"].as_u64())
+    };
+    assert_eq!(code("long-line"), Some(500), "a line over 998 characters");
+    let accepted: Vec<&Value> = sent.iter().filter(|s| s["code"] == 250).collect();
+    assert_eq!(accepted.len(), 24, "{sent:?}");
+
+    // Every accepted mail is forwarded: a ticket or article, or a reason.
+    let pool = desk.env.pool("intake").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let rows: Vec<(String, Option<String>, Option<String>)> = loop {
+        let rows: Vec<(String, Option<String>, Option<String>, bool)> = sqlx::query_as(
+            "SELECT mail_from, ticket_number, ignored, forwarded_at IS NOT NULL FROM mails ORDER BY id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let waiting: Vec<&String> = rows.iter().filter(|r| !r.3).map(|r| &r.0).collect();
+        if waiting.is_empty() && rows.len() == accepted.len() {
+            break rows.into_iter().map(|r| (r.0, r.1, r.2)).collect();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never forwarded (dead-lettered?): {waiting:?} of {} stored",
+            rows.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for (from, ticket, ignored) in &rows {
+        assert!(
+            ticket.is_some() && ignored.is_none(),
+            "{from}: a person's mail went nowhere ({ignored:?})"
+        );
+    }
+    // The text reached the ticket, however malformed the mail.
+    for mail in &accepted {
+        let Some(marker) = mail["marker"].as_str() else {
+            continue;
+        };
+        // A mail without a From is the envelope sender's.
+        let tickets = desk.of(mail["sender"].as_str().unwrap(), 1).await;
+        assert!(
+            tickets
+                .iter()
+                .flat_map(|t| &t.articles)
+                .any(|a| a.body.contains(marker)),
+            "{}: {marker:?} not in {:?}",
+            mail["name"],
+            tickets
+                .iter()
+                .flat_map(|t| &t.articles)
+                .map(|a| a.body.chars().take(300).collect::<String>())
+                .collect::<Vec<_>>()
+        );
+    }
+    // The same message twice is one article; another reusing its
+    // Message-ID is a message of its own.
+    let retried = desk.of("retry@corpus.example", 1).await;
+    assert_eq!(retried.iter().map(|t| t.articles.len()).sum::<usize>(), 1);
+    let reused = desk.of("reuse@corpus.example", 2).await;
+    assert_eq!(reused.iter().map(|t| t.articles.len()).sum::<usize>(), 2);
+    // Single-line fields arrive clean and within the limits.
+    let controlled = desk.of("control-from@corpus.example", 1).await;
+    let subject = &controlled[0].ticket.as_ref().unwrap().subject;
+    assert!(!subject.chars().any(char::is_control), "{subject:?}");
+    let long = desk.of("subject-2000@corpus.example", 1).await;
+    let ticket = long[0].ticket.as_ref().unwrap();
+    assert!(ticket.subject.chars().count() <= 250);
+    assert!(
+        long[0].articles[0].body.contains(&"z".repeat(200)),
+        "the whole subject is kept"
+    );
+    desk.stop().await;
+}
+
+#[tokio::test]
+async fn a_third_party_writing_into_a_ticket_is_kept_flagged_and_wakes_nobody() {
+    use hotline_proto::tickets::v1::{AddArticleRequest, TicketRef};
+    let desk = Desk::start(&[]).await;
+    let customer = "ops@customer.example";
+    let first = message(
+        customer,
+        "NVR-8 reboots",
+        "Message-ID: <t1@customer.example>\r\n",
+        "Every hour.",
+    );
+    assert_eq!(
+        desk.send(customer, "help@support.example", &first).await.0,
+        250
+    );
+    let ticket = desk.of(customer, 1).await[0].ticket.clone().unwrap();
+    // The desk answers: the ticket no longer awaits a response.
+    desk.tickets()
+        .add_article(AddArticleRequest {
+            ticket: ticket.number.clone(),
+            kind: ArticleKind::AgentReply as i32,
+            body: "We are on it.".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // A stranger who learned the number writes into it, by tag and by
+    // replying to the customer's message.
+    let stranger = "mallory@elsewhere.example";
+    for (n, extra) in [
+        (1, String::new()),
+        (2, "In-Reply-To: <t1@customer.example>\r\n".to_owned()),
+    ] {
+        let subject = if n == 1 {
+            format!("[{}] wake them up", ticket.number)
+        } else {
+            "Re: NVR-8 reboots".to_owned()
+        };
+        let forged = message(
+            stranger,
+            &subject,
+            &format!("Message-ID: <s{n}@elsewhere.example>\r\n{extra}"),
+            &format!("Stranger's message {n}."),
+        );
+        assert_eq!(
+            desk.send(stranger, "help@support.example", &forged).await.0,
+            250
+        );
+    }
+    // Without a relay, the reply's article comes with an internal note
+    // saying it was not mailed: the desk's own, left out here.
+    let public = |shown: &[GetTicketResponse]| -> Vec<Article> {
+        shown[0]
+            .articles
+            .iter()
+            .filter(|a| a.kind != ArticleKind::InternalNote as i32)
+            .cloned()
+            .collect()
+    };
+    let shown = desk.of(customer, 5).await;
+    assert_eq!(shown.len(), 1);
+    let kinds: Vec<i32> = public(&shown).iter().map(|a| a.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            ArticleKind::CustomerMessage as i32,
+            ArticleKind::AgentReply as i32,
+            ArticleKind::ThirdPartyMessage as i32,
+            ArticleKind::ThirdPartyMessage as i32
+        ]
+    );
+    assert_eq!(public(&shown)[3].author, stranger);
+    assert!(
+        !shown[0].ticket.as_ref().unwrap().awaiting_response,
+        "a third party does not start the clock"
+    );
+    // Resolved, a third party's message does not reopen it; the
+    // customer's own does.
+    desk.tickets()
+        .resolve_ticket(TicketRef {
+            ticket: ticket.number.clone(),
+        })
+        .await
+        .unwrap();
+    let late = message(
+        stranger,
+        &format!("[{}] again", ticket.number),
+        "Message-ID: <s3@elsewhere.example>\r\n",
+        "Stranger again.",
+    );
+    assert_eq!(
+        desk.send(stranger, "help@support.example", &late).await.0,
+        250
+    );
+    let shown = desk.of(customer, 6).await;
+    let ticket_now = shown[0].ticket.clone().unwrap();
+    assert_eq!(public(&shown).len(), 5);
+    assert_eq!(
+        ticket_now.status,
+        hotline_proto::tickets::v1::Status::Resolved as i32
+    );
+    assert!(!ticket_now.awaiting_response);
+    let own = message(
+        "Ops <OPS@customer.example>",
+        &format!("Re: [{}] NVR-8 reboots", ticket.number),
+        "Message-ID: <t2@customer.example>\r\n",
+        "It rebooted again.",
+    );
+    assert_eq!(
+        desk.send(customer, "help@support.example", &own).await.0,
+        250
+    );
+    let shown = desk.of(customer, 7).await;
+    let ticket_now = shown[0].ticket.clone().unwrap();
+    assert_eq!(public(&shown)[5].kind, ArticleKind::CustomerMessage as i32);
+    assert!(
+        ticket_now.awaiting_response,
+        "the customer's own reply reopens it"
+    );
+    desk.stop().await;
+}

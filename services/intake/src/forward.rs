@@ -108,20 +108,32 @@ impl EventHandler for Forwarder {
     }
 }
 
+/// The ticket is gone, or closed for what was to be added to it.
+fn gone(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::NotFound | tonic::Code::FailedPrecondition
+    )
+}
+
 /// A stored message, read.
 enum MailPlan {
-    /// Not a person writing (or not a message at all): no ticket; a bounce
-    /// of ours is noted on the ticket it came back from.
+    /// Not a person writing: no ticket; a bounce of ours is noted on the
+    /// ticket it came back from.
     Robot {
         id: i64,
         why: &'static str,
         bounced: Option<String>,
-        inbound: Option<mail::Inbound>,
+        inbound: mail::Inbound,
     },
     /// A person's message: onto `threaded` if it names a ticket, else a new
-    /// one.
+    /// one, under `key` (one article per message, however often it comes).
     Person {
         id: i64,
+        key: String,
+        /// The size of the stored original, for the note if `tickets`
+        /// refuses the message as read.
+        raw_bytes: usize,
         inbound: mail::Inbound,
         threaded: Option<String>,
     },
@@ -285,14 +297,7 @@ impl Forwarder {
         envelope_from: &str,
         raw: &[u8],
     ) -> anyhow::Result<MailPlan> {
-        let Some(inbound) = mail::read(raw, envelope_from, &self.hostname, self.limits) else {
-            return Ok(MailPlan::Robot {
-                id,
-                why: "not a message",
-                bounced: None,
-                inbound: None,
-            });
-        };
+        let inbound = mail::read(raw, envelope_from, &self.hostname, self.limits);
         if let Some(robot) = inbound.robot {
             tracing::info!(mail = id, from = %inbound.from, robot, "robot mail: no ticket");
             let bounced = if robot.starts_with("bounce") {
@@ -304,15 +309,24 @@ impl Forwarder {
                 id,
                 why: robot,
                 bounced,
-                inbound: Some(inbound),
+                inbound,
             });
         }
+        // The same message again is a duplicate; another reusing its
+        // Message-ID is a message of its own. Without a Message-ID there
+        // is nothing to tell a retry by: each stored mail is its own.
+        let key = match &inbound.message_id {
+            Some(_) => format!("mail:{}", mail::fingerprint(raw, &inbound)),
+            None => format!("mail:intake-{id}"),
+        };
         let threaded = match &inbound.tag {
             Some(tag) => Some(tag.clone()),
             None => store::thread(conn, &inbound.replies_to).await?,
         };
         Ok(MailPlan::Person {
             id,
+            key,
+            raw_bytes: raw.len(),
             inbound,
             threaded,
         })
@@ -320,16 +334,18 @@ impl Forwarder {
 
     /// Carries out a plan in `tickets`.
     async fn forward_mail(&self, plan: MailPlan) -> anyhow::Result<Forwarded> {
-        let (id, inbound, threaded) = match plan {
+        let (id, key, raw_bytes, inbound, threaded) = match plan {
             MailPlan::Robot {
                 id,
                 why,
                 bounced,
                 inbound,
             } => {
-                if let (Some(number), Some(inbound)) = (&bounced, &inbound) {
+                let mut noted = None;
+                if let Some(number) = bounced {
                     // A mail of ours came back: the desk must know.
-                    self.tickets
+                    let added = self
+                        .tickets
                         .clone()
                         .add_article(AddArticleRequest {
                             ticket: number.clone(),
@@ -342,12 +358,20 @@ impl Forwarder {
                             idempotency_key: format!("bounce:{id}"),
                             ..Default::default()
                         })
-                        .await
-                        .context("noting a bounce on its ticket")?;
+                        .await;
+                    match added {
+                        Ok(_) => noted = Some(number),
+                        // Closed or gone since: the bounce is recorded
+                        // with the mail, and nothing is left to tell.
+                        Err(status) if gone(&status) => {
+                            tracing::info!(mail = id, ticket = %number, "a bounce for a closed ticket");
+                        }
+                        Err(status) => return Err(status).context("noting a bounce on its ticket"),
+                    }
                 }
                 return Ok(Forwarded {
                     id,
-                    ticket: bounced,
+                    ticket: noted,
                     ignored: Some(why),
                     message_id: None,
                     opened: None,
@@ -355,17 +379,55 @@ impl Forwarder {
             }
             MailPlan::Person {
                 id,
+                key,
+                raw_bytes,
                 inbound,
                 threaded,
-            } => (id, inbound, threaded),
+            } => (id, key, raw_bytes, inbound, threaded),
         };
-        let key = format!(
-            "mail:{}",
-            inbound
-                .message_id
-                .clone()
-                .unwrap_or_else(|| format!("intake-{id}"))
-        );
+        let delivered = match self.deliver(&key, &inbound, threaded.as_deref()).await {
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                // `tickets` refused the message as read (a limit this
+                // bridge does not know of yet): it still becomes a ticket,
+                // saying why, with the original kept in the stored mail.
+                tracing::warn!(
+                    mail = id,
+                    reason = status.message(),
+                    "mail taken in its plain form"
+                );
+                let plain = mail::Inbound {
+                    body: format!(
+                        "Hotline could not take this mail as it came ({}); the original \
+                         ({raw_bytes} bytes) is kept as stored mail {id}.",
+                        mail::one_line(status.message(), 500)
+                    ),
+                    html: None,
+                    files: Vec::new(),
+                    ..inbound.clone()
+                };
+                self.deliver(&key, &plain, threaded.as_deref()).await
+            }
+            delivered => delivered,
+        };
+        let (number, opened) = delivered.context("forwarding the mail to tickets")?;
+        Ok(Forwarded {
+            id,
+            ticket: Some(number),
+            ignored: None,
+            message_id: inbound.message_id,
+            opened: opened.then_some((inbound.subject, inbound.from)),
+        })
+    }
+
+    /// Adds a person's message to `threaded`, or opens a ticket with it
+    /// (also when that ticket is gone or closed); the ticket's number, and
+    /// whether the message opened it.
+    async fn deliver(
+        &self,
+        key: &str,
+        inbound: &mail::Inbound,
+        threaded: Option<&str>,
+    ) -> Result<(String, bool), tonic::Status> {
         let attachments: Vec<NewAttachment> = inbound
             .files
             .iter()
@@ -376,63 +438,50 @@ impl Forwarder {
             })
             .collect();
         let html = inbound.html.clone().unwrap_or_default();
-        let mut ticket = None;
         if let Some(number) = threaded {
             let added = self
                 .tickets
                 .clone()
                 .add_article(AddArticleRequest {
-                    ticket: number.clone(),
+                    ticket: number.to_owned(),
                     kind: ArticleKind::CustomerMessage as i32,
                     body: inbound.body.clone(),
                     author: inbound.from.clone(),
-                    idempotency_key: key.clone(),
+                    idempotency_key: key.to_owned(),
                     html: html.clone(),
                     attachments: attachments.clone(),
                     ..Default::default()
                 })
                 .await;
             match added {
-                Ok(added) => ticket = added.into_inner().ticket.map(|t| t.number),
+                Ok(added) => {
+                    if let Some(ticket) = added.into_inner().ticket {
+                        return Ok((ticket.number, false));
+                    }
+                }
                 // Gone or closed: the message opens a ticket of its own.
-                Err(status)
-                    if matches!(
-                        status.code(),
-                        tonic::Code::NotFound | tonic::Code::FailedPrecondition
-                    ) => {}
-                Err(status) => return Err(status).context("adding the message to its ticket"),
+                Err(status) if gone(&status) => {}
+                Err(status) => return Err(status),
             }
         }
-        let opened = ticket.is_none();
-        let number = match ticket {
-            Some(number) => number,
-            None => self
-                .tickets
-                .clone()
-                .create_ticket(CreateTicketRequest {
-                    subject: inbound.subject.clone(),
-                    body: inbound.body.clone(),
-                    contact: inbound.from.clone(),
-                    channel: Channel::Email as i32,
-                    idempotency_key: key,
-                    html,
-                    attachments,
-                    ..Default::default()
-                })
-                .await
-                .context("opening a ticket for the message")?
-                .into_inner()
-                .ticket
-                .map(|t| t.number)
-                .unwrap_or_default(),
-        };
-        Ok(Forwarded {
-            id,
-            ticket: Some(number),
-            ignored: None,
-            message_id: inbound.message_id,
-            opened: opened.then_some((inbound.subject, inbound.from)),
-        })
+        let created = self
+            .tickets
+            .clone()
+            .create_ticket(CreateTicketRequest {
+                subject: inbound.subject.clone(),
+                body: inbound.body.clone(),
+                contact: inbound.from.clone(),
+                channel: Channel::Email as i32,
+                idempotency_key: key.to_owned(),
+                html,
+                attachments,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        // Opened by this message, also when a retry finds it opened: the
+        // acknowledgement is keyed by ticket, so it goes out once.
+        Ok((created.ticket.map(|t| t.number).unwrap_or_default(), true))
     }
 
     /// The customer's ticket still being worked, newest first.
@@ -561,10 +610,11 @@ mod tests {
             max_files: 1,
             max_file_bytes: 1,
         };
-        let inbound = mail::read(raw.as_bytes(), "a@customer.example", "desk.example", limits)
-            .expect("a message");
+        let inbound = mail::read(raw.as_bytes(), "a@customer.example", "desk.example", limits);
         MailPlan::Person {
             id,
+            key: format!("mail:{id}"),
+            raw_bytes: raw.len(),
             inbound,
             threaded: None,
         }

@@ -203,7 +203,7 @@ fn attachments(files: Vec<pb::NewAttachment>) -> Result<Vec<NewAttachment>, Stat
 /// Customer contacts are authored by the customer; everything else by the caller.
 fn author(kind: ArticleKind, given: &str, caller: &Caller) -> Result<String, Status> {
     Ok(match kind {
-        ArticleKind::CustomerMessage => {
+        ArticleKind::CustomerMessage | ArticleKind::ThirdPartyMessage => {
             field(given, "author", MAX_FIELD_CHARS)?.unwrap_or_default()
         }
         _ => caller.subject.clone(),

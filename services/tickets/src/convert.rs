@@ -33,6 +33,7 @@ pub fn article(article: &Article) -> pb::Article {
         ArticleKind::AgentReply => (pb::ArticleKind::AgentReply, None),
         ArticleKind::InternalNote => (pb::ArticleKind::InternalNote, None),
         ArticleKind::OnsiteArrival => (pb::ArticleKind::OnsiteArrival, None),
+        ArticleKind::ThirdPartyMessage => (pb::ArticleKind::ThirdPartyMessage, None),
         ArticleKind::Call { direction, outcome } => (
             pb::ArticleKind::Call,
             Some(pb::Call {
@@ -148,6 +149,7 @@ pub fn article_kind_from(
         pb::ArticleKind::AgentReply => Some(ArticleKind::AgentReply),
         pb::ArticleKind::InternalNote => Some(ArticleKind::InternalNote),
         pb::ArticleKind::OnsiteArrival => Some(ArticleKind::OnsiteArrival),
+        pb::ArticleKind::ThirdPartyMessage => Some(ArticleKind::ThirdPartyMessage),
         pb::ArticleKind::Call => {
             let call = call.ok_or_else(|| {
                 Refusal::Invalid(

@@ -66,6 +66,11 @@ pub enum ArticleKind {
         outcome: CallOutcome,
     },
     OnsiteArrival,
+    /// A message from someone other than the ticket's contact: kept and
+    /// shown flagged, but it speaks for nobody the desk answers to, so it
+    /// neither reopens the ticket nor starts or moves its clock (anyone who
+    /// knows a ticket's number could otherwise page the desk at night).
+    ThirdPartyMessage,
 }
 
 /// What an article does to the response clock.
@@ -80,13 +85,28 @@ pub enum ClockEffect {
 }
 
 impl ArticleKind {
+    /// What a customer message added to a ticket whose contact is `contact`
+    /// is: the contact's own (compared without case, as mail addresses
+    /// are), or a third party's. A ticket without a contact has nobody to
+    /// tell apart, so every message counts as the customer's.
+    pub fn as_written_by(self, author: &str, contact: Option<&str>) -> ArticleKind {
+        match (self, contact) {
+            (ArticleKind::CustomerMessage, Some(contact))
+                if !author.trim().eq_ignore_ascii_case(contact.trim()) =>
+            {
+                ArticleKind::ThirdPartyMessage
+            }
+            (kind, _) => kind,
+        }
+    }
+
     pub fn clock_effect(self) -> ClockEffect {
         use CallDirection::*;
         use CallOutcome::*;
         match self {
             ArticleKind::CustomerMessage => ClockEffect::Contact,
             ArticleKind::AgentReply | ArticleKind::OnsiteArrival => ClockEffect::Response,
-            ArticleKind::InternalNote => ClockEffect::Neutral,
+            ArticleKind::InternalNote | ArticleKind::ThirdPartyMessage => ClockEffect::Neutral,
             ArticleKind::Call {
                 outcome: Answered, ..
             } => ClockEffect::Response,
@@ -463,6 +483,41 @@ mod tests {
             assert!(!change.responded());
             assert!(!change.status_changed());
         }
+    }
+
+    #[test]
+    fn a_third_party_is_kept_but_neither_reopens_nor_starts_the_clock() {
+        let written = |author, contact| ArticleKind::CustomerMessage.as_written_by(author, contact);
+        assert_eq!(
+            written("Ana@Customer.example", Some("ana@customer.example")),
+            ArticleKind::CustomerMessage
+        );
+        assert_eq!(
+            written("mallory@elsewhere.example", Some("ana@customer.example")),
+            ArticleKind::ThirdPartyMessage
+        );
+        assert_eq!(
+            written("anyone@x.example", None),
+            ArticleKind::CustomerMessage
+        );
+        assert_eq!(
+            ArticleKind::InternalNote.as_written_by("ada", Some("ana@customer.example")),
+            ArticleKind::InternalNote
+        );
+        let later = t0() + Duration::minutes(5);
+        let resolved = resolve(&awaiting()).unwrap().after;
+        let change = add_article(&resolved, ArticleKind::ThirdPartyMessage, false, later).unwrap();
+        assert_eq!(change.after.status, Status::Resolved);
+        assert_eq!(change.after.awaiting_since, None);
+        let change =
+            add_article(&awaiting(), ArticleKind::ThirdPartyMessage, false, later).unwrap();
+        assert_eq!(
+            change.after.awaiting_since,
+            Some(t0()),
+            "the clock does not move"
+        );
+        let closed = close(&resolved).unwrap().after;
+        assert!(add_article(&closed, ArticleKind::ThirdPartyMessage, false, later).is_err());
     }
 
     #[test]

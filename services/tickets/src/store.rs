@@ -205,6 +205,7 @@ impl TryFrom<ArticleRow> for Article {
             ("agent_reply", ..) => ArticleKind::AgentReply,
             ("internal_note", ..) => ArticleKind::InternalNote,
             ("onsite_arrival", ..) => ArticleKind::OnsiteArrival,
+            ("third_party_message", ..) => ArticleKind::ThirdPartyMessage,
             ("call", Some(direction), Some(outcome)) => ArticleKind::Call {
                 direction: direction.parse().map_err(anyhow::Error::msg)?,
                 outcome: outcome.parse().map_err(anyhow::Error::msg)?,
@@ -237,6 +238,7 @@ fn kind_columns(kind: ArticleKind) -> (&'static str, Option<CallDirection>, Opti
         ArticleKind::AgentReply => ("agent_reply", None, None),
         ArticleKind::InternalNote => ("internal_note", None, None),
         ArticleKind::OnsiteArrival => ("onsite_arrival", None, None),
+        ArticleKind::ThirdPartyMessage => ("third_party_message", None, None),
         ArticleKind::Call { direction, outcome } => ("call", Some(direction), Some(outcome)),
     }
 }
@@ -529,9 +531,12 @@ impl Store {
         let mut new_article = None;
         let change: Change = match command {
             Command::AddArticle {
-                article,
+                mut article,
                 pending_customer,
             } => {
+                article.kind = article
+                    .kind
+                    .as_written_by(&article.author, before.contact.as_deref());
                 let change = domain::add_article(&state, article.kind, pending_customer, now)?;
                 new_article = Some(article);
                 change

@@ -400,6 +400,7 @@ fn kind_name(article: &pb::Article) -> &'static str {
         Ok(pb::ArticleKind::InternalNote) => "internal_note",
         Ok(pb::ArticleKind::Call) => "call",
         Ok(pb::ArticleKind::OnsiteArrival) => "onsite_arrival",
+        Ok(pb::ArticleKind::ThirdPartyMessage) => "third_party_message",
         _ => "unknown",
     }
 }
