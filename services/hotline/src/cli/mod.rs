@@ -13,7 +13,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use chrono::Utc;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, error::ErrorKind};
 use hotline_kit::{
     auth::{Authority, Role},
     config::{Config, parse_duration},
@@ -173,30 +173,28 @@ impl Output {
 /// them; other parse errors too, unless `--json` is among the arguments:
 /// then the error is JSON on stdout like any other failure, exit code 2.
 pub fn parse() -> Result<Cli, ExitCode> {
-    parse_from(std::env::args_os())
-}
-
-fn parse_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, ExitCode> {
-    let args: Vec<_> = args.into_iter().collect();
+    let args: Vec<_> = std::env::args_os().collect();
     let error = match Cli::try_parse_from(&args) {
         Ok(cli) => return Ok(cli),
         Err(error) => error,
     };
-    use clap::error::ErrorKind::{DisplayHelp, DisplayVersion};
     let json = args
         .iter()
         .skip(1)
         .take_while(|arg| *arg != "--")
         .any(|arg| arg == "--json");
-    if !json || matches!(error.kind(), DisplayHelp | DisplayVersion) {
+    if !json
+        || matches!(
+            error.kind(),
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+        )
+    {
         error.exit();
     }
     let rendered = error.render().to_string();
     let message = rendered.trim().trim_start_matches("error: ");
-    println!(
-        "{}",
-        json!({ "error": message, "code": format!("{:?}", tonic::Code::InvalidArgument) })
-    );
+    Output { json }.fail(Failure::new(tonic::Code::InvalidArgument, message));
+    // clap's exit code for a command line it cannot use.
     Err(ExitCode::from(2))
 }
 
