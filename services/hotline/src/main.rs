@@ -2,9 +2,10 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    hotline::cli::run(hotline::cli::Cli::parse()).await
+    match hotline::cli::parse() {
+        Ok(cli) => hotline::cli::run(cli).await,
+        Err(code) => code,
+    }
 }

@@ -1,6 +1,8 @@
 //! The agent's command line end to end: the real `hotline` binary against a
 //! running fleet.
 
+mod common;
+
 use std::process::Output;
 
 use hotline_kit::testing::{TestApp, TestEnv};
@@ -20,12 +22,18 @@ impl Shell {
 
     /// Runs `hotline args...` with `token` as HOTLINE_TOKEN (none if empty).
     async fn run(&self, token: &str, args: &[&str]) -> Output {
+        self.run_with(token, args, &[]).await
+    }
+
+    /// [`Shell::run`] with more environment, `settings`.
+    async fn run_with(&self, token: &str, args: &[&str], settings: &[(&str, &str)]) -> Output {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_hotline"));
         command
             .args(args)
             .env("HOTLINE_SERVER", format!("http://{}", self.app.grpc_addr))
             .env("HOTLINE_AUTH__SECRET", self.env.config.auth.secret.expose())
-            .env_remove("HOTLINE_TOKEN");
+            .env_remove("HOTLINE_TOKEN")
+            .envs(settings.iter().copied());
         if !token.is_empty() {
             command.env("HOTLINE_TOKEN", token);
         }
@@ -251,6 +259,26 @@ async fn an_agent_saves_a_customers_attachment_from_the_shell() {
         "5 MiB, byte for byte"
     );
     std::fs::remove_file(&target).unwrap();
+
+    let id = file["id"].as_str().unwrap();
+    let piped = shell
+        .run(&token, &["tickets", "attachment", id, "--output", "-"])
+        .await;
+    assert!(piped.status.success(), "{piped:?}");
+    assert!(
+        piped.stdout == content,
+        "standard output is the file, nothing else"
+    );
+    assert!(!std::path::Path::new("-").exists(), "no file named -");
+    let both = shell
+        .run(
+            &token,
+            &["tickets", "attachment", id, "--output", "-", "--json"],
+        )
+        .await;
+    assert!(!both.status.success());
+    let error: Value = serde_json::from_slice(&both.stdout).unwrap();
+    assert_eq!(error["code"], "InvalidArgument");
     shell.stop().await;
 }
 
@@ -299,4 +327,426 @@ async fn failures_are_clear_and_exit_non_zero() {
     assert!(!bad_role.status.success());
     assert!(String::from_utf8_lossy(&bad_role.stderr).contains("unknown role"));
     shell.stop().await;
+}
+
+/// The characters a sender could use to drive the agent's terminal: an OSC
+/// that retitles it, a screen clear, a bare CR that overwrites the line, a
+/// C1 CSI, a BEL.
+const HOSTILE_SUBJECT: &str = "Camera \u{1b}]0;pwned\u{7} down\u{1b}[2J\rOK \u{9b}31m";
+const HOSTILE_BODY: &str = "Hello,\n\tcamera 3 is down.\u{1b}]0;pwned\u{7}\r\n\u{1b}[2Jbye\u{9b}";
+
+/// Any character that drives a terminal: C0 (but LF and TAB), DEL, C1.
+fn raw_controls(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|c| c.is_control() && !matches!(c, '\n' | '\t'))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_senders_control_characters_never_reach_the_terminal_raw() {
+    let shell = Shell::start().await;
+    let token = shell.env.token("ada", hotline_kit::auth::Role::Agent);
+    let created = shell
+        .json(
+            &token,
+            &[
+                "tickets",
+                "create",
+                "--subject",
+                HOSTILE_SUBJECT,
+                "--body",
+                HOSTILE_BODY,
+                "--contact",
+                "evil\u{1b}[8m@example.com",
+            ],
+        )
+        .await;
+    let number = created["number"].as_str().unwrap().to_owned();
+
+    // JSON escapes by JSON's rules, and gives back the exact text.
+    let shown = shell
+        .run(&token, &["tickets", "show", &number, "--json"])
+        .await;
+    assert!(shown.status.success());
+    for byte in [0x1b, 0x07, b'\r'] {
+        assert!(!shown.stdout.contains(&byte), "JSON escapes {byte:#x}");
+    }
+    let value: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(value["subject"], HOSTILE_SUBJECT);
+    assert_eq!(value["articles"][0]["body"], HOSTILE_BODY);
+    assert_eq!(value["contact"], "evil\u{1b}[8m@example.com");
+
+    // Human output shows them, escaped, and keeps the body's lines.
+    let listed = shell.run(&token, &["tickets", "list"]).await;
+    let shown = shell.run(&token, &["tickets", "show", &number]).await;
+    for output in [&listed, &shown] {
+        assert!(output.status.success());
+        let text = String::from_utf8(output.stdout.clone()).unwrap();
+        assert_eq!(raw_controls(&text), Vec::<char>::new(), "{text}");
+        assert!(
+            text.contains("Camera \\u{1b}]0;pwned\\u{7} down\\u{1b}[2J\\u{d}OK \\u{9b}31m"),
+            "{text}"
+        );
+    }
+    let shown = String::from_utf8(shown.stdout).unwrap();
+    assert!(
+        shown.contains(
+            "Hello,\n\tcamera 3 is down.\\u{1b}]0;pwned\\u{7}\\u{d}\n\\u{1b}[2Jbye\\u{9b}"
+        ),
+        "{shown}"
+    );
+    assert!(shown.contains("by evil\\u{1b}[8m@example.com"), "{shown}");
+
+    // The clock carries the subject too; it comes once the sla heard of
+    // the ticket.
+    let mut clock = shell.run(&token, &["sla", "show", &number]).await;
+    for _ in 0..100 {
+        if clock.status.success() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        clock = shell.run(&token, &["sla", "show", &number]).await;
+    }
+    assert!(clock.status.success(), "{clock:?}");
+    let text = String::from_utf8(clock.stdout).unwrap();
+    assert_eq!(raw_controls(&text), Vec::<char>::new(), "{text}");
+    assert!(text.contains("\\u{1b}]0;pwned\\u{7}"), "{text}");
+
+    // A server's refusal quoting what was typed is shown the same way.
+    let refused = shell
+        .run(&token, &["tickets", "show", "HL-\u{1b}[2J"])
+        .await;
+    assert!(!refused.status.success());
+    let text = String::from_utf8(refused.stderr).unwrap();
+    assert_eq!(raw_controls(&text), Vec::<char>::new(), "{text}");
+    shell.stop().await;
+}
+
+#[tokio::test]
+async fn with_json_even_a_mistyped_command_answers_in_json() {
+    let shell = Shell::start().await;
+    for args in [
+        &[
+            "--json",
+            "tickets",
+            "create",
+            "--priority",
+            "bogus",
+            "--subject",
+            "a",
+            "--body",
+            "b",
+        ][..],
+        &["tickets", "create", "--subject", "a", "--json"],
+        &["tickets", "frobnicate", "--json"],
+        &["tickets", "assign", "HL-10001", "--to", " ", "--json"],
+    ] {
+        let output = shell.run("", args).await;
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(output.stderr.is_empty(), "{args:?}: {output:?}");
+        let error: Value = serde_json::from_slice(&output.stdout).expect("JSON only");
+        assert_eq!(error["code"], "InvalidArgument", "{args:?}");
+        assert!(!error["error"].as_str().unwrap().is_empty());
+    }
+    let text = shell
+        .run(
+            "",
+            &[
+                "tickets",
+                "create",
+                "--priority",
+                "bogus",
+                "--subject",
+                "a",
+                "--body",
+                "b",
+            ],
+        )
+        .await;
+    assert_eq!(text.status.code(), Some(2));
+    assert!(text.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&text.stderr).contains("unknown priority"));
+
+    // Help is help, --json or not.
+    let help = shell.run("", &["--help", "--json"]).await;
+    assert!(help.status.success());
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(
+        help.contains("HOTLINE_SERVER") && help.contains("HOTLINE_TOKEN"),
+        "{help}"
+    );
+
+    // A failure here, not the server's, has a code too.
+    let missing = shell.run("", &["tickets", "list", "--json"]).await;
+    assert!(!missing.status.success());
+    let error: Value = serde_json::from_slice(&missing.stdout).unwrap();
+    assert_eq!(error["code"], "Unauthenticated");
+    let token = shell.env.token("ada", hotline_kit::auth::Role::Agent);
+    let bad_server = shell
+        .run_with(
+            &token,
+            &["tickets", "list", "--json"],
+            &[("HOTLINE_SERVER", "http://[::1")],
+        )
+        .await;
+    assert!(!bad_server.status.success());
+    let error: Value = serde_json::from_slice(&bad_server.stdout).unwrap();
+    assert_eq!(error["code"], "InvalidArgument");
+    assert!(
+        error["error"].as_str().unwrap().contains("HOTLINE_SERVER"),
+        "{error}"
+    );
+
+    // host:port, as people write it, is enough.
+    let bare = shell
+        .run_with(
+            &token,
+            &["tickets", "list", "--json"],
+            &[("HOTLINE_SERVER", &shell.app.grpc_addr.to_string())],
+        )
+        .await;
+    assert!(bare.status.success(), "{bare:?}");
+    shell.stop().await;
+}
+
+#[tokio::test]
+async fn empty_replies_notes_assignees_and_subjects_are_refused() {
+    let shell = Shell::start().await;
+    let token = shell.env.token("ada", hotline_kit::auth::Role::Agent);
+    let created = shell
+        .json(
+            &token,
+            &["tickets", "create", "--subject", "Fan", "--body", "noise"],
+        )
+        .await;
+    let number = created["number"].as_str().unwrap();
+    for args in [
+        ["tickets", "respond", number, "--message", ""],
+        ["tickets", "respond", number, "--message", "  \n "],
+        ["tickets", "note", number, "--message", ""],
+    ] {
+        let refused = shell.run(&token, &args).await;
+        assert!(!refused.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("needs a message"),
+            "{refused:?}"
+        );
+    }
+    let json = shell
+        .run(
+            &token,
+            &["tickets", "respond", number, "--message", "", "--json"],
+        )
+        .await;
+    let error: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(error["code"], "InvalidArgument");
+    let shown = shell.json(&token, &["tickets", "show", number]).await;
+    assert_eq!(shown["awaiting_response"], true, "the clock still runs");
+    assert_eq!(shown["articles"].as_array().unwrap().len(), 1);
+
+    let refused = shell
+        .run(&token, &["tickets", "assign", number, "--to", ""])
+        .await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("must not be empty"));
+    let assigned = shell
+        .run(&token, &["tickets", "assign", number, "--to", "bea"])
+        .await;
+    assert_eq!(
+        String::from_utf8_lossy(&assigned.stdout).trim(),
+        format!("{number} assigned to bea")
+    );
+    let unassigned = shell.run(&token, &["tickets", "unassign", number]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&unassigned.stdout).trim(),
+        format!("{number} unassigned")
+    );
+    assert_eq!(
+        shell.json(&token, &["tickets", "show", number]).await["assignee"],
+        Value::Null
+    );
+
+    let raised = shell
+        .run(&token, &["tickets", "priority", number, "urgent"])
+        .await;
+    assert_eq!(
+        String::from_utf8_lossy(&raised.stdout).trim(),
+        format!("{number} is now urgent priority")
+    );
+    assert_eq!(
+        shell.json(&token, &["tickets", "show", number]).await["priority"],
+        "urgent"
+    );
+
+    let nameless = shell
+        .run(
+            "",
+            &["token", "issue", "--role", "agent", "--subject", "  "],
+        )
+        .await;
+    assert!(!nameless.status.success());
+    assert!(nameless.stdout.is_empty(), "no token for nobody");
+    shell.stop().await;
+}
+
+#[tokio::test]
+async fn acknowledging_a_ticket_that_does_not_exist_says_so() {
+    let shell = Shell::start().await;
+    let token = shell.env.token("ada", hotline_kit::auth::Role::Agent);
+    let unknown = shell.run(&token, &["pages", "ack", "HL-424242"]).await;
+    assert!(!unknown.status.success());
+    let text = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        text.contains("does not exist") && !text.contains("breach"),
+        "{text}"
+    );
+    let json = shell
+        .run(&token, &["pages", "ack", "HL-424242", "--json"])
+        .await;
+    let error: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(error["code"], "NotFound");
+
+    let created = shell
+        .json(
+            &token,
+            &["tickets", "create", "--subject", "Fan", "--body", "noise"],
+        )
+        .await;
+    let number = created["number"].as_str().unwrap();
+    let json = shell.run(&token, &["pages", "ack", number, "--json"]).await;
+    let error: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(error["code"], "FailedPrecondition", "{error}");
+    assert!(
+        error["error"].as_str().unwrap().contains("has no breach"),
+        "{error}"
+    );
+    shell.stop().await;
+}
+
+#[tokio::test]
+async fn a_manager_sets_and_removes_response_targets_from_the_shell() {
+    let shell = Shell::start().await;
+    let manager = shell.env.token("mia", hotline_kit::auth::Role::Manager);
+    let agent = shell.env.token("ada", hotline_kit::auth::Role::Agent);
+    let set = shell
+        .json(
+            &manager,
+            &[
+                "sla",
+                "policy",
+                "set",
+                "--priority",
+                "high",
+                "--target",
+                "1h",
+            ],
+        )
+        .await;
+    assert_eq!(set["priority"], "high");
+    assert_eq!(set["target_seconds"], 3600);
+    assert_eq!(set["custom"], true);
+
+    let listed = shell.run(&agent, &["sla", "policy", "list"]).await;
+    let text = String::from_utf8(listed.stdout).unwrap();
+    let high = text.lines().find(|l| l.starts_with("high")).unwrap();
+    assert!(high.contains("1h") && high.contains("policy"), "{text}");
+    let low = text.lines().find(|l| l.starts_with("low")).unwrap();
+    assert!(low.contains("2h") && low.contains("warranty"), "{text}");
+
+    let refused = shell
+        .run(
+            &agent,
+            &[
+                "sla",
+                "policy",
+                "set",
+                "--priority",
+                "low",
+                "--target",
+                "1h",
+                "--json",
+            ],
+        )
+        .await;
+    let error: Value = serde_json::from_slice(&refused.stdout).unwrap();
+    assert_eq!(error["code"], "PermissionDenied");
+    let weaker = shell
+        .run(
+            &manager,
+            &[
+                "sla",
+                "policy",
+                "set",
+                "--priority",
+                "low",
+                "--target",
+                "3h",
+            ],
+        )
+        .await;
+    assert!(!weaker.status.success());
+    assert!(String::from_utf8_lossy(&weaker.stderr).contains("warranty"));
+
+    let deleted = shell
+        .json(&manager, &["sla", "policy", "delete", "--priority", "high"])
+        .await;
+    let high = deleted
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["priority"] == "high")
+        .unwrap();
+    assert_eq!(high["custom"], false);
+    assert_eq!(high["target_seconds"], 7200);
+    shell.stop().await;
+}
+
+#[tokio::test]
+async fn a_clean_shutdown_logs_no_error() {
+    let env = TestEnv::new().await.unwrap();
+    hotline_kit::supervisor::migrate(&env.config, &hotline::fleet::modules())
+        .await
+        .unwrap();
+    let (grpc, http) = (common::free_port(), common::free_port());
+    let log_path = std::env::temp_dir().join(format!("hotline-{}.log", uuid::Uuid::new_v4()));
+    let log = std::fs::File::create(&log_path).unwrap();
+    // As it runs by default, not with the tests' quieter filter.
+    let filter = hotline_kit::config::LogConfig::default().filter;
+    let mut desk = common::serve_logging_to(
+        &env,
+        grpc,
+        http,
+        &[("HOTLINE_LOG__FILTER", &filter)],
+        log.into(),
+    )
+    .await;
+    // Work in flight for every module: a ticket, its events, its clock.
+    let created = tokio::process::Command::new(env!("CARGO_BIN_EXE_hotline"))
+        .args(["tickets", "create", "--subject", "Fan", "--body", "noise"])
+        .env("HOTLINE_SERVER", grpc.to_string())
+        .env(
+            "HOTLINE_TOKEN",
+            env.token("ada", hotline_kit::auth::Role::Agent),
+        )
+        .output()
+        .await
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let pid = desk.id().unwrap().to_string();
+    let signalled = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(signalled.success());
+    let exit = tokio::time::timeout(std::time::Duration::from_secs(30), desk.wait())
+        .await
+        .expect("it stops within 30 s")
+        .unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    std::fs::remove_file(&log_path).unwrap();
+    assert!(exit.success(), "{exit:?}\n{log}");
+    assert!(log.contains("stopping"), "{log}");
+    assert!(!log.contains(" ERROR "), "{log}");
+    env.cleanup_bus(&[]).await.unwrap();
 }

@@ -249,7 +249,12 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            filter: "info,sqlx::postgres::notice=warn".into(),
+            // lapin::channels logs every connection-level error at ERROR,
+            // among them the close-ok frames of channels that are still
+            // closing when a stopping process closes its connection. Every
+            // real loss also reaches the bus, which reports it (WARN) and
+            // reconnects; so lapin's own line says nothing more.
+            filter: "info,sqlx::postgres::notice=warn,lapin::channels=off".into(),
             format: LogFormat::Text,
         }
     }

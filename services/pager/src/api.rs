@@ -6,6 +6,7 @@ use chrono::Utc;
 use hotline_kit::{
     auth::{Role, authorize},
     bus::outbox::OutboxSignal,
+    grpc::ServiceToken,
     time::{from_timestamp, timestamp},
 };
 use hotline_proto::pager::v1::{
@@ -14,8 +15,11 @@ use hotline_proto::pager::v1::{
     ListPeopleResponse, ListSchedulesRequest, ListSchedulesResponse, PageState, WhoIsOnCallRequest,
     WhoIsOnCallResponse, pager_service_server::PagerService, target,
 };
+use hotline_proto::tickets::v1::{GetTicketRequest, ticket_service_client::TicketServiceClient};
 use sqlx::PgPool;
-use tonic::{Request, Response, Status};
+use tonic::{
+    Code, Request, Response, Status, service::interceptor::InterceptedService, transport::Channel,
+};
 
 use crate::{
     events::{AckError, acknowledge},
@@ -33,14 +37,46 @@ const DESK: &[Role] = &[
 /// Who may change who gets woken.
 const PLANNERS: &[Role] = &[Role::Dispatcher, Role::Manager];
 
+/// The tickets service, called as the pager.
+pub type Tickets = TicketServiceClient<InterceptedService<Channel, ServiceToken>>;
+
 pub struct PagerApi {
     pool: PgPool,
     relay: OutboxSignal,
+    tickets: Tickets,
 }
 
 impl PagerApi {
-    pub fn new(pool: PgPool, relay: OutboxSignal) -> Self {
-        Self { pool, relay }
+    pub fn new(pool: PgPool, relay: OutboxSignal, tickets: Tickets) -> Self {
+        Self {
+            pool,
+            relay,
+            tickets,
+        }
+    }
+
+    /// The refusal for `ticket` without a breach. The pager knows only
+    /// tickets that breached, so the tickets service says whether this one
+    /// exists at all: "has no breach" of a mistyped number would send the
+    /// agent looking for a breach that cannot be.
+    async fn no_breach(&self, ticket: &str, error: AckError) -> Status {
+        let asked = self
+            .tickets
+            .clone()
+            .get_ticket(GetTicketRequest {
+                ticket: ticket.to_owned(),
+            })
+            .await;
+        match asked {
+            Ok(_) => Status::failed_precondition(error.to_string()),
+            Err(status) if matches!(status.code(), Code::NotFound | Code::InvalidArgument) => {
+                Status::new(status.code(), status.message())
+            }
+            Err(status) => {
+                tracing::warn!(%status, ticket, "cannot ask the tickets service whether the ticket exists");
+                Status::not_found(error.to_string())
+            }
+        }
     }
 }
 
@@ -153,7 +189,7 @@ impl PagerService for PagerApi {
                 acknowledged_by: done.breach.acknowledged_by.unwrap_or_default(),
                 first: done.first,
             })),
-            Err(error @ AckError::NoBreach(_)) => Err(Status::not_found(error.to_string())),
+            Err(error @ AckError::NoBreach(_)) => Err(self.no_breach(&ticket, error).await),
             Err(error @ AckError::Cleared(_)) => {
                 Err(Status::failed_precondition(error.to_string()))
             }

@@ -21,15 +21,19 @@ pub mod webhook;
 use std::{sync::Arc, time::Duration};
 
 use hotline_kit::{
+    auth::Role,
     bus::{
         consumer::Consumer,
         outbox::{OutboxSignal, Relay},
     },
     config::{Secret, duration},
-    grpc::MAX_MESSAGE_BYTES,
+    grpc::{self, MAX_MESSAGE_BYTES, ServiceToken},
     supervisor::{Module, ModuleContext},
 };
-use hotline_proto::pager::v1::pager_service_server::PagerServiceServer;
+use hotline_proto::{
+    pager::v1::pager_service_server::PagerServiceServer,
+    tickets::v1::ticket_service_client::TicketServiceClient,
+};
 use serde::Deserialize;
 
 pub const SCHEMA: &str = "pager";
@@ -151,10 +155,20 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let pool = context.pool(SCHEMA)?;
     let relay_signal = OutboxSignal::default();
+    // Only asked, when a ticket has no breach, whether the ticket exists.
+    let tickets = TicketServiceClient::new(tonic::service::interceptor::InterceptedService::new(
+        grpc::channel(&context.config.endpoint("tickets"))?,
+        ServiceToken::new(context.authority.clone(), "pager", &[Role::Bridge]),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
     context.add_grpc(
-        PagerServiceServer::new(api::PagerApi::new(pool.clone(), relay_signal.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        PagerServiceServer::new(api::PagerApi::new(
+            pool.clone(),
+            relay_signal.clone(),
+            tickets,
+        ))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES),
     );
     context.add_http(webhook::router(
         pool.clone(),

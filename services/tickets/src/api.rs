@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     convert,
-    domain::{ArticleKind, Channel, Priority, Refusal, TicketKey},
+    domain::{self, ArticleKind, Channel, Priority, Refusal, TicketKey},
     store::{Command, Filter, NewArticle, NewAttachment, NewTicket, Store, StoreError},
 };
 
@@ -228,6 +228,7 @@ impl TicketService for TicketApi {
             ArticleKind::CustomerMessage => contact.clone().unwrap_or_else(|| "customer".into()),
             _ => author(kind, "", &caller)?,
         };
+        domain::check_body(kind, &request.body).map_err(invalid)?;
         let new = NewTicket {
             subject,
             contact,
@@ -320,6 +321,7 @@ impl TicketService for TicketApi {
         let kind = convert::article_kind_from(request.kind, request.call.as_ref())
             .map_err(invalid)?
             .ok_or_else(|| Status::invalid_argument("an article needs its kind"))?;
+        domain::check_body(kind, &request.body).map_err(invalid)?;
         let article = NewArticle {
             kind,
             author: author(kind, &request.author, &caller)?,

@@ -264,6 +264,22 @@ pub fn add_article(
     Ok(Change::new(state, after))
 }
 
+/// A reply or a note is something the desk wrote: without text it says
+/// nothing, and a reply would still stop the clock as if answered. Other
+/// articles may come without text (a call, an arrival, a mail that is only
+/// a file).
+pub fn check_body(kind: ArticleKind, body: &str) -> Result<(), Refusal> {
+    let what = match kind {
+        ArticleKind::AgentReply => "a reply",
+        ArticleKind::InternalNote => "a note",
+        _ => return Ok(()),
+    };
+    if body.trim().is_empty() {
+        return Err(Refusal::Invalid(format!("{what} needs a message")));
+    }
+    Ok(())
+}
+
 pub fn assign(state: &TicketState, assignee: Option<String>) -> Result<Change, Refusal> {
     refuse_closed(state, "assign it")?;
     let mut after = state.clone();
@@ -646,6 +662,21 @@ mod tests {
             add_article(&awaiting(), ArticleKind::InternalNote, true, t0()),
             Err(Refusal::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_reply_or_note_without_text_is_refused() {
+        for kind in [ArticleKind::AgentReply, ArticleKind::InternalNote] {
+            for body in ["", "  \n\t "] {
+                assert!(
+                    matches!(check_body(kind, body), Err(Refusal::Invalid(why)) if why.contains("needs a message")),
+                    "{kind:?} {body:?}"
+                );
+            }
+            assert_eq!(check_body(kind, "On my way"), Ok(()));
+        }
+        assert_eq!(check_body(ArticleKind::CustomerMessage, ""), Ok(()));
+        assert_eq!(check_body(ArticleKind::OnsiteArrival, ""), Ok(()));
     }
 
     #[test]

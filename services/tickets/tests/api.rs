@@ -1039,3 +1039,32 @@ async fn reflection_lists_the_services_without_a_token() {
     );
     desk.stop().await;
 }
+
+#[tokio::test]
+async fn a_reply_or_note_without_text_is_refused_and_the_clock_runs_on() {
+    let desk = Desk::start().await;
+    let mut client = desk.agent();
+    let ticket = create(&mut client, report("Camera 3 offline")).await;
+    for kind in [pb::ArticleKind::AgentReply, pb::ArticleKind::InternalNote] {
+        for body in ["", " \n\t "] {
+            let refused = client
+                .add_article(pb::AddArticleRequest {
+                    ticket: ticket.number.clone(),
+                    kind: kind as i32,
+                    body: body.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), Code::InvalidArgument, "{kind:?} {body:?}");
+            assert!(refused.message().contains("needs a message"), "{refused:?}");
+        }
+    }
+    let shown = show(&mut client, &ticket.number).await;
+    assert_eq!(shown.articles.len(), 1, "nothing was added");
+    assert!(
+        shown.ticket.unwrap().awaiting_response,
+        "an empty reply is no response"
+    );
+    desk.stop().await;
+}

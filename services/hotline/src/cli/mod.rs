@@ -1,17 +1,19 @@
 //! The command line: `serve`, `migrate`, `token issue`, and the desk's
 //! `tickets`, `sla`, `oncall` and `pages` commands, which talk gRPC to the server at `HOTLINE_SERVER`
 //! with the token in `HOTLINE_TOKEN`. With `--json` a command prints JSON
-//! only — on failure too (`{"error": ..., "code": ...}`) — and exits non-zero
-//! when it failed.
+//! only — on failure too, argument errors included (`{"error": ...,
+//! "code": ...}`) — and exits non-zero when it failed. Human output shows
+//! outside text through [`text`], so it never drives the terminal.
 
 mod paging;
+mod text;
 mod tickets;
 
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use chrono::Utc;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, error::ErrorKind};
 use hotline_kit::{
     auth::{Authority, Role},
     config::{Config, parse_duration},
@@ -28,13 +30,18 @@ use crate::fleet;
 #[command(
     name = "hotline",
     version,
-    about = "Hotline: the 7x24 after-sales service desk"
+    about = "Hotline: the 7x24 after-sales service desk",
+    after_help = "Environment:
+  HOTLINE_SERVER  the server the desk commands call (default http://127.0.0.1:50051;
+                  host:port means http://host:port)
+  HOTLINE_TOKEN   the bearer token they send (from `hotline token issue`)
+  HOTLINE_*       serve, migrate and token issue read their settings here (README)"
 )]
 pub struct Cli {
     /// A TOML configuration file, read before the HOTLINE_* environment.
     #[arg(long, global = true, env = "HOTLINE_CONFIG")]
     config: Option<PathBuf>,
-    /// Print JSON only.
+    /// Print JSON only, failures included ({"error", "code"}).
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -45,11 +52,13 @@ pub struct Cli {
 enum Command {
     /// Run services: all of them, or those named by --target.
     Serve {
+        /// all, or a comma list of modules: tickets, sla, pager, intake.
         #[arg(long, default_value = "all")]
         target: String,
     },
     /// Apply every service's database migrations and exit.
     Migrate {
+        /// all, or a comma list of modules: tickets, sla, pager, intake.
         #[arg(long, default_value = "all")]
         target: String,
     },
@@ -59,7 +68,7 @@ enum Command {
     /// Work tickets.
     #[command(subcommand)]
     Tickets(tickets::TicketsCommand),
-    /// Response clocks: at risk, breached, one ticket's.
+    /// Response clocks: at risk, breached, one ticket's; the policies.
     #[command(subcommand)]
     Sla(paging::SlaCommand),
     /// Who is on call.
@@ -77,7 +86,8 @@ enum TokenCommand {
         /// agent, dispatcher, technician, manager, admin or bridge; repeatable.
         #[arg(long, value_parser = str::parse::<Role>, required = true)]
         role: Vec<Role>,
-        #[arg(long)]
+        /// Who the token names: the author of what is done with it.
+        #[arg(long, value_parser = non_blank)]
         subject: String,
         /// How long it is valid, e.g. 12h, 30d.
         #[arg(long, default_value = "30d", value_parser = parse_duration)]
@@ -85,18 +95,33 @@ enum TokenCommand {
     },
 }
 
-/// A failure to report: its message and, for server refusals, the gRPC code.
+/// A failure to report: its message and a gRPC code. Server refusals keep
+/// the server's code; failures here get the code of what went wrong:
+/// `InvalidArgument` for arguments, settings and configuration,
+/// `Unauthenticated` for a missing token, `Internal` for the rest (a file
+/// that cannot be written, a server that cannot start).
 pub struct Failure {
     message: String,
-    code: Option<tonic::Code>,
+    code: tonic::Code,
+}
+
+impl Failure {
+    fn new(code: tonic::Code, message: impl std::fmt::Display) -> Self {
+        Self {
+            message: message.to_string(),
+            code,
+        }
+    }
+
+    /// An argument, setting or configuration that cannot be used.
+    fn invalid(error: anyhow::Error) -> Self {
+        Self::new(tonic::Code::InvalidArgument, format!("{error:#}"))
+    }
 }
 
 impl From<anyhow::Error> for Failure {
     fn from(error: anyhow::Error) -> Self {
-        Self {
-            message: format!("{error:#}"),
-            code: None,
-        }
+        Self::new(tonic::Code::Internal, format!("{error:#}"))
     }
 }
 
@@ -113,10 +138,7 @@ impl From<tonic::Status> for Failure {
             ),
             _ => status.message().to_owned(),
         };
-        Self {
-            message,
-            code: Some(status.code()),
-        }
+        Self::new(status.code(), message)
     }
 }
 
@@ -137,12 +159,51 @@ impl Output {
 
     fn fail(&self, failure: Failure) -> ExitCode {
         if self.json {
-            let code = failure.code.map(|c| format!("{c:?}"));
+            let code = format!("{:?}", failure.code);
             println!("{}", json!({ "error": failure.message, "code": code }));
         } else {
-            eprintln!("error: {}", failure.message);
+            // Server messages may quote what a customer wrote.
+            eprintln!("error: {}", text::line(&failure.message));
         }
         ExitCode::FAILURE
+    }
+}
+
+/// The command line of this process. Help and version print as clap prints
+/// them; other parse errors too, unless `--json` is among the arguments:
+/// then the error is JSON on stdout like any other failure, exit code 2.
+pub fn parse() -> Result<Cli, ExitCode> {
+    let args: Vec<_> = std::env::args_os().collect();
+    let error = match Cli::try_parse_from(&args) {
+        Ok(cli) => return Ok(cli),
+        Err(error) => error,
+    };
+    let json = args
+        .iter()
+        .skip(1)
+        .take_while(|arg| *arg != "--")
+        .any(|arg| arg == "--json");
+    if !json
+        || matches!(
+            error.kind(),
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+        )
+    {
+        error.exit();
+    }
+    let rendered = error.render().to_string();
+    let message = rendered.trim().trim_start_matches("error: ");
+    Output { json }.fail(Failure::new(tonic::Code::InvalidArgument, message));
+    // clap's exit code for a command line it cannot use.
+    Err(ExitCode::from(2))
+}
+
+/// A value that says something: not empty, not only spaces.
+fn non_blank(value: &str) -> Result<String, String> {
+    if value.trim().is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(value.to_owned())
     }
 }
 
@@ -166,9 +227,9 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 async fn serve(file: Option<PathBuf>, target: &str) -> Result<(), Failure> {
-    let config = Config::load(file.as_deref())?;
+    let config = Config::load(file.as_deref()).map_err(Failure::invalid)?;
     let telemetry = Telemetry::init(&config.log, "hotline")?;
-    let modules = fleet::select(target)?;
+    let modules = fleet::select(target).map_err(Failure::invalid)?;
     let app = App::start(config, &modules).await?;
     let result = app.run_until(shutdown_signal()).await;
     telemetry.shutdown().await;
@@ -176,9 +237,10 @@ async fn serve(file: Option<PathBuf>, target: &str) -> Result<(), Failure> {
 }
 
 async fn migrate_all(file: Option<PathBuf>, target: &str) -> Result<(), Failure> {
-    let config = Config::load(file.as_deref())?;
+    let config = Config::load(file.as_deref()).map_err(Failure::invalid)?;
     let telemetry = Telemetry::init(&config.log, "hotline")?;
-    let result = migrate(&config, &fleet::select(target)?).await;
+    let modules = fleet::select(target).map_err(Failure::invalid)?;
+    let result = migrate(&config, &modules).await;
     telemetry.shutdown().await;
     Ok(result?)
 }
@@ -190,14 +252,15 @@ fn issue_token(
     ttl: std::time::Duration,
     output: &Output,
 ) -> Result<(), Failure> {
-    let config = Config::load(file.as_deref())?;
-    let authority = Authority::new(&config.auth.secret)?;
+    let config = Config::load(file.as_deref()).map_err(Failure::invalid)?;
+    let authority = Authority::new(&config.auth.secret).map_err(Failure::invalid)?;
     let now = Utc::now();
     let expires_at = chrono::Duration::from_std(ttl)
         .ok()
         .and_then(|ttl| now.checked_add_signed(ttl))
         .filter(|at| at.timestamp() < i64::from(i32::MAX))
-        .context("--ttl is too long")?;
+        .context("--ttl is too long")
+        .map_err(Failure::invalid)?;
     let token = authority.issue(subject, roles, now, expires_at - now);
     output.print(
         json!({ "token": token, "subject": subject, "expires_at": expires_at }),
@@ -223,17 +286,75 @@ async fn shutdown_signal() {
 }
 
 /// A gRPC channel to `HOTLINE_SERVER` carrying `HOTLINE_TOKEN`.
-fn connect() -> anyhow::Result<InterceptedService<Channel, BearerToken>> {
-    let server =
-        std::env::var("HOTLINE_SERVER").unwrap_or_else(|_| "http://127.0.0.1:50051".into());
+fn connect() -> Result<InterceptedService<Channel, BearerToken>, Failure> {
+    let server = server_url(std::env::var("HOTLINE_SERVER").ok().as_deref());
     let token = std::env::var("HOTLINE_TOKEN")
         .ok()
         .filter(|t| !t.trim().is_empty())
-        .context(
-            "HOTLINE_TOKEN is not set: get one with `hotline token issue --role agent --subject <you>`",
-        )?;
-    Ok(InterceptedService::new(
-        grpc::channel(&server)?,
-        BearerToken::new(&token)?,
-    ))
+        .ok_or_else(|| {
+            Failure::new(
+                tonic::Code::Unauthenticated,
+                "HOTLINE_TOKEN is not set: get one with `hotline token issue --role agent --subject <you>`",
+            )
+        })?;
+    let channel = grpc::channel(&server)
+        .context("HOTLINE_SERVER should be http://host:port or host:port")
+        .map_err(Failure::invalid)?;
+    let token = BearerToken::new(&token)
+        .context("HOTLINE_TOKEN")
+        .map_err(|e| Failure::new(tonic::Code::Unauthenticated, format!("{e:#}")))?;
+    Ok(InterceptedService::new(channel, token))
+}
+
+/// The server's URL: `HOTLINE_SERVER` as given, with `http://` before a
+/// bare `host:port` (as people write it); the default when unset or blank.
+fn server_url(given: Option<&str>) -> String {
+    match given.map(str::trim).filter(|s| !s.is_empty()) {
+        None => "http://127.0.0.1:50051".into(),
+        Some(url) if url.contains("://") => url.into(),
+        Some(address) => format!("http://{address}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn every_command_and_argument_says_what_it_is_for() {
+        fn check(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                if sub.get_name() != "help" && sub.get_about().is_none() {
+                    missing.push(path.clone());
+                }
+                check(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        check(&Cli::command(), "hotline", &mut missing);
+        assert!(missing.is_empty(), "without a help line: {missing:?}");
+    }
+
+    #[test]
+    fn a_server_given_as_host_and_port_is_called_over_http() {
+        assert_eq!(
+            server_url(Some("127.0.0.1:50161")),
+            "http://127.0.0.1:50161"
+        );
+        assert_eq!(
+            server_url(Some(" https://desk.example ")),
+            "https://desk.example"
+        );
+        assert_eq!(server_url(Some("")), "http://127.0.0.1:50051");
+        assert_eq!(server_url(None), "http://127.0.0.1:50051");
+    }
 }

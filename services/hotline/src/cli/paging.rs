@@ -9,17 +9,22 @@ use hotline_proto::{
     pager::v1::{self as pager, pager_service_client::PagerServiceClient},
     sla::v1::{self as sla, sla_service_client::SlaServiceClient},
 };
+use hotline_tickets::{convert, domain};
 use serde_json::{Value, json};
 
 use super::{
     Failure, Output, connect,
+    text::line,
     tickets::{channel_name, optional, priority_name, time},
 };
 
 #[derive(Subcommand)]
 pub enum SlaCommand {
-    /// The response clock of a ticket (number or id).
-    Show { ticket: String },
+    /// The response clock of a ticket.
+    Show {
+        /// The ticket: its number (HL-10001) or id.
+        ticket: String,
+    },
     /// Tickets whose response is due soon, soonest first.
     AtRisk {
         /// Due within this long, e.g. 30m, 1h.
@@ -29,7 +34,35 @@ pub enum SlaCommand {
     /// Tickets past due and still awaiting a response.
     Breached,
     /// Stop the escalation of a breached ticket (the clock runs on).
-    Ack { ticket: String },
+    Ack {
+        /// The ticket: its number (HL-10001) or id.
+        ticket: String,
+    },
+    /// The response target of each priority.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Each priority's target: its policy, or the warranty target.
+    List,
+    /// Set one priority's target (managers; never weaker than warranty).
+    Set {
+        /// low, normal, high or urgent.
+        #[arg(long, value_parser = str::parse::<domain::Priority>)]
+        priority: domain::Priority,
+        /// The response is due this long after the contact, e.g. 1h, 90m.
+        #[arg(long, value_parser = parse_duration)]
+        target: Duration,
+    },
+    /// Remove one priority's policy: the warranty target applies again
+    /// (managers).
+    Delete {
+        /// low, normal, high or urgent.
+        #[arg(long, value_parser = str::parse::<domain::Priority>)]
+        priority: domain::Priority,
+    },
 }
 
 #[derive(Subcommand)]
@@ -40,10 +73,16 @@ pub enum OncallCommand {
 
 #[derive(Subcommand)]
 pub enum PagesCommand {
-    /// Pages sent, newest first; of one ticket when given.
-    List { ticket: Option<String> },
+    /// Pages sent, newest first.
+    List {
+        /// Only the pages of this ticket: its number (HL-10001) or id.
+        ticket: Option<String>,
+    },
     /// Acknowledge the open breach of a ticket: the ladder stops climbing.
-    Ack { ticket: String },
+    Ack {
+        /// The ticket: its number (HL-10001) or id.
+        ticket: String,
+    },
 }
 
 fn state_name(state: i32) -> &'static str {
@@ -91,7 +130,7 @@ fn clock_line(clock: &sla::Clock) -> String {
         state_name(clock.state),
         due,
         clock.level,
-        clock.subject
+        line(&clock.subject)
     )
 }
 
@@ -144,8 +183,83 @@ pub async fn sla(command: SlaCommand, output: &Output) -> Result<(), Failure> {
                 format!("{} acknowledged", clock.number)
             });
         }
+        SlaCommand::Policy(PolicyCommand::List) => {
+            let response = client
+                .list_policies(sla::ListPoliciesRequest {})
+                .await?
+                .into_inner();
+            policies(output, &response.policies);
+        }
+        SlaCommand::Policy(PolicyCommand::Set { priority, target }) => {
+            let policy = client
+                .set_policy(sla::SetPolicyRequest {
+                    priority: convert::priority(priority) as i32,
+                    target: prost_types::Duration::try_from(target).ok(),
+                })
+                .await?
+                .into_inner();
+            output.print(policy_json(&policy), || {
+                format!(
+                    "{} tickets: a response within {}",
+                    priority,
+                    span(seconds(policy.target.as_ref()))
+                )
+            });
+        }
+        SlaCommand::Policy(PolicyCommand::Delete { priority }) => {
+            let response = client
+                .delete_policy(sla::DeletePolicyRequest {
+                    priority: convert::priority(priority) as i32,
+                })
+                .await?
+                .into_inner();
+            policies(output, &response.policies);
+        }
     }
     Ok(())
+}
+
+fn policy_json(policy: &sla::Policy) -> Value {
+    json!({
+        "priority": priority_name(policy.priority),
+        "target_seconds": seconds(policy.target.as_ref()),
+        "custom": policy.custom,
+    })
+}
+
+fn policies(output: &Output, policies: &[sla::Policy]) {
+    output.print(
+        json!(policies.iter().map(policy_json).collect::<Vec<_>>()),
+        || {
+            policies
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{:<8} {:<8} {}",
+                        priority_name(p.priority),
+                        span(seconds(p.target.as_ref())),
+                        if p.custom { "policy" } else { "warranty" }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+    );
+}
+
+/// A target as people write it: `2h`, `1h30m`, `45m`, `90s`.
+fn span(seconds: Option<i64>) -> String {
+    let Some(seconds) = seconds else {
+        return "-".into();
+    };
+    let (hours, minutes, rest) = (seconds / 3600, seconds % 3600 / 60, seconds % 60);
+    let mut text = String::new();
+    for (amount, unit) in [(hours, "h"), (minutes, "m"), (rest, "s")] {
+        if amount != 0 {
+            text.push_str(&format!("{amount}{unit}"));
+        }
+    }
+    if text.is_empty() { "0s".into() } else { text }
 }
 
 pub async fn oncall(command: OncallCommand, output: &Output) -> Result<(), Failure> {
@@ -177,14 +291,14 @@ pub async fn oncall(command: OncallCommand, output: &Output) -> Result<(), Failu
                     .iter()
                     .map(|o| {
                         let who = if o.person.is_empty() {
-                            "nobody"
+                            "nobody".into()
                         } else {
-                            &o.person
+                            line(&o.person)
                         };
                         let until = time(o.shift_ends_at.as_ref())
                             .map(|t| format!(" until {}", t.to_rfc3339()))
                             .unwrap_or_default();
-                        format!("{}\t{who}{until}", o.schedule)
+                        format!("{}\t{who}{until}", line(&o.schedule))
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
@@ -251,11 +365,11 @@ pub async fn pages(command: PagesCommand, output: &Output) -> Result<(), Failure
                             format!(
                                 "{}\t{} level {}\t{} {} -> {}\t{} ({} attempts)",
                                 p.number,
-                                p.action,
+                                line(&p.action),
                                 p.level,
-                                p.channel,
-                                p.dedup_key,
-                                p.target,
+                                line(&p.channel),
+                                line(&p.dedup_key),
+                                line(&p.target),
                                 page_state(p.state),
                                 p.attempts.len()
                             )
@@ -281,12 +395,13 @@ pub async fn pages(command: PagesCommand, output: &Output) -> Result<(), Failure
                     "first": ack.first,
                 }),
                 || {
+                    let ticket = line(&ticket);
                     if ack.first {
                         format!("{ticket} acknowledged")
                     } else {
                         format!(
                             "{ticket} was already acknowledged by {}",
-                            ack.acknowledged_by
+                            line(&ack.acknowledged_by)
                         )
                     }
                 },

@@ -7,14 +7,19 @@ use hotline_proto::tickets::v1::{self as pb, ticket_service_client::TicketServic
 use hotline_tickets::{convert, domain};
 use serde_json::{Value, json};
 
-use super::{Failure, Output, connect};
+use super::{
+    Failure, Output, connect, non_blank,
+    text::{Layout, line, shown},
+};
 
 #[derive(Subcommand)]
 pub enum TicketsCommand {
     /// Open a ticket for a customer's report.
     Create {
+        /// What is wrong, in one line.
         #[arg(long)]
         subject: String,
+        /// The customer's report: the ticket's first article.
         #[arg(long)]
         body: String,
         /// The customer's email address or phone number.
@@ -38,6 +43,7 @@ pub enum TicketsCommand {
         /// new, open, pending_customer, resolved or closed; repeatable.
         #[arg(long, value_parser = str::parse::<domain::Status>)]
         status: Vec<domain::Status>,
+        /// Only tickets assigned to this agent.
         #[arg(long)]
         assignee: Option<String>,
         /// Text in the subject.
@@ -47,13 +53,16 @@ pub enum TicketsCommand {
         #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
     },
-    /// A ticket with its conversation. N is the number (HL-10001) or the id.
+    /// A ticket with its conversation.
     Show {
+        /// The ticket: its number (HL-10001) or id.
         ticket: String,
     },
     /// Reply to the customer: a response, which stops the clock.
     Respond {
+        /// The ticket: its number (HL-10001) or id.
         ticket: String,
+        /// The reply's text (not empty).
         #[arg(long)]
         message: String,
         /// Then wait for the customer.
@@ -62,29 +71,54 @@ pub enum TicketsCommand {
     },
     /// An internal note: not a response.
     Note {
+        /// The ticket: its number (HL-10001) or id.
         ticket: String,
+        /// The note's text (not empty).
         #[arg(long)]
         message: String,
     },
-    /// Assign to an agent (empty to unassign).
+    /// Assign to an agent.
     Assign {
+        /// The ticket: its number (HL-10001) or id.
         ticket: String,
-        #[arg(long)]
+        /// The agent (their token's subject).
+        #[arg(long, value_parser = non_blank)]
         to: String,
     },
+    /// Take the ticket off whoever it is assigned to.
+    Unassign {
+        /// The ticket: its number (HL-10001) or id.
+        ticket: String,
+    },
+    /// Change the priority.
+    Priority {
+        /// The ticket: its number (HL-10001) or id.
+        ticket: String,
+        /// low, normal, high or urgent.
+        #[arg(value_parser = str::parse::<domain::Priority>)]
+        priority: domain::Priority,
+    },
+    /// The matter is settled: the clock stops without a response.
     Resolve {
+        /// The ticket: its number (HL-10001) or id.
         ticket: String,
     },
+    /// Close a resolved ticket: it takes nothing more until reopened.
     Close {
+        /// The ticket: its number (HL-10001) or id.
         ticket: String,
     },
+    /// Open a resolved or closed ticket again.
     Reopen {
+        /// The ticket: its number (HL-10001) or id.
         ticket: String,
     },
-    /// Save a file kept with an article (its id is in `tickets show`).
+    /// Save a file kept with an article.
     Attachment {
+        /// The attachment's id (from `tickets show`).
         id: String,
-        /// Where to write it (default: its own name, in this folder).
+        /// Where to write it (default: its own name, in this folder); - for
+        /// standard output.
         #[arg(long)]
         output: Option<std::path::PathBuf>,
     },
@@ -128,7 +162,7 @@ pub async fn run(command: TicketsCommand, output: &Output) -> Result<(), Failure
                 "already open"
             };
             output.print(ticket_json(&ticket), || {
-                format!("{} {verb}: {}", ticket.number, ticket.subject)
+                format!("{} {verb}: {}", ticket.number, line(&ticket.subject))
             });
         }
         TicketsCommand::List {
@@ -196,7 +230,7 @@ pub async fn run(command: TicketsCommand, output: &Output) -> Result<(), Failure
                         channel_name(t.channel),
                         time(t.awaiting_since.as_ref())
                             .map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M").to_string()),
-                        t.subject
+                        line(&t.subject)
                     ));
                 }
                 lines.join("\n")
@@ -218,19 +252,22 @@ pub async fn run(command: TicketsCommand, output: &Output) -> Result<(), Failure
             );
             output.print(value, || {
                 let mut lines = vec![
-                    format!("{}  {}", ticket.number, ticket.subject),
+                    format!("{}  {}", ticket.number, line(&ticket.subject)),
                     format!(
                         "status {}, priority {}, channel {}, assignee {}",
                         status_name(ticket.status),
                         priority_name(ticket.priority),
                         channel_name(ticket.channel),
                         if ticket.assignee.is_empty() {
-                            "-"
+                            "-".into()
                         } else {
-                            &ticket.assignee
+                            line(&ticket.assignee)
                         }
                     ),
                 ];
+                if !ticket.contact.is_empty() {
+                    lines.push(format!("contact {}", line(&ticket.contact)));
+                }
                 if let Some(since) = time(ticket.awaiting_since.as_ref()) {
                     lines.push(format!("awaiting a response since {since}"));
                 }
@@ -241,13 +278,16 @@ pub async fn run(command: TicketsCommand, output: &Output) -> Result<(), Failure
                     lines.push(format!(
                         "\n[{at}] {} by {}",
                         kind_name(article),
-                        article.author
+                        line(&article.author)
                     ));
-                    lines.push(article.body.clone());
+                    lines.push(shown(&article.body, Layout::Block).into_owned());
                     for file in &article.attachments {
                         lines.push(format!(
                             "  attached: {} ({}, {} bytes) id {}",
-                            file.name, file.content_type, file.size, file.id
+                            line(&file.name),
+                            line(&file.content_type),
+                            file.size,
+                            file.id
                         ));
                     }
                 }
@@ -286,8 +326,37 @@ pub async fn run(command: TicketsCommand, output: &Output) -> Result<(), Failure
                     ticket,
                     assignee: to,
                 })
+                .await?
+                .into_inner();
+            let to = response
+                .ticket
+                .as_ref()
+                .map(|t| line(&t.assignee).into_owned())
+                .unwrap_or_default();
+            changed(output, response, &format!("assigned to {to}"));
+        }
+        TicketsCommand::Unassign { ticket } => {
+            // The RPC's empty assignee is its unassign.
+            let response = client
+                .assign_ticket(pb::AssignTicketRequest {
+                    ticket,
+                    assignee: String::new(),
+                })
                 .await?;
-            changed(output, response.into_inner(), "assigned");
+            changed(output, response.into_inner(), "unassigned");
+        }
+        TicketsCommand::Priority { ticket, priority } => {
+            let response = client
+                .set_priority(pb::SetPriorityRequest {
+                    ticket,
+                    priority: convert::priority(priority) as i32,
+                })
+                .await?;
+            changed(
+                output,
+                response.into_inner(),
+                &format!("is now {} priority", priority.as_str()),
+            );
         }
         TicketsCommand::Resolve { ticket } => {
             let response = client.resolve_ticket(pb::TicketRef { ticket }).await?;
@@ -302,10 +371,26 @@ pub async fn run(command: TicketsCommand, output: &Output) -> Result<(), Failure
             changed(output, response.into_inner(), "reopened");
         }
         TicketsCommand::Attachment { id, output: path } => {
+            let to_stdout = path.as_deref() == Some(std::path::Path::new("-"));
+            if to_stdout && output.json {
+                return Err(Failure::new(
+                    tonic::Code::InvalidArgument,
+                    "--output - puts the file on standard output, where --json puts JSON: use one",
+                ));
+            }
             let response = client
                 .get_attachment(pb::GetAttachmentRequest { id })
                 .await?
                 .into_inner();
+            if to_stdout {
+                use std::io::Write;
+                let mut stdout = std::io::stdout().lock();
+                stdout
+                    .write_all(&response.content)
+                    .and_then(|()| stdout.flush())
+                    .map_err(|e| anyhow::anyhow!("writing to standard output: {e}"))?;
+                return Ok(());
+            }
             let file = response.attachment.unwrap_or_default();
             // The name is the sender's: only its last part, never a path.
             let path = path.unwrap_or_else(|| {
@@ -320,9 +405,9 @@ pub async fn run(command: TicketsCommand, output: &Output) -> Result<(), Failure
                 || {
                     format!(
                         "saved {} ({} bytes) to {}",
-                        file.name,
+                        line(&file.name),
                         file.size,
-                        path.display()
+                        line(&path.display().to_string())
                     )
                 },
             );

@@ -26,6 +26,18 @@ pub async fn serve(
     http: SocketAddr,
     settings: &[(&str, &str)],
 ) -> tokio::process::Child {
+    serve_logging_to(env, grpc, http, settings, std::process::Stdio::inherit()).await
+}
+
+#[allow(dead_code)] // each test binary uses a part of this module
+/// [`serve`], its log (standard error) going to `log`.
+pub async fn serve_logging_to(
+    env: &TestEnv,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    settings: &[(&str, &str)],
+    log: std::process::Stdio,
+) -> tokio::process::Child {
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hotline"))
         .arg("serve")
         .env("HOTLINE_DATABASE_URL", env.config.database_url.expose())
@@ -38,6 +50,7 @@ pub async fn serve(
         .env("HOTLINE_INTAKE__SMTP_ADDR", "127.0.0.1:0")
         .env("HOTLINE_LOG__FILTER", "warn")
         .envs(settings.iter().copied())
+        .stderr(log)
         .kill_on_drop(true)
         .spawn()
         .unwrap();
