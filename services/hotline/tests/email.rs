@@ -274,6 +274,123 @@ async fn the_server_refuses_what_it_must_with_the_right_codes() {
     desk.stop().await;
 }
 
+/// A mail server speaking SMTP byte for byte over a raw socket, for what
+/// `smtplib` will not send (bare line ends, fake ends of data).
+struct RawClient {
+    reader: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl RawClient {
+    /// Connected, the greeting read.
+    async fn connect(smtp: SocketAddr) -> Self {
+        let (reader, writer) = tokio::net::TcpStream::connect(smtp)
+            .await
+            .unwrap()
+            .into_split();
+        let mut client = Self {
+            reader: tokio::io::BufReader::new(reader),
+            writer,
+        };
+        assert_eq!(client.reply().await.0, 220);
+        client
+    }
+
+    /// Sends `bytes` as they are; the reply to them.
+    async fn say(&mut self, bytes: &[u8]) -> (u16, String) {
+        use tokio::io::AsyncWriteExt;
+        self.writer.write_all(bytes).await.unwrap();
+        self.reply().await
+    }
+
+    /// One reply: its code and all its lines.
+    async fn reply(&mut self) -> (u16, String) {
+        use tokio::io::AsyncBufReadExt;
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            let read =
+                tokio::time::timeout(Duration::from_secs(10), self.reader.read_line(&mut line))
+                    .await
+                    .expect("no reply within 10 s")
+                    .unwrap();
+            assert!(read > 0, "the server closed the connection after {text:?}");
+            text.push_str(&line);
+            // `250-` continues a reply, `250 ` ends it.
+            if line.as_bytes().get(3) != Some(&b'-') {
+                let code = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+                return (code, text);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_message_smuggled_behind_a_fake_end_of_data_is_refused_with_its_carrier() {
+    let desk = Desk::start(&[]).await;
+    let forged = "admin@forged.example";
+    // The end-of-data lookalikes of the 2023 SMTP smuggling research.
+    let fake_ends = ["\n.\n", "\n.\r\n", "\r\n.\n", "\r.\r", "\r\n.\r"];
+    for (n, fake_end) in fake_ends.iter().enumerate() {
+        let mut client = RawClient::connect(desk.smtp).await;
+        let (code, offered) = client.say(b"EHLO mx.customer.example\r\n").await;
+        assert_eq!(code, 250);
+        assert!(!offered.contains("CHUNKING"), "{offered}");
+        // Commands end with CR LF too, and BDAT stays unknown.
+        let (code, text) = client.say(b"NOOP\n").await;
+        assert_eq!((code, text.contains("5.5.2")), (500, true), "{text}");
+        assert_eq!(client.say(b"BDAT 20 LAST\r\n").await.0, 502);
+
+        let carrier = format!("carrier{n}@customer.example");
+        for command in [
+            format!("MAIL FROM:<{carrier}>\r\n"),
+            "RCPT TO:<help@support.example>\r\n".into(),
+        ] {
+            assert_eq!(client.say(command.as_bytes()).await.0, 250, "{command}");
+        }
+        assert_eq!(client.say(b"DATA\r\n").await.0, 354);
+        let smuggling = format!(
+            "From: {carrier}\r\nTo: help@support.example\r\nSubject: Camera dark\r\n\r\n\
+             Camera 7 is dark.{fake_end}\
+             MAIL FROM:<{forged}>\r\nRCPT TO:<help@support.example>\r\nDATA\r\n\
+             From: {forged}\r\nTo: help@support.example\r\nSubject: Urgent\r\n\r\n\
+             Wire the money.\r\n.\r\n"
+        );
+        let (code, text) = client.say(smuggling.as_bytes()).await;
+        assert_eq!(code, 550, "{fake_end:?}: {text}");
+        assert!(text.contains("bare <LF> or <CR>"), "{text}");
+
+        // In step: the next transaction is the next one the client sends.
+        let after = format!("after{n}@customer.example");
+        for command in [
+            format!("MAIL FROM:<{after}>\r\n"),
+            "RCPT TO:<help@support.example>\r\n".into(),
+        ] {
+            assert_eq!(client.say(command.as_bytes()).await.0, 250, "{command}");
+        }
+        assert_eq!(client.say(b"DATA\r\n").await.0, 354);
+        let honest = message(&after, "Recorder beeps", "", "It beeps.") + ".\r\n";
+        let (code, text) = client.say(honest.as_bytes()).await;
+        assert_eq!(code, 250, "{fake_end:?}: {text}");
+        assert_eq!(client.say(b"QUIT\r\n").await.0, 221);
+    }
+    for n in 0..fake_ends.len() {
+        let after = desk.of(&format!("after{n}@customer.example"), 1).await;
+        assert_eq!(after.len(), 1, "the mail after fake end {n}");
+    }
+    // Anything smuggled would have been forwarded by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(desk.of(forged, 0).await.is_empty(), "a forged ticket");
+    for n in 0..fake_ends.len() {
+        assert!(
+            desk.of(&format!("carrier{n}@customer.example"), 0)
+                .await
+                .is_empty()
+        );
+    }
+    desk.stop().await;
+}
+
 /// Waits until the relay holds `count` messages.
 async fn relayed(mails: &std::sync::Mutex<Vec<String>>, count: usize) -> Vec<String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
