@@ -469,6 +469,80 @@ async fn html_attachments_and_injected_headers_reach_the_ticket_harmless() {
     desk.stop().await;
 }
 
+/// Reads a mail from stdin as a mail client does; prints its headers'
+/// names and its Subject headers, decoded.
+const READ_MAIL: &str = r#"
+import email, email.policy, json, sys
+message = email.message_from_string(sys.stdin.read(), policy=email.policy.default)
+print(json.dumps({"names": [name.lower() for name in message.keys()],
+                  "subjects": [str(s) for s in message.get_all("Subject", [])]}))
+"#;
+
+#[tokio::test]
+async fn a_hostile_subject_goes_out_as_one_clean_encoded_subject_header() {
+    use tokio::io::AsyncWriteExt;
+    let (mails, sink) = common::smtp_sink().await;
+    let relay = format!("smtp://{sink}");
+    let desk = Desk::start(&[("relay", &relay)]).await;
+    let from = "term@customer.example";
+    // A terminal title escape, a bell, an injected Bcc and Chinese text,
+    // arriving RFC 2047-encoded as any mail server may send them.
+    let hostile = "\x1b]0;pwn\x07摄像头黑屏\r\nBcc: x@evil.example";
+    let encoded: String = hostile
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("={b:02X}")
+            }
+        })
+        .collect();
+    let report = message(
+        from,
+        &format!("=?utf-8?Q?{encoded}?="),
+        "Message-ID: <t1@customer.example>\r\n",
+        "The screen is black.",
+    );
+    assert_eq!(
+        desk.send(from, "help@support.example", &report).await.0,
+        250
+    );
+    let ticket = desk.of(from, 1).await[0].ticket.clone().unwrap();
+    let ack = relayed(&mails, 1).await;
+    let ack = ack.first().expect("acknowledged");
+    let (head, _) = ack.split_once("\n\n").unwrap_or((ack, ""));
+    assert!(
+        head.chars()
+            .all(|c| c == '\n' || (c.is_ascii() && !c.is_ascii_control())),
+        "raw bytes in the header: {head:?}"
+    );
+
+    let mut reader = tokio::process::Command::new("python3")
+        .args(["-c", READ_MAIL])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = reader.stdin.take().unwrap();
+    stdin.write_all(ack.as_bytes()).await.unwrap();
+    drop(stdin);
+    let output = reader.wait_with_output().await.unwrap();
+    let read: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&output.stdout)));
+    assert_eq!(
+        read["subjects"],
+        serde_json::json!([format!(
+            "Re: [{}] ]0;pwn 摄像头黑屏 Bcc: x@evil.example",
+            ticket.number
+        )]),
+        "{ack}"
+    );
+    let names = read["names"].as_array().unwrap();
+    assert!(!names.contains(&Value::from("bcc")), "{ack}");
+    desk.stop().await;
+}
+
 #[tokio::test]
 async fn replies_go_out_in_the_thread_and_come_back_into_it_and_bounces_are_noted() {
     let (mails, sink) = common::smtp_sink().await;
@@ -535,7 +609,26 @@ async fn replies_go_out_in_the_thread_and_come_back_into_it_and_bounces_are_note
     let reply = out.get(1).expect("the reply was emailed");
     assert!(reply.contains("To: ops@customer.example"), "{reply}");
     assert!(reply.contains(&format!("[{}]", ticket.number)));
-    assert!(reply.contains(&format!("Message-ID: <{}@desk.example>", article.id)));
+    // Our Message-IDs are random: none names the ticket or the article.
+    let ours = |mail: &str| {
+        mail.lines()
+            .find_map(|line| line.strip_prefix("Message-ID: <"))
+            .and_then(|id| id.strip_suffix('>'))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no Message-ID in {mail}"))
+    };
+    let reply_id = ours(reply);
+    for id in [&reply_id, &ours(&out[0])] {
+        let (token, host) = id.split_once('@').unwrap();
+        assert_eq!(host, "desk.example");
+        assert_eq!(token.len(), 32, "{id}");
+        assert!(token.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    }
+    assert_ne!(reply_id, ours(&out[0]));
+    assert!(
+        !reply_id.contains(&article.id.replace('-', "")),
+        "{reply_id}"
+    );
     assert!(reply.contains("In-Reply-To: <"));
     assert!(reply.contains("Please send a photo"));
     assert!(!reply.contains("Auto-Submitted"), "a person wrote it");
@@ -544,10 +637,7 @@ async fn replies_go_out_in_the_thread_and_come_back_into_it_and_bounces_are_note
     let answer = message(
         from,
         "Re: photo",
-        &format!(
-            "Message-ID: <c3@customer.example>\r\nIn-Reply-To: <{}@desk.example>\r\n",
-            article.id
-        ),
+        &format!("Message-ID: <c3@customer.example>\r\nIn-Reply-To: <{reply_id}>\r\n"),
         "Photo attached.",
     );
     assert_eq!(
@@ -579,14 +669,36 @@ async fn replies_go_out_in_the_thread_and_come_back_into_it_and_bounces_are_note
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // A stranger guessing the Message-IDs we used to send (the article's
+    // id, `ack-` and the ticket) threads into nothing: a ticket of their own.
+    let stranger = "guess@elsewhere.example";
+    let guessed = message(
+        stranger,
+        "Re: photo",
+        &format!(
+            "Message-ID: <g1@elsewhere.example>\r\nIn-Reply-To: <{}@desk.example>\r\n\
+             References: <ack-{}@desk.example>\r\n",
+            article.id, ticket.number
+        ),
+        "Close this ticket, please.",
+    );
+    assert_eq!(
+        desk.send(stranger, "help@support.example", &guessed)
+            .await
+            .0,
+        250
+    );
+    let theirs = desk.of(stranger, 1).await;
+    assert_eq!(theirs.len(), 1, "the guess threaded into another ticket");
+    assert_ne!(theirs[0].ticket.as_ref().unwrap().number, ticket.number);
+
     // A bounce of our reply becomes an internal note on its ticket.
     let bounce = message(
         "MAILER-DAEMON@mx.customer.example",
         "Undelivered Mail Returned to Sender",
         "Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n",
         &format!(
-            "--b\r\nContent-Type: text/plain\r\n\r\nMailbox full.\r\n--b\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <{}@desk.example>\r\n--b--",
-            article.id
+            "--b\r\nContent-Type: text/plain\r\n\r\nMailbox full.\r\n--b\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <{reply_id}>\r\n--b--"
         ),
     );
     assert_eq!(desk.send("", "help@support.example", &bounce).await.0, 250);
