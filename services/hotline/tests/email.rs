@@ -274,6 +274,123 @@ async fn the_server_refuses_what_it_must_with_the_right_codes() {
     desk.stop().await;
 }
 
+/// A mail server speaking SMTP byte for byte over a raw socket, for what
+/// `smtplib` will not send (bare line ends, fake ends of data).
+struct RawClient {
+    reader: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl RawClient {
+    /// Connected, the greeting read.
+    async fn connect(smtp: SocketAddr) -> Self {
+        let (reader, writer) = tokio::net::TcpStream::connect(smtp)
+            .await
+            .unwrap()
+            .into_split();
+        let mut client = Self {
+            reader: tokio::io::BufReader::new(reader),
+            writer,
+        };
+        assert_eq!(client.reply().await.0, 220);
+        client
+    }
+
+    /// Sends `bytes` as they are; the reply to them.
+    async fn say(&mut self, bytes: &[u8]) -> (u16, String) {
+        use tokio::io::AsyncWriteExt;
+        self.writer.write_all(bytes).await.unwrap();
+        self.reply().await
+    }
+
+    /// One reply: its code and all its lines.
+    async fn reply(&mut self) -> (u16, String) {
+        use tokio::io::AsyncBufReadExt;
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            let read =
+                tokio::time::timeout(Duration::from_secs(10), self.reader.read_line(&mut line))
+                    .await
+                    .expect("no reply within 10 s")
+                    .unwrap();
+            assert!(read > 0, "the server closed the connection after {text:?}");
+            text.push_str(&line);
+            // `250-` continues a reply, `250 ` ends it.
+            if line.as_bytes().get(3) != Some(&b'-') {
+                let code = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+                return (code, text);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_message_smuggled_behind_a_fake_end_of_data_is_refused_with_its_carrier() {
+    let desk = Desk::start(&[]).await;
+    let forged = "admin@forged.example";
+    // The end-of-data lookalikes of the 2023 SMTP smuggling research.
+    let fake_ends = ["\n.\n", "\n.\r\n", "\r\n.\n", "\r.\r", "\r\n.\r"];
+    for (n, fake_end) in fake_ends.iter().enumerate() {
+        let mut client = RawClient::connect(desk.smtp).await;
+        let (code, offered) = client.say(b"EHLO mx.customer.example\r\n").await;
+        assert_eq!(code, 250);
+        assert!(!offered.contains("CHUNKING"), "{offered}");
+        // Commands end with CR LF too, and BDAT stays unknown.
+        let (code, text) = client.say(b"NOOP\n").await;
+        assert_eq!((code, text.contains("5.5.2")), (500, true), "{text}");
+        assert_eq!(client.say(b"BDAT 20 LAST\r\n").await.0, 502);
+
+        let carrier = format!("carrier{n}@customer.example");
+        for command in [
+            format!("MAIL FROM:<{carrier}>\r\n"),
+            "RCPT TO:<help@support.example>\r\n".into(),
+        ] {
+            assert_eq!(client.say(command.as_bytes()).await.0, 250, "{command}");
+        }
+        assert_eq!(client.say(b"DATA\r\n").await.0, 354);
+        let smuggling = format!(
+            "From: {carrier}\r\nTo: help@support.example\r\nSubject: Camera dark\r\n\r\n\
+             Camera 7 is dark.{fake_end}\
+             MAIL FROM:<{forged}>\r\nRCPT TO:<help@support.example>\r\nDATA\r\n\
+             From: {forged}\r\nTo: help@support.example\r\nSubject: Urgent\r\n\r\n\
+             Wire the money.\r\n.\r\n"
+        );
+        let (code, text) = client.say(smuggling.as_bytes()).await;
+        assert_eq!(code, 550, "{fake_end:?}: {text}");
+        assert!(text.contains("bare <LF> or <CR>"), "{text}");
+
+        // In step: the next transaction is the next one the client sends.
+        let after = format!("after{n}@customer.example");
+        for command in [
+            format!("MAIL FROM:<{after}>\r\n"),
+            "RCPT TO:<help@support.example>\r\n".into(),
+        ] {
+            assert_eq!(client.say(command.as_bytes()).await.0, 250, "{command}");
+        }
+        assert_eq!(client.say(b"DATA\r\n").await.0, 354);
+        let honest = message(&after, "Recorder beeps", "", "It beeps.") + ".\r\n";
+        let (code, text) = client.say(honest.as_bytes()).await;
+        assert_eq!(code, 250, "{fake_end:?}: {text}");
+        assert_eq!(client.say(b"QUIT\r\n").await.0, 221);
+    }
+    for n in 0..fake_ends.len() {
+        let after = desk.of(&format!("after{n}@customer.example"), 1).await;
+        assert_eq!(after.len(), 1, "the mail after fake end {n}");
+    }
+    // Anything smuggled would have been forwarded by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(desk.of(forged, 0).await.is_empty(), "a forged ticket");
+    for n in 0..fake_ends.len() {
+        assert!(
+            desk.of(&format!("carrier{n}@customer.example"), 0)
+                .await
+                .is_empty()
+        );
+    }
+    desk.stop().await;
+}
+
 /// Waits until the relay holds `count` messages.
 async fn relayed(mails: &std::sync::Mutex<Vec<String>>, count: usize) -> Vec<String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -352,6 +469,80 @@ async fn html_attachments_and_injected_headers_reach_the_ticket_harmless() {
     desk.stop().await;
 }
 
+/// Reads a mail from stdin as a mail client does; prints its headers'
+/// names and its Subject headers, decoded.
+const READ_MAIL: &str = r#"
+import email, email.policy, json, sys
+message = email.message_from_string(sys.stdin.read(), policy=email.policy.default)
+print(json.dumps({"names": [name.lower() for name in message.keys()],
+                  "subjects": [str(s) for s in message.get_all("Subject", [])]}))
+"#;
+
+#[tokio::test]
+async fn a_hostile_subject_goes_out_as_one_clean_encoded_subject_header() {
+    use tokio::io::AsyncWriteExt;
+    let (mails, sink) = common::smtp_sink().await;
+    let relay = format!("smtp://{sink}");
+    let desk = Desk::start(&[("relay", &relay)]).await;
+    let from = "term@customer.example";
+    // A terminal title escape, a bell, an injected Bcc and Chinese text,
+    // arriving RFC 2047-encoded as any mail server may send them.
+    let hostile = "\x1b]0;pwn\x07摄像头黑屏\r\nBcc: x@evil.example";
+    let encoded: String = hostile
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("={b:02X}")
+            }
+        })
+        .collect();
+    let report = message(
+        from,
+        &format!("=?utf-8?Q?{encoded}?="),
+        "Message-ID: <t1@customer.example>\r\n",
+        "The screen is black.",
+    );
+    assert_eq!(
+        desk.send(from, "help@support.example", &report).await.0,
+        250
+    );
+    let ticket = desk.of(from, 1).await[0].ticket.clone().unwrap();
+    let ack = relayed(&mails, 1).await;
+    let ack = ack.first().expect("acknowledged");
+    let (head, _) = ack.split_once("\n\n").unwrap_or((ack, ""));
+    assert!(
+        head.chars()
+            .all(|c| c == '\n' || (c.is_ascii() && !c.is_ascii_control())),
+        "raw bytes in the header: {head:?}"
+    );
+
+    let mut reader = tokio::process::Command::new("python3")
+        .args(["-c", READ_MAIL])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = reader.stdin.take().unwrap();
+    stdin.write_all(ack.as_bytes()).await.unwrap();
+    drop(stdin);
+    let output = reader.wait_with_output().await.unwrap();
+    let read: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&output.stdout)));
+    assert_eq!(
+        read["subjects"],
+        serde_json::json!([format!(
+            "Re: [{}] ]0;pwn 摄像头黑屏 Bcc: x@evil.example",
+            ticket.number
+        )]),
+        "{ack}"
+    );
+    let names = read["names"].as_array().unwrap();
+    assert!(!names.contains(&Value::from("bcc")), "{ack}");
+    desk.stop().await;
+}
+
 #[tokio::test]
 async fn replies_go_out_in_the_thread_and_come_back_into_it_and_bounces_are_noted() {
     let (mails, sink) = common::smtp_sink().await;
@@ -418,7 +609,26 @@ async fn replies_go_out_in_the_thread_and_come_back_into_it_and_bounces_are_note
     let reply = out.get(1).expect("the reply was emailed");
     assert!(reply.contains("To: ops@customer.example"), "{reply}");
     assert!(reply.contains(&format!("[{}]", ticket.number)));
-    assert!(reply.contains(&format!("Message-ID: <{}@desk.example>", article.id)));
+    // Our Message-IDs are random: none names the ticket or the article.
+    let ours = |mail: &str| {
+        mail.lines()
+            .find_map(|line| line.strip_prefix("Message-ID: <"))
+            .and_then(|id| id.strip_suffix('>'))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no Message-ID in {mail}"))
+    };
+    let reply_id = ours(reply);
+    for id in [&reply_id, &ours(&out[0])] {
+        let (token, host) = id.split_once('@').unwrap();
+        assert_eq!(host, "desk.example");
+        assert_eq!(token.len(), 32, "{id}");
+        assert!(token.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    }
+    assert_ne!(reply_id, ours(&out[0]));
+    assert!(
+        !reply_id.contains(&article.id.replace('-', "")),
+        "{reply_id}"
+    );
     assert!(reply.contains("In-Reply-To: <"));
     assert!(reply.contains("Please send a photo"));
     assert!(!reply.contains("Auto-Submitted"), "a person wrote it");
@@ -427,10 +637,7 @@ async fn replies_go_out_in_the_thread_and_come_back_into_it_and_bounces_are_note
     let answer = message(
         from,
         "Re: photo",
-        &format!(
-            "Message-ID: <c3@customer.example>\r\nIn-Reply-To: <{}@desk.example>\r\n",
-            article.id
-        ),
+        &format!("Message-ID: <c3@customer.example>\r\nIn-Reply-To: <{reply_id}>\r\n"),
         "Photo attached.",
     );
     assert_eq!(
@@ -462,14 +669,36 @@ async fn replies_go_out_in_the_thread_and_come_back_into_it_and_bounces_are_note
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // A stranger guessing the Message-IDs we used to send (the article's
+    // id, `ack-` and the ticket) threads into nothing: a ticket of their own.
+    let stranger = "guess@elsewhere.example";
+    let guessed = message(
+        stranger,
+        "Re: photo",
+        &format!(
+            "Message-ID: <g1@elsewhere.example>\r\nIn-Reply-To: <{}@desk.example>\r\n\
+             References: <ack-{}@desk.example>\r\n",
+            article.id, ticket.number
+        ),
+        "Close this ticket, please.",
+    );
+    assert_eq!(
+        desk.send(stranger, "help@support.example", &guessed)
+            .await
+            .0,
+        250
+    );
+    let theirs = desk.of(stranger, 1).await;
+    assert_eq!(theirs.len(), 1, "the guess threaded into another ticket");
+    assert_ne!(theirs[0].ticket.as_ref().unwrap().number, ticket.number);
+
     // A bounce of our reply becomes an internal note on its ticket.
     let bounce = message(
         "MAILER-DAEMON@mx.customer.example",
         "Undelivered Mail Returned to Sender",
         "Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n",
         &format!(
-            "--b\r\nContent-Type: text/plain\r\n\r\nMailbox full.\r\n--b\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <{}@desk.example>\r\n--b--",
-            article.id
+            "--b\r\nContent-Type: text/plain\r\n\r\nMailbox full.\r\n--b\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <{reply_id}>\r\n--b--"
         ),
     );
     assert_eq!(desk.send("", "help@support.example", &bounce).await.0, 250);

@@ -5,9 +5,12 @@
 //! key (`reply:<article>`, `ack:<ticket>`), so it is decided once; it is sent
 //! after that transaction commits by whichever intake process leases it
 //! ([`hotline_kit::queue`]), so a transaction that rolls back sends nothing
-//! and a slow relay holds no consumer. Its Message-ID (`<article
-//! id@hostname>`) is remembered with the ticket once sent, so the customer's
-//! reply — and a bounce — threads back. The relay answering 4xx or not at all
+//! and a slow relay holds no consumer. Its Message-ID (`<random
+//! token@hostname>`, so nobody can forge a reply into a thread by guessing
+//! one) is remembered with the ticket once sent, so the customer's reply —
+//! and a bounce — threads back. The subject, customer text, goes into its
+//! header without control characters and RFC 2047-encoded where it is not
+//! ASCII. The relay answering 4xx or not at all
 //! is retried with doubling backoff (at most [`MAX_BACKOFF`] apart); a 5xx is
 //! final, and an internal note on the reply's ticket says so.
 
@@ -46,6 +49,24 @@ pub struct Mailer {
     pub hostname: String,
 }
 
+/// A Message-ID of ours (without the angle brackets): 122 random bits, so
+/// it names nothing a stranger could guess (a ticket, an article) and a
+/// reply quoting it proves the sender saw our mail.
+fn message_id(hostname: &str) -> String {
+    format!("{}@{hostname}", uuid::Uuid::new_v4().simple())
+}
+
+/// `text` fit for a header: every control character (C0, DEL, C1: CR, LF,
+/// ESC, BEL, NUL, ...) a space, runs of white space one. lettre encodes CR
+/// and LF itself but writes ESC and BEL through, which a terminal showing
+/// the mail would obey.
+fn header_text(text: &str) -> String {
+    text.split(|c: char| c.is_control() || c.is_whitespace())
+        .filter(|word| !word.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// `[HL-n] subject`, unless the subject carries the tag already.
 fn tagged(number: &str, subject: &str) -> String {
     if subject.contains(&format!("[{number}]")) {
@@ -68,7 +89,7 @@ impl Mailer {
             kind: "reply".into(),
             ticket_number: ticket.number.clone(),
             recipient: ticket.contact.clone(),
-            message_id: format!("{}@{}", article.id, self.hostname),
+            message_id: message_id(&self.hostname),
             subject: format!("Re: {}", tagged(&ticket.number, &ticket.subject)),
             body: article.body.clone(),
             automatic: false,
@@ -93,7 +114,7 @@ impl Mailer {
             kind: "ack".into(),
             ticket_number: number.to_owned(),
             recipient: to.to_owned(),
-            message_id: format!("ack-{number}@{}", self.hostname),
+            message_id: message_id(&self.hostname),
             subject: format!("Re: {}", tagged(number, subject)),
             body: format!(
                 "Thank you for your report. It is registered as {number}; an engineer will \
@@ -233,7 +254,7 @@ impl Sender {
         let mut builder = Message::builder()
             .from(self.from.clone())
             .to(to)
-            .subject(queued.subject.clone())
+            .subject(header_text(&queued.subject))
             .message_id(Some(format!("<{}>", queued.message_id)))
             .header(ContentType::TEXT_PLAIN);
         if let Some(last) = thread.last() {
@@ -282,6 +303,27 @@ mod tests {
         let raw = b"--b\r\nContent-Type: message/rfc822-headers\r\n\r\nMessage-ID: <0193-ab@desk.example>\r\nIn-Reply-To: <m1@customer.example>\r\n--b--";
         assert_eq!(ours_in(raw, "desk.example"), vec!["0193-ab@desk.example"]);
         assert!(ours_in(b"nothing of ours <x@else.example>", "desk.example").is_empty());
+    }
+
+    #[test]
+    fn our_message_ids_are_random_and_ours() {
+        let (one, two) = (message_id("desk.example"), message_id("desk.example"));
+        assert_ne!(one, two);
+        let (token, host) = one.split_once('@').unwrap_or_default();
+        assert_eq!(host, "desk.example");
+        assert_eq!(token.len(), 32);
+        assert!(token.bytes().all(|b| b.is_ascii_hexdigit()), "{token}");
+        let bounce = format!("Message-ID: <{one}>\r\n");
+        assert_eq!(ours_in(bounce.as_bytes(), "desk.example"), vec![one]);
+    }
+
+    #[test]
+    fn header_text_has_no_control_characters() {
+        assert_eq!(
+            header_text("Re: \u{1b}]0;pwn\u{7}Camera\r\nBcc: x@evil.example\0\u{85}\t dark"),
+            "Re: ]0;pwn Camera Bcc: x@evil.example dark"
+        );
+        assert_eq!(header_text("摄像头 黑屏"), "摄像头 黑屏");
     }
 
     #[test]

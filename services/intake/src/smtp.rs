@@ -5,7 +5,11 @@
 //! certificate is configured. Recipients outside
 //! `intake.domains` get `550` (never an open relay); a message over the size
 //! limit `552`; an over-long line or a malformed command a `5xx` with the
-//! reason; too many connections `421`; a sender over its rate `451`. A
+//! reason; too many connections `421`; a sender over its rate `451`. Lines
+//! end with `<CR><LF>` only: a command with a bare `<LF>` or `<CR>` gets
+//! `500`, a message with one `550` after its end, and only
+//! `<CR><LF>.<CR><LF>` ends a message (no SMTP smuggling). `BDAT`
+//! (`CHUNKING`) is not offered. A
 //! message gets `250` only once its raw bytes are committed in PostgreSQL
 //! (with `intake.mail_received` in the same transaction); the database
 //! unavailable, `451`, so the sender retries.
@@ -174,50 +178,64 @@ impl Envelope {
 
 /// A line read with its length capped.
 enum Line {
+    /// A whole line with its line end exactly as sent (`\n` or `\r\n`).
     Text(Vec<u8>),
-    /// Longer than allowed; its rest was read and dropped.
-    TooLong,
+    /// Longer than allowed; its rest was read and dropped. `crlf`: it
+    /// ended with `<CR><LF>`.
+    TooLong { crlf: bool },
+    /// The input ended (a line cut short by it is no line).
     Closed,
 }
 
+/// The text of `line` without its `<CR><LF>`, or `None` when it ends with
+/// a bare `<LF>` or holds a bare `<CR>` (RFC 5321 §2.3.8: lines end with
+/// `<CR><LF>` and nothing else).
+fn crlf_line(line: &[u8]) -> Option<&[u8]> {
+    line.strip_suffix(b"\r\n")
+        .filter(|text| !text.contains(&b'\r'))
+}
+
+/// Reads to the next `<LF>`, keeping the line end: only the caller knows
+/// whether a bare `<LF>` ends a line where it is.
 async fn read_line<R: AsyncRead + Unpin>(
     reader: &mut BufReader<R>,
     max: usize,
 ) -> std::io::Result<Line> {
     let mut line = Vec::new();
     let mut too_long = false;
+    // The last byte read, so an over-long line still tells how it ended.
+    let mut last = None;
     loop {
         let available = reader.fill_buf().await?;
         if available.is_empty() {
-            return Ok(if line.is_empty() && !too_long {
-                Line::Closed
-            } else if too_long {
-                Line::TooLong
-            } else {
-                Line::Text(line)
-            });
+            return Ok(Line::Closed);
         }
         let (chunk, done) = match available.iter().position(|b| *b == b'\n') {
             Some(end) => (&available[..=end], true),
             None => (available, false),
         };
         let used = chunk.len();
+        let before_lf = chunk
+            .len()
+            .checked_sub(2)
+            .map_or(last, |i| chunk.get(i).copied());
+        last = chunk.last().copied();
         if !too_long {
             line.extend_from_slice(chunk);
             if line.len() > max {
                 too_long = true;
-                line.clear();
+                line = Vec::new();
             }
         }
         reader.consume(used);
         if done {
-            if too_long {
-                return Ok(Line::TooLong);
-            }
-            while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                line.pop();
-            }
-            return Ok(Line::Text(line));
+            return Ok(if too_long {
+                Line::TooLong {
+                    crlf: before_lf == Some(b'\r'),
+                }
+            } else {
+                Line::Text(line)
+            });
         }
     }
 }
@@ -227,31 +245,49 @@ enum Message {
     Complete(Vec<u8>),
     TooBig,
     LineTooLong,
+    /// A bare `<LF>` or `<CR>` somewhere: refused whole.
+    BareNewline,
 }
 
-/// Reads a message up to the lone `.`, undoing dot-stuffing; keeps reading
-/// (and drops) past the limits so the session stays in step.
+/// Reads a message up to `<CR><LF>.<CR><LF>` (RFC 5321 §4.1.1.4), undoing
+/// dot-stuffing; keeps reading (and drops) past the limits so the session
+/// stays in step. Only that sequence ends it: a `.` after or before a bare
+/// `<LF>` or `<CR>` is text, so a message smuggled behind one (`\n.\n`,
+/// `\r\n.\n`, `\r.\r`, ...) stays part of this message, which is refused.
 async fn read_message<R: AsyncRead + Unpin>(
     reader: &mut BufReader<R>,
     max_bytes: usize,
 ) -> std::io::Result<Option<Message>> {
     let mut message = Vec::new();
-    let (mut too_big, mut too_long) = (false, false);
+    let (mut too_big, mut too_long, mut bare) = (false, false, false);
+    // The `<CR><LF>` that ended the `DATA` command starts the first line.
+    let mut after_crlf = true;
     loop {
         match read_line(reader, MAX_TEXT_LINE).await? {
             Line::Closed => return Ok(None),
-            Line::TooLong => too_long = true,
+            Line::TooLong { crlf } => {
+                too_long = true;
+                bare |= !crlf;
+                after_crlf = crlf;
+            }
             Line::Text(line) => {
-                if line == b"." {
+                if after_crlf && line == b".\r\n" {
                     break;
                 }
-                let line = line.strip_prefix(b".").unwrap_or(&line);
-                if message.len() + line.len() + 2 > max_bytes {
+                after_crlf = line.ends_with(b"\r\n");
+                let Some(text) = crlf_line(&line) else {
+                    // Refused whole: nothing of it is kept.
+                    bare = true;
+                    message = Vec::new();
+                    continue;
+                };
+                let text = text.strip_prefix(b".").unwrap_or(text);
+                if message.len() + text.len() + 2 > max_bytes {
                     too_big = true;
-                    message.clear();
+                    message = Vec::new();
                 }
-                if !too_big {
-                    message.extend_from_slice(line);
+                if !too_big && !bare {
+                    message.extend_from_slice(text);
                     message.extend_from_slice(b"\r\n");
                 }
             }
@@ -259,6 +295,8 @@ async fn read_message<R: AsyncRead + Unpin>(
     }
     Ok(Some(if too_big {
         Message::TooBig
+    } else if bare {
+        Message::BareNewline
     } else if too_long {
         Message::LineTooLong
     } else {
@@ -414,9 +452,15 @@ impl Server {
             };
             let next = match line {
                 Line::Closed => return Ok(Ended::Closed),
-                Line::TooLong => Next::Reply(vec!["500 5.5.2 Line too long".into()]),
-                Line::Text(bytes) => match std::str::from_utf8(&bytes) {
-                    Ok(text) => {
+                Line::TooLong { .. } => Next::Reply(vec!["500 5.5.2 Line too long".into()]),
+                // As Postfix does: a client that ends commands with a bare
+                // <LF> would end its data that way too.
+                Line::Text(bytes) => match crlf_line(&bytes).map(std::str::from_utf8) {
+                    None => Next::Reply(vec![
+                        "500 5.5.2 Command contains bare <LF> or <CR>; lines must end with <CR><LF>"
+                            .into(),
+                    ]),
+                    Some(Ok(text)) => {
                         let next = envelope.command(text, config);
                         if let (Next::Reply(_), true) =
                             (&next, text.to_ascii_uppercase().starts_with("MAIL"))
@@ -428,7 +472,7 @@ impl Server {
                             next
                         }
                     }
-                    Err(_) => Next::Reply(vec!["500 5.5.2 Commands are ASCII".into()]),
+                    Some(Err(_)) => Next::Reply(vec!["500 5.5.2 Commands are ASCII".into()]),
                 },
             };
             match next {
@@ -474,6 +518,10 @@ impl Server {
                             None => return Ok(Ended::Closed),
                             Some(Message::TooBig) => {
                                 "552 5.3.4 Message too big for this desk".into()
+                            }
+                            Some(Message::BareNewline) => {
+                                "550 5.5.2 Message contains bare <LF> or <CR>; lines must end with <CR><LF>"
+                                    .into()
                             }
                             Some(Message::LineTooLong) => {
                                 "500 5.5.6 A line of the message is longer than 998 characters"
@@ -639,5 +687,63 @@ mod tests {
             Some(Message::LineTooLong)
         ));
         assert!(read(b"no end", 1000).await.is_none());
+        assert!(matches!(
+            read(b".\r\n", 1000).await,
+            Some(Message::Complete(raw)) if raw.is_empty()
+        ));
+    }
+
+    /// Reads one message; what it was and what is left for the commands.
+    async fn read_with_rest(input: &[u8]) -> (Option<Message>, Vec<u8>) {
+        let mut reader = BufReader::new(input);
+        let read = read_message(&mut reader, 100_000).await.ok().flatten();
+        let mut rest = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut rest)
+            .await
+            .ok();
+        (read, rest)
+    }
+
+    #[tokio::test]
+    async fn only_crlf_dot_crlf_ends_a_message_and_a_smuggled_one_is_part_of_it() {
+        // The end-of-data lookalikes of the 2023 SMTP smuggling research.
+        for fake_end in [&b"\n.\n"[..], b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r\n.\r"] {
+            let input = [
+                &b"From: ops@customer.example\r\n\r\nCamera dark"[..],
+                fake_end,
+                b"MAIL FROM:<admin@forged.example>\r\nRCPT TO:<help@support.example>\r\n\
+                  DATA\r\nFrom: admin@forged.example\r\n\r\nWire the money.\r\n.\r\nQUIT\r\n",
+            ]
+            .concat();
+            let (read, rest) = read_with_rest(&input).await;
+            assert!(
+                matches!(read, Some(Message::BareNewline)),
+                "{fake_end:?} ended the message"
+            );
+            assert_eq!(rest, b"QUIT\r\n", "{fake_end:?}: out of step");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bare_cr_or_lf_anywhere_refuses_the_message() {
+        for input in [
+            &b"Subject: a\rBcc: x@evil.example\r\n\r\nbody\r\n.\r\nQUIT\r\n"[..],
+            b"Subject: a\nBcc: x@evil.example\r\n\r\nbody\r\n.\r\nQUIT\r\n",
+            b"Subject: a\r\n\r\nbody ends in CR\r\r\n.\r\nQUIT\r\n",
+            b"Subject: a\r\n\nbody after a bare LF\r\n.\r\nQUIT\r\n",
+        ] {
+            let (read, rest) = read_with_rest(input).await;
+            assert!(
+                matches!(read, Some(Message::BareNewline)),
+                "{:?} was taken",
+                String::from_utf8_lossy(input)
+            );
+            assert_eq!(rest, b"QUIT\r\n");
+        }
+        // An over-long line ending in a bare LF: the `.` after it is text.
+        let long = ["x".repeat(2000).as_bytes(), b"\n.\r\nmore\r\n.\r\nQUIT\r\n"].concat();
+        let (read, rest) = read_with_rest(&long).await;
+        assert!(matches!(read, Some(Message::BareNewline)));
+        assert_eq!(rest, b"QUIT\r\n");
     }
 }
