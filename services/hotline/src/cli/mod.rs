@@ -4,6 +4,7 @@
 //! only — on failure too (`{"error": ..., "code": ...}`) — and exits non-zero
 //! when it failed.
 
+mod deadletters;
 mod paging;
 mod tickets;
 
@@ -68,6 +69,9 @@ enum Command {
     /// Pages sent for breaches, and acknowledging them.
     #[command(subcommand)]
     Pages(paging::PagesCommand),
+    /// Events a service gave up on: list and replay them (admin).
+    #[command(subcommand)]
+    Deadletters(deadletters::DeadLettersCommand),
 }
 
 #[derive(Subcommand)]
@@ -158,6 +162,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Sla(command) => paging::sla(command, &output).await,
         Command::Oncall(command) => paging::oncall(command, &output).await,
         Command::Pages(command) => paging::pages(command, &output).await,
+        Command::Deadletters(command) => deadletters::run(command, &output).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
