@@ -394,3 +394,76 @@ async fn only_admins_see_or_replay_dead_letters() {
     assert!(unknown.message().contains("recorder, bystander"));
     desk.stop().await;
 }
+
+#[tokio::test]
+async fn what_the_broker_parked_in_the_dead_letter_queue_becomes_a_dead_letter_too() {
+    use lapin::{
+        BasicProperties,
+        types::{AMQPValue, FieldTable},
+    };
+    let desk = Desk::start().await;
+    let connection =
+        lapin::Connection::connect(desk.env.config.amqp_url.expose(), Default::default())
+            .await
+            .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    // One the broker parked past its delivery limit, one an earlier version
+    // of the consumer dead-lettered there with its error and attempts.
+    let crashed = event("test.crashing");
+    let earlier = event("test.curable");
+    let mut headers = FieldTable::default();
+    headers
+        .insert(
+            "x-hotline-error".into(),
+            AMQPValue::LongString("the old handler failed".into()),
+        )
+        .insert("x-hotline-attempts".into(), AMQPValue::LongLongInt(5));
+    for (event, headers) in [(&crashed, FieldTable::default()), (&earlier, headers)] {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_type(event.r#type.as_str().into())
+            .with_headers(headers);
+        channel
+            .basic_publish(
+                format!("{}.dead", desk.env.config.namespace)
+                    .as_str()
+                    .into(),
+                "recorder".into(),
+                Default::default(),
+                &prost::Message::encode_to_vec(event),
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    connection.close(200, "done".into()).await.unwrap();
+
+    let letters = desk.await_dead_letters("recorder", 2).await;
+    let find = |e: &EventEnvelope| {
+        letters
+            .iter()
+            .find(|l| l.event_id == e.id)
+            .unwrap_or_else(|| panic!("{} not listed: {letters:?}", e.r#type))
+    };
+    let letter = find(&crashed);
+    assert_eq!(letter.event_type, "test.crashing");
+    assert_eq!(letter.attempts, 20);
+    assert!(
+        letter.error.contains("RabbitMQ gave up"),
+        "{}",
+        letter.error
+    );
+    let letter = find(&earlier);
+    assert_eq!(letter.error, "the old handler failed");
+    assert_eq!(letter.attempts, 5);
+    assert!(desk.list("bystander", true).await.is_empty());
+    assert_eq!(desk.gauge("recorder").await, Some(2.0));
+
+    desk.cure(&desk.recorder).await;
+    let replayed = desk.replay("recorder", Which::All(true)).await;
+    assert_eq!(replayed.replayed.len(), 2);
+    assert_eq!(Desk::await_effects(&desk.recorder, 2).await.len(), 2);
+    desk.stop().await;
+}

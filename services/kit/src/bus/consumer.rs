@@ -346,12 +346,24 @@ impl<H: EventHandler> Consumer<H> {
                 FieldTable::default(),
             )
             .await?;
+        let parked = channel
+            .basic_consume(
+                self.bus.dead_queue(&self.service).into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
         // Ends with this subscription (a stop, or the channel failing): lane
         // workers then give back what they hold instead of working on it.
         let session = cancel.child_token();
+        // Ends with this subscription in every case: nothing waits on the
+        // parked messages.
+        let parking = session.child_token();
         let count = self.handler.lanes().max(1);
         let mut lanes = Vec::with_capacity(count);
         let mut workers = JoinSet::new();
+        workers.spawn(self.clone().record_parked(parked, parking.clone()));
         for _ in 0..count {
             let (sender, mut receiver) = mpsc::unbounded_channel::<(Delivery, Decoded)>();
             lanes.push(sender);
@@ -403,6 +415,7 @@ impl<H: EventHandler> Consumer<H> {
         if !channel.status().connected() {
             session.cancel();
         }
+        parking.cancel();
         drop(lanes);
         while workers.join_next().await.is_some() {}
         result
@@ -482,7 +495,8 @@ impl<H: EventHandler> Consumer<H> {
                 Ok(event) => event,
                 Err(error) => {
                     let error = format!("undecodable event: {error}");
-                    return self.dead_letter(&delivery, None, &error, attempt).await;
+                    self.dead_letter(&delivery, None, &error, attempt).await;
+                    return;
                 }
             };
             let mut outage = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
@@ -550,16 +564,62 @@ impl<H: EventHandler> Consumer<H> {
         }
     }
 
+    /// Records what the broker parked in the service's dead-letter queue
+    /// as dead letters, until `parking` ends: a message past the broker's
+    /// delivery limit (the process died applying it, over and over), or one
+    /// a consumer of an earlier version dead-lettered there (with its error
+    /// and attempts in headers). So the table stays the one record.
+    async fn record_parked(
+        self: Arc<Self>,
+        mut parked: lapin::Consumer,
+        parking: CancellationToken,
+    ) {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        loop {
+            let delivery = tokio::select! {
+                _ = parking.cancelled() => return,
+                delivery = parked.next() => match delivery {
+                    Some(Ok(delivery)) => delivery,
+                    _ => return,
+                },
+            };
+            let headers = delivery.properties.headers().as_ref();
+            let error = header_str(headers, "x-hotline-error").unwrap_or_else(|| {
+                format!(
+                    "RabbitMQ gave up after {BROKER_DELIVERY_LIMIT} deliveries: \
+                     the process stopped each time while applying it"
+                )
+            });
+            let attempts = header_int(headers, "x-hotline-attempts")
+                .unwrap_or(i64::from(BROKER_DELIVERY_LIMIT));
+            let event = EventEnvelope::decode(delivery.data.as_slice()).ok();
+            let span = self.span(&delivery);
+            let recorded = self
+                .dead_letter(&delivery, event.as_ref(), &error, attempts)
+                .instrument(span)
+                .await;
+            if recorded {
+                backoff.reset();
+            } else {
+                // Requeued at the head of the queue: it would come straight back.
+                tokio::select! {
+                    _ = parking.cancelled() => return,
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+        }
+    }
+
     /// Records a delivery as a dead letter with its error, then
     /// acknowledges it. If the row cannot be written the delivery is
-    /// requeued instead: it is never dropped.
+    /// requeued instead: it is never dropped. Whether it was recorded.
     async fn dead_letter(
         &self,
         delivery: &Delivery,
         event: Option<&EventEnvelope>,
         error: &str,
         attempt: i64,
-    ) {
+    ) -> bool {
         let headers = delivery.properties.headers().as_ref();
         let event_type = event.map_or_else(|| event_type_of(delivery), |e| e.r#type.as_str());
         let event_id = event.and_then(|e| Uuid::parse_str(&e.id).ok());
@@ -601,6 +661,7 @@ impl<H: EventHandler> Consumer<H> {
                     tracing::warn!(error = format!("{error:#}"), "dead letters not counted");
                 }
                 settle(delivery.ack(BasicAckOptions::default()), "ack").await;
+                true
             }
             Err(record_error) => {
                 tracing::error!(
@@ -609,6 +670,7 @@ impl<H: EventHandler> Consumer<H> {
                     "cannot record the dead letter; requeueing"
                 );
                 settle(delivery.nack(requeue()), "nack").await;
+                false
             }
         }
     }
