@@ -467,3 +467,37 @@ async fn what_the_broker_parked_in_the_dead_letter_queue_becomes_a_dead_letter_t
     assert_eq!(Desk::await_effects(&desk.recorder, 2).await.len(), 2);
     desk.stop().await;
 }
+
+#[tokio::test]
+async fn dead_letters_left_from_before_a_restart_are_counted_at_start() {
+    let desk = Desk::start().await;
+    desk.publish(&[event("test.curable")]).await;
+    desk.await_dead_letters("recorder", 1).await;
+    let Desk {
+        env,
+        app,
+        recorder,
+        bystander,
+    } = desk;
+    app.stop().await.unwrap();
+    let app = env
+        .start(&[self::recorder(), self::bystander()])
+        .await
+        .unwrap();
+    let desk = Desk {
+        env,
+        app,
+        recorder,
+        bystander,
+    };
+    // A new consumer shows 0 until it has counted the table.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while desk.gauge("recorder").await != Some(1.0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the waiting dead letter is not counted after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    desk.stop().await;
+}
