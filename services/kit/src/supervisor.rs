@@ -320,10 +320,12 @@ impl App {
             tracing::info!(module = module.name, "module started");
         }
 
+        // Once per process, for every module here that consumes: a module's
+        // name names its queue, its consumer and so its dead letters.
         if !consumers.is_empty() {
-            type Server = DeadLetterServiceServer<DeadLetterApi>;
-            served.push(<Server as NamedService>::NAME);
-            routes.add_service(Server::new(DeadLetterApi::new(consumers)));
+            type DeadLetters = DeadLetterServiceServer<DeadLetterApi>;
+            served.push(<DeadLetters as NamedService>::NAME);
+            routes.add_service(DeadLetters::new(DeadLetterApi::new(consumers)));
         }
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(hotline_proto::FILE_DESCRIPTOR_SET)
