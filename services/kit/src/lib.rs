@@ -7,6 +7,7 @@
 //!   consumers with inbox, ordering and dead letters.
 //! - [`batch`]: requests that wait together, written together.
 //! - [`cache`]: Redis under the namespace prefix.
+//! - [`admin`]: dead letters listed and replayed, served by every process.
 //! - [`auth`]: signed bearer tokens with roles, checked on every gRPC call.
 //! - [`grpc`]: server limits and authenticated clients.
 //! - [`mail`]: mail out through the SMTP relay.
@@ -21,6 +22,7 @@
 //! service → its store commits state and outbox rows in one transaction →
 //! the relay publishes them → other modules' consumers apply them.
 
+pub mod admin;
 pub mod auth;
 pub mod batch;
 pub mod bus;

@@ -5,7 +5,9 @@
 //! HTTP routes and background tasks on a [`ModuleContext`]. [`App::start`]
 //! binds the listeners (port 0 allowed, addresses exposed), starts the
 //! modules in dependency order, and serves; `/readyz` is false until every
-//! module is up and while a backing service it uses is unreachable.
+//! module is up and while a backing service it uses is unreachable. It also
+//! serves the dead letters of the consuming modules it runs
+//! ([`crate::admin`]).
 //! [`App::run_until`] stops everything on a signal — not ready, stop
 //! accepting, drain in-flight work — and returns an error if any task
 //! failed.
@@ -24,12 +26,14 @@ use std::{
 
 use anyhow::Context;
 use axum::{Router, http::StatusCode, routing::get};
+use hotline_proto::admin::v1::dead_letter_service_server::DeadLetterServiceServer;
 use sqlx::PgPool;
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tonic::{server::NamedService, service::RoutesBuilder, transport::Server};
 
 use crate::{
+    admin::DeadLetterApi,
     auth::{Authenticate, Authority},
     bus::Bus,
     cache::Redis,
@@ -72,6 +76,9 @@ pub struct ModuleContext {
     pub cancel: CancellationToken,
     readiness: Readiness,
     module: &'static str,
+    /// The pools the module asked for, by schema: the dead-letter service
+    /// answers through the one on the module's own schema.
+    pools: Vec<(String, PgPool)>,
 }
 
 impl ModuleContext {
@@ -79,6 +86,7 @@ impl ModuleContext {
     pub fn pool(&mut self, schema: &str) -> anyhow::Result<PgPool> {
         let pool = db::pool(&self.config, schema)?;
         self.readiness.pools.push(pool.clone());
+        self.pools.push((schema.to_owned(), pool.clone()));
         Ok(pool)
     }
 
@@ -272,6 +280,7 @@ impl App {
         let mut http = Router::new();
         let mut tasks = JoinSet::new();
         let mut served = Vec::new();
+        let mut consumers = Vec::new();
         for module in start_order(modules)? {
             let mut context = ModuleContext {
                 config: config.clone(),
@@ -286,9 +295,21 @@ impl App {
                 cancel: cancel.clone(),
                 readiness,
                 module: module.name,
+                pools: Vec::new(),
             };
             (module.init)(&mut context)
                 .with_context(|| format!("starting module {}", module.name))?;
+            if !module.consumes.is_empty() {
+                let own = context
+                    .pools
+                    .iter()
+                    .find(|(schema, _)| schema == module.schema);
+                let pool = match own {
+                    Some((_, pool)) => pool.clone(),
+                    None => db::pool(&config, module.schema)?,
+                };
+                consumers.push((module.name, pool));
+            }
             for (name, task) in context.tasks {
                 tasks.spawn(async move { (name, task.await) });
             }
@@ -299,6 +320,13 @@ impl App {
             tracing::info!(module = module.name, "module started");
         }
 
+        // Once per process, for every module here that consumes: a module's
+        // name names its queue, its consumer and so its dead letters.
+        if !consumers.is_empty() {
+            type DeadLetters = DeadLetterServiceServer<DeadLetterApi>;
+            served.push(<DeadLetters as NamedService>::NAME);
+            routes.add_service(DeadLetters::new(DeadLetterApi::new(consumers)));
+        }
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(hotline_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -1,7 +1,6 @@
 //! The bus against the real RabbitMQ and PostgreSQL: the outbox relay never
 //! loses or skips a row, consumers apply each event once and in version
-//! order, poison goes to the dead-letter queue, and a broker restart loses
-//! nothing.
+//! order, poison becomes a dead letter, and a broker restart loses nothing.
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
@@ -10,7 +9,7 @@ use hotline_kit::{
     bus::{
         Bus,
         consumer::{Consumer, EventHandler, Outcome, forget_events_before},
-        header_int, header_str,
+        dead_letters,
         outbox::{OutboxSignal, Relay, enqueue, envelope},
     },
     config::BusConfig,
@@ -159,40 +158,31 @@ impl Fixture {
         assert_eq!(applied.len(), 1, "the warm-up event never arrived");
     }
 
-    /// The first `count` messages of the dead-letter queue, waiting for them.
-    async fn dead_letters(&self, count: usize) -> Vec<lapin::message::BasicGetMessage> {
-        let connection =
-            lapin::Connection::connect(self.env.config.amqp_url.expose(), Default::default())
-                .await
-                .unwrap();
-        let channel = connection.create_channel().await.unwrap();
-        let queue = self.bus.dead_queue("recorder");
+    /// The first `count` dead letters recorded, waiting for them.
+    async fn dead_letters(&self, count: usize) -> Vec<dead_letters::DeadLetter> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        let mut messages = Vec::new();
-        while messages.len() < count {
-            let options = lapin::options::BasicGetOptions { no_ack: true };
-            match channel
-                .basic_get(queue.as_str().into(), options)
-                .await
-                .unwrap()
-            {
-                Some(message) => messages.push(message),
-                None => {
-                    assert!(
-                        tokio::time::Instant::now() < deadline,
-                        "only {} of {count} dead letters reached {queue}",
-                        messages.len()
-                    );
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+        loop {
+            let letters = dead_letters::list(&self.pool, true, 100).await.unwrap();
+            if letters.len() >= count {
+                return letters;
             }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {} of {count} dead letters were recorded",
+                letters.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        messages
     }
 
-    /// Messages waiting in the dead-letter queue.
+    /// Dead letters recorded, and messages the broker parked past its
+    /// delivery limit.
     async fn dead_letter_count(&self) -> u32 {
-        self.ready(&self.bus.dead_queue("recorder")).await
+        let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        u32::try_from(recorded).unwrap() + self.ready(&self.bus.dead_queue("recorder")).await
     }
 
     /// Messages waiting in `queue` (not delivered to a consumer).
@@ -489,31 +479,29 @@ async fn a_poison_message_is_dead_lettered_while_the_queue_keeps_flowing() {
     let dead = fixture.dead_letters(2).await;
     let find = |id: &str| {
         dead.iter()
-            .find(|m| {
-                m.delivery
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map(|m| m.as_str())
-                    == Some(id)
-            })
-            .map(|m| m.delivery.properties.headers().clone())
+            .find(|letter| letter.event_id.map(|e| e.to_string()).as_deref() == Some(id))
             .unwrap_or_else(|| panic!("{id} is not among the dead letters"))
     };
-    let headers = find(&poison.id);
-    let error = header_str(headers.as_ref(), "x-hotline-error").unwrap_or_default();
-    assert!(error.contains("this event always fails"), "{error}");
-    assert_eq!(header_int(headers.as_ref(), "x-hotline-attempts"), Some(3));
-    assert_eq!(
-        header_str(headers.as_ref(), "x-hotline-routing-key").as_deref(),
-        Some("test.poison")
-    );
-    let headers = find(&panic.id);
-    let error = header_str(headers.as_ref(), "x-hotline-error").unwrap_or_default();
+    let letter = find(&poison.id);
     assert!(
-        error.contains("the handler panicked: this handler has a bug"),
-        "{error}"
+        letter.error.contains("this event always fails"),
+        "{}",
+        letter.error
     );
+    assert_eq!(letter.attempts, 3);
+    assert_eq!(letter.event_type, "test.poison");
+    assert_eq!(letter.ticket_id.as_deref(), Some(poison.ticket_id.as_str()));
+    assert_eq!(letter.replayed_at, None);
+    let letter = find(&panic.id);
+    assert!(
+        letter
+            .error
+            .contains("the handler panicked: this handler has a bug"),
+        "{}",
+        letter.error
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fixture.dead_letter_count().await, 2, "each recorded once");
     fixture.finish().await;
 }
 

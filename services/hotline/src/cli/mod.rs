@@ -5,6 +5,7 @@
 //! "code": ...}`) — and exits non-zero when it failed. Human output shows
 //! outside text through [`text`], so it never drives the terminal.
 
+mod deadletters;
 mod paging;
 mod text;
 mod tickets;
@@ -77,6 +78,9 @@ enum Command {
     /// Pages sent for breaches, and acknowledging them.
     #[command(subcommand)]
     Pages(paging::PagesCommand),
+    /// Events a service gave up on: list and replay them (admin).
+    #[command(subcommand)]
+    Deadletters(deadletters::DeadLettersCommand),
 }
 
 #[derive(Subcommand)]
@@ -219,6 +223,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Sla(command) => paging::sla(command, &output).await,
         Command::Oncall(command) => paging::oncall(command, &output).await,
         Command::Pages(command) => paging::pages(command, &output).await,
+        Command::Deadletters(command) => deadletters::run(command, &output).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,9 +13,9 @@
 //! - the database unreachable: the delivery is held and retried until the
 //!   database is back — an outage never dead-letters good events;
 //! - the handler fails or panics: retried with doubling backoff; at its last
-//!   attempt published to the dead-letter exchange with its error and only
-//!   then acknowledged, so it is never silently dropped and never blocks the
-//!   queue;
+//!   attempt recorded as a dead letter with its error (see [`super::dead_letters`])
+//!   and only then acknowledged, so it is never silently dropped and never
+//!   blocks the queue;
 //! - undecodable: dead-lettered at once.
 
 use std::{
@@ -31,13 +31,13 @@ use anyhow::Context;
 use futures_util::{FutureExt, StreamExt};
 use hotline_proto::events::v1::EventEnvelope;
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection,
+    Channel, Connection,
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-        BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+        BasicQosOptions, BasicRejectOptions,
     },
-    types::{AMQPValue, FieldTable},
+    types::FieldTable,
 };
 use prost::Message;
 use sqlx::{PgConnection, PgPool};
@@ -47,7 +47,9 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
-    BROKER_DELIVERY_LIMIT, Backoff, Bus, ConfirmChannel, header_int, header_str,
+    BROKER_DELIVERY_LIMIT, Backoff, Bus,
+    dead_letters::{self, NewDeadLetter},
+    header_int, header_str,
     outbox::OutboxSignal,
 };
 use crate::{config::BusConfig, telemetry};
@@ -136,10 +138,6 @@ pub struct Consumer<H> {
     pool: PgPool,
     /// The connection it consumes on.
     bus: Arc<Bus>,
-    /// Dead letters go out on the publishing connection: a channel that
-    /// publishes may be blocked by a broker alarm, and must not be the one
-    /// carrying this consumer's acknowledgements.
-    dead_letters: ConfirmChannel,
     handler: H,
     config: BusConfig,
     /// Woken after each commit, when the handler writes events of its own.
@@ -147,12 +145,14 @@ pub struct Consumer<H> {
 }
 
 impl<H: EventHandler> Consumer<H> {
+    /// `_publisher` is no longer used (dead letters are rows now, not
+    /// messages); it stays until every module's call site drops it.
     pub fn new(
         service: &str,
         bindings: &[&str],
         pool: PgPool,
         subscriber: Arc<Bus>,
-        publisher: Arc<Bus>,
+        _publisher: Arc<Bus>,
         handler: H,
         config: BusConfig,
     ) -> anyhow::Result<Self> {
@@ -161,12 +161,13 @@ impl<H: EventHandler> Consumer<H> {
             "bus.max_attempts must be between 1 and {}",
             BROKER_DELIVERY_LIMIT - 1
         );
+        // Shown at 0 from the start, so an alert on it has a series to watch.
+        dead_letters::gauge(service).set(0.0);
         Ok(Self {
             service: service.to_owned(),
             bindings: bindings.iter().map(|b| (*b).to_owned()).collect(),
             pool,
             bus: subscriber,
-            dead_letters: ConfirmChannel::new(publisher),
             handler,
             config,
             outbox: None,
@@ -286,8 +287,14 @@ impl<H: EventHandler> Consumer<H> {
             self.config.inbox_retention,
             cancel.clone(),
         ));
+        let watch = tokio::spawn(watch_dead_letters(
+            self.pool.clone(),
+            self.service.clone(),
+            cancel.clone(),
+        ));
         let consumed = self.consume_until(cancel).await;
         purge.abort();
+        watch.abort();
         consumed
     }
 
@@ -339,12 +346,24 @@ impl<H: EventHandler> Consumer<H> {
                 FieldTable::default(),
             )
             .await?;
+        let parked = channel
+            .basic_consume(
+                self.bus.dead_queue(&self.service).into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
         // Ends with this subscription (a stop, or the channel failing): lane
         // workers then give back what they hold instead of working on it.
         let session = cancel.child_token();
+        // Ends with this subscription in every case: nothing waits on the
+        // parked messages.
+        let parking = session.child_token();
         let count = self.handler.lanes().max(1);
         let mut lanes = Vec::with_capacity(count);
         let mut workers = JoinSet::new();
+        workers.spawn(self.clone().record_parked(parked, parking.clone()));
         for _ in 0..count {
             let (sender, mut receiver) = mpsc::unbounded_channel::<(Delivery, Decoded)>();
             lanes.push(sender);
@@ -396,6 +415,7 @@ impl<H: EventHandler> Consumer<H> {
         if !channel.status().connected() {
             session.cancel();
         }
+        parking.cancel();
         drop(lanes);
         while workers.join_next().await.is_some() {}
         result
@@ -453,7 +473,7 @@ impl<H: EventHandler> Consumer<H> {
         let span = tracing::info_span!(
             "consume",
             service = %self.service,
-            event_type = %delivery.routing_key,
+            event_type = %event_type_of(delivery),
             attempt = attempt_of(delivery)
         );
         telemetry::set_parent(
@@ -475,7 +495,8 @@ impl<H: EventHandler> Consumer<H> {
                 Ok(event) => event,
                 Err(error) => {
                     let error = format!("undecodable event: {error}");
-                    return self.dead_letter(&delivery, &error, attempt, session).await;
+                    self.dead_letter(&delivery, None, &error, attempt).await;
+                    return;
                 }
             };
             let mut outage = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
@@ -504,7 +525,7 @@ impl<H: EventHandler> Consumer<H> {
                     settle(delivery.nack(requeue()), "nack").await;
                 }
                 Err(error) if attempt >= i64::from(self.config.max_attempts) => {
-                    self.dead_letter(&delivery, &format!("{error:#}"), attempt, session)
+                    self.dead_letter(&delivery, Some(&event), &format!("{error:#}"), attempt)
                         .await;
                 }
                 Err(error) => {
@@ -543,78 +564,144 @@ impl<H: EventHandler> Consumer<H> {
         }
     }
 
-    /// Moves a delivery to the service's dead-letter queue with its error,
-    /// then acknowledges it. If the dead letter is not confirmed the delivery
-    /// is requeued instead: it is never dropped.
-    async fn dead_letter(
-        &self,
-        delivery: &Delivery,
-        error: &str,
-        attempt: i64,
-        session: &CancellationToken,
+    /// Records what the broker parked in the service's dead-letter queue
+    /// as dead letters, until `parking` ends: a message past the broker's
+    /// delivery limit (the process died applying it, over and over), or one
+    /// a consumer of an earlier version dead-lettered there (with its error
+    /// and attempts in headers). So the table stays the one record.
+    async fn record_parked(
+        self: Arc<Self>,
+        mut parked: lapin::Consumer,
+        parking: CancellationToken,
     ) {
-        tracing::error!(%error, attempt, "event dead-lettered");
-        metrics::counter!("hotline_dead_letters_total", "service" => self.service.clone())
-            .increment(1);
-        // A replay from the dead-letter queue starts counting afresh.
-        let mut headers = FieldTable::default();
-        if let Some(original) = delivery.properties.headers() {
-            for (key, value) in original.inner() {
-                if key.as_str() != "x-delivery-count" {
-                    headers.insert(key.clone(), value.clone());
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        loop {
+            let delivery = tokio::select! {
+                _ = parking.cancelled() => return,
+                delivery = parked.next() => match delivery {
+                    Some(Ok(delivery)) => delivery,
+                    _ => return,
+                },
+            };
+            let headers = delivery.properties.headers().as_ref();
+            let error = header_str(headers, "x-hotline-error").unwrap_or_else(|| {
+                format!(
+                    "RabbitMQ gave up after {BROKER_DELIVERY_LIMIT} deliveries: \
+                     the process stopped each time while applying it"
+                )
+            });
+            let attempts = header_int(headers, "x-hotline-attempts")
+                .unwrap_or(i64::from(BROKER_DELIVERY_LIMIT));
+            let event = EventEnvelope::decode(delivery.data.as_slice()).ok();
+            let span = self.span(&delivery);
+            let recorded = self
+                .dead_letter(&delivery, event.as_ref(), &error, attempts)
+                .instrument(span)
+                .await;
+            if recorded {
+                backoff.reset();
+            } else {
+                // Requeued at the head of the queue: it would come straight back.
+                tokio::select! {
+                    _ = parking.cancelled() => return,
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                 }
             }
         }
-        headers
-            .insert(
-                "x-hotline-error".into(),
-                AMQPValue::LongString(error.into()),
-            )
-            .insert(
-                "x-hotline-routing-key".into(),
-                AMQPValue::LongString(delivery.routing_key.as_str().into()),
-            )
-            .insert("x-hotline-attempts".into(), AMQPValue::LongLongInt(attempt));
-        let properties: BasicProperties = delivery.properties.clone().with_headers(headers);
-        let published = async {
-            let channel = self.dead_letters.get(session).await?;
-            let confirm = channel
-                .basic_publish(
-                    self.bus.dead_exchange().into(),
-                    self.service.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    &delivery.data,
-                    properties,
-                )
-                .await?
-                .await?;
-            match confirm {
-                Confirmation::Ack(None) => anyhow::Ok(()),
-                other => anyhow::bail!("dead letter not confirmed: {other:?}"),
-            }
+    }
+
+    /// Records a delivery as a dead letter with its error, then
+    /// acknowledges it. If the row cannot be written the delivery is
+    /// requeued instead: it is never dropped. Whether it was recorded.
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        event: Option<&EventEnvelope>,
+        error: &str,
+        attempt: i64,
+    ) -> bool {
+        let headers = delivery.properties.headers().as_ref();
+        let event_type = event.map_or_else(|| event_type_of(delivery), |e| e.r#type.as_str());
+        let event_id = event.and_then(|e| Uuid::parse_str(&e.id).ok());
+        let ticket_id = event
+            .map(|e| e.ticket_id.as_str())
+            .filter(|t| !t.is_empty());
+        let letter = NewDeadLetter {
+            event_id,
+            event_type,
+            ticket_id,
+            envelope: &delivery.data,
+            error,
+            attempts: attempt,
+            traceparent: header_str(headers, "traceparent"),
+            tracestate: header_str(headers, "tracestate"),
         };
-        let published = tokio::time::timeout(Duration::from_secs(10), published)
-            .await
-            .unwrap_or_else(|_| {
-                Err(anyhow::anyhow!(
-                    "the dead letter was not confirmed within 10s"
-                ))
-            });
-        match published {
-            Ok(()) => {
-                settle(delivery.ack(BasicAckOptions::default()), "ack").await;
-            }
-            Err(publish_error) => {
-                self.dead_letters.reset().await;
+        let recorded = tokio::time::timeout(
+            Duration::from_secs(10),
+            dead_letters::record(&self.pool, &letter),
+        )
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("not recorded within 10s")));
+        match recorded {
+            Ok(id) => {
                 tracing::error!(
-                    error = format!("{publish_error:#}"),
-                    "cannot dead-letter; requeueing"
+                    service = %self.service,
+                    event_type,
+                    ticket = ticket_id.unwrap_or("none"),
+                    event_id = event_id.map(|id| id.to_string()).unwrap_or_default(),
+                    dead_letter = id,
+                    %error,
+                    attempts = attempt,
+                    "event dead-lettered: `hotline deadletters list --service {}`",
+                    self.service
+                );
+                metrics::counter!("hotline_dead_letters_total", "service" => self.service.clone())
+                    .increment(1);
+                if let Err(error) = dead_letters::refresh_gauge(&self.pool, &self.service).await {
+                    tracing::warn!(error = format!("{error:#}"), "dead letters not counted");
+                }
+                settle(delivery.ack(BasicAckOptions::default()), "ack").await;
+                true
+            }
+            Err(record_error) => {
+                tracing::error!(
+                    error = format!("{record_error:#}"),
+                    failure = %error,
+                    "cannot record the dead letter; requeueing"
                 );
                 settle(delivery.nack(requeue()), "nack").await;
+                false
             }
+        }
+    }
+}
+
+/// How often the dead-letter gauge is counted again, for the replays other
+/// processes made.
+const DEAD_LETTERS_RECOUNT: Duration = Duration::from_secs(60);
+
+/// Keeps the gauge of `service`'s dead letters current, and says at start
+/// (at the first count that succeeds) that some are waiting.
+async fn watch_dead_letters(pool: PgPool, service: String, cancel: CancellationToken) {
+    let mut announced = false;
+    loop {
+        match dead_letters::refresh_gauge(&pool, &service).await {
+            Ok(waiting) if !announced => {
+                announced = true;
+                if waiting > 0 {
+                    tracing::warn!(
+                        service = %service,
+                        waiting,
+                        "{waiting} dead letters waiting in {service}: `hotline deadletters list`"
+                    );
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(error = format!("{error:#}"), "dead letters not counted"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(DEAD_LETTERS_RECOUNT) => {}
         }
     }
 }
@@ -669,6 +756,17 @@ pub async fn forget_events_before(
             return Ok(forgotten);
         }
     }
+}
+
+/// The event type of a delivery: its `type` property, which the relay sets
+/// (a replay comes through the default exchange, routed by queue name), or
+/// else its routing key.
+fn event_type_of(delivery: &Delivery) -> &str {
+    delivery
+        .properties
+        .kind()
+        .as_ref()
+        .map_or(delivery.routing_key.as_str(), |kind| kind.as_str())
 }
 
 /// Which delivery of its message this is, from 1.

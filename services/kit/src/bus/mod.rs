@@ -10,12 +10,17 @@
 //! - [`consumer`]: a service's durable queue, deduplicated through the inbox,
 //!   ordered by ticket version, acknowledged after commit, dead-lettered with
 //!   its error after bounded retries.
+//! - [`dead_letters`]: the events a consumer gave up on, rows in its
+//!   service's schema, listed and replayed by an admin.
 //!
 //! Names under namespace `ns`: exchange `ns.events` (topic, routing key =
-//! event type), dead-letter exchange `ns.dead` (direct, routing key =
-//! service), queue `ns.<service>` (quorum) and its `ns.<service>.dead`.
+//! event type), queue `ns.<service>` (quorum). The broker's own safety net,
+//! a message delivered [`BROKER_DELIVERY_LIMIT`] times, goes to the
+//! dead-letter exchange `ns.dead` (direct, routing key = service) and the
+//! queue `ns.<service>.dead`; the consumer's dead letters do not.
 
 pub mod consumer;
+pub mod dead_letters;
 pub mod outbox;
 
 use std::{sync::Arc, time::Duration};
@@ -64,7 +69,8 @@ impl Bus {
         format!("{}.events", self.namespace)
     }
 
-    /// Where failed messages go, routed by the consuming service's name.
+    /// Where the broker puts a message past its delivery limit, routed by
+    /// the consuming service's name.
     pub fn dead_exchange(&self) -> String {
         format!("{}.dead", self.namespace)
     }

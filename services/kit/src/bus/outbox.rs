@@ -12,6 +12,9 @@
 //! LOCKED`), never after a remembered id, so a row whose transaction commits
 //! after a higher id's is still published. A crash between the confirm and
 //! the delete publishes a row twice; consumers deduplicate on the event id.
+//!
+//! A row naming a `service` (a replayed dead letter) goes to that service's
+//! queue alone, through the default exchange.
 
 use std::{sync::Arc, time::Duration};
 
@@ -175,6 +178,8 @@ struct OutboxRow {
     traceparent: Option<String>,
     tracestate: Option<String>,
     created_at: DateTime<Utc>,
+    /// Set for a replayed dead letter: only this service's queue gets it.
+    service: Option<String>,
 }
 
 impl Relay {
@@ -204,7 +209,7 @@ impl Relay {
     async fn publish_batch(&self, channel: &Channel) -> anyhow::Result<usize> {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<OutboxRow> = sqlx::query_as(
-            "SELECT id, event_id, routing_key, envelope, traceparent, tracestate, created_at
+            "SELECT id, event_id, routing_key, envelope, traceparent, tracestate, created_at, service
              FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(self.batch)
@@ -260,7 +265,8 @@ impl Relay {
         channel: &Channel,
         rows: &[OutboxRow],
     ) -> anyhow::Result<Vec<lapin::Result<Confirmation>>> {
-        let exchange = self.channel.bus().events_exchange();
+        let bus = self.channel.bus();
+        let events = bus.events_exchange();
         let mut confirms = Vec::with_capacity(rows.len());
         for row in rows {
             let mut headers = FieldTable::default();
@@ -283,10 +289,19 @@ impl Relay {
                 .with_type(row.routing_key.as_str().into())
                 .with_timestamp(u64::try_from(row.created_at.timestamp()).unwrap_or_default())
                 .with_headers(headers);
+            // The default exchange routes by queue name: to one service.
+            let queue;
+            let (exchange, routing_key) = match &row.service {
+                Some(service) => {
+                    queue = bus.queue(service);
+                    ("", queue.as_str())
+                }
+                None => (events.as_str(), row.routing_key.as_str()),
+            };
             let confirm = channel
                 .basic_publish(
-                    exchange.as_str().into(),
-                    row.routing_key.as_str().into(),
+                    exchange.into(),
+                    routing_key.into(),
                     BasicPublishOptions::default(),
                     &row.envelope,
                     properties,
