@@ -292,7 +292,6 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
         CONSUMES,
         pool,
         context.subscriber.clone(),
-        context.publisher.clone(),
         forward::Forwarder {
             tickets,
             hostname: config.hostname.clone(),

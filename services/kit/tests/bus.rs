@@ -102,7 +102,6 @@ impl Fixture {
                 &["test.#"],
                 self.pool.clone(),
                 self.bus.clone(),
-                self.bus.clone(),
                 recorder,
                 self.env.config.bus.clone(),
             )

@@ -69,7 +69,6 @@ fn consuming(context: &mut ModuleContext, name: &str, schema: &str) -> anyhow::R
         &["test.#"],
         pool,
         context.subscriber.clone(),
-        context.publisher.clone(),
         Curable,
         context.config.bus.clone(),
     )?;

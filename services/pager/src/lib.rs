@@ -188,7 +188,6 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
         CONSUMES,
         pool.clone(),
         context.subscriber.clone(),
-        context.publisher.clone(),
         events::Handler {
             config: config.clone(),
         },

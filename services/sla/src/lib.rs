@@ -137,7 +137,6 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
         CONSUMES,
         pool.clone(),
         context.subscriber.clone(),
-        context.publisher.clone(),
         handler,
         context.config.bus.clone(),
     )?

@@ -145,14 +145,11 @@ pub struct Consumer<H> {
 }
 
 impl<H: EventHandler> Consumer<H> {
-    /// `_publisher` is no longer used (dead letters are rows now, not
-    /// messages); it stays until every module's call site drops it.
     pub fn new(
         service: &str,
         bindings: &[&str],
         pool: PgPool,
         subscriber: Arc<Bus>,
-        _publisher: Arc<Bus>,
         handler: H,
         config: BusConfig,
     ) -> anyhow::Result<Self> {
