@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "hotline/events/v1/events.proto",
     "hotline/sla/v1/sla.proto",
     "hotline/pager/v1/pager.proto",
+    "hotline/contracts/v1/contracts.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -30,3 +30,9 @@ pub mod pager {
         tonic::include_proto!("hotline.pager.v1");
     }
 }
+
+pub mod contracts {
+    pub mod v1 {
+        tonic::include_proto!("hotline.contracts.v1");
+    }
+}
