@@ -163,7 +163,12 @@ pub fn term_months(start: NaiveDate, end: NaiveDate) -> Result<u32, String> {
     let options: Vec<String> = [shorter, longer]
         .into_iter()
         .flatten()
-        .map(|(months, day)| format!("{day} ({months} month{})", if months == 1 { "" } else { "s" }))
+        .map(|(months, day)| {
+            format!(
+                "{day} ({months} month{})",
+                if months == 1 { "" } else { "s" }
+            )
+        })
         .collect();
     Err(format!(
         "a contract runs whole calendar months: from {start}, end it on {}",
