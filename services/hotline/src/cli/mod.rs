@@ -4,6 +4,7 @@
 //! only — on failure too (`{"error": ..., "code": ...}`) — and exits non-zero
 //! when it failed.
 
+mod contracts;
 mod paging;
 mod tickets;
 
@@ -68,6 +69,8 @@ enum Command {
     /// Pages sent for breaches, and acknowledging them.
     #[command(subcommand)]
     Pages(paging::PagesCommand),
+    #[command(flatten)]
+    Contracts(contracts::Command),
 }
 
 #[derive(Subcommand)]
@@ -158,6 +161,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Sla(command) => paging::sla(command, &output).await,
         Command::Oncall(command) => paging::oncall(command, &output).await,
         Command::Pages(command) => paging::pages(command, &output).await,
+        Command::Contracts(command) => contracts::run(command, &output).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
