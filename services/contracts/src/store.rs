@@ -694,16 +694,18 @@ async fn covered(
     Ok(found)
 }
 
-/// Checks the cap over `assets` and records them as covered by `contract`
-/// for its term; an asset already under contract for any of those days is
-/// refused by PostgreSQL (exclusion constraint), named in the message.
+/// Records `assets` as covered by `contract` for its term; `false` when
+/// PostgreSQL refused because one of them is already under contract for
+/// some of those days (the exclusion constraint). The transaction is
+/// aborted then: the caller drops it and explains with
+/// [`overlap_message`].
 async fn cover(
     conn: &mut PgConnection,
     contract: Uuid,
     terms: (NaiveDate, NaiveDate),
     assets: &[Uuid],
-) -> Result<()> {
-    sqlx::query(
+) -> Result<bool> {
+    let inserted = sqlx::query(
         "INSERT INTO contract_assets (contract_id, asset_id, during)
          SELECT $1, asset, daterange($2, $3, '[]') FROM UNNEST($4::uuid[]) AS asset
          ON CONFLICT (contract_id, asset_id) DO NOTHING",
@@ -713,18 +715,18 @@ async fn cover(
     .bind(terms.1)
     .bind(assets)
     .execute(&mut *conn)
-    .await
-    .map(drop)
-    .or_else(|error| {
-        let overlap = error
-            .as_database_error()
-            .is_some_and(|e| e.code().as_deref() == Some("23P01"));
-        if overlap {
-            Err(StoreError::Refused(String::new()))
-        } else {
-            Err(StoreError::Database(error))
+    .await;
+    match inserted {
+        Ok(_) => Ok(true),
+        Err(error)
+            if error
+                .as_database_error()
+                .is_some_and(|e| e.code().as_deref() == Some("23P01")) =>
+        {
+            Ok(false)
         }
-    })
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// The message for an overlap: which asset, which contract, which days.
@@ -789,14 +791,11 @@ pub async fn create_contract(pool: &PgPool, new: NewContract) -> Result<Contract
     .await?;
     let ids: Vec<Uuid> = assets.iter().map(|a| a.id).collect();
     let terms = (new.start, new.end);
-    if let Err(error) = cover(&mut tx, id, terms, &ids).await {
+    if !cover(&mut tx, id, terms, &ids).await? {
         drop(tx);
-        return Err(match error {
-            StoreError::Refused(_) => {
-                StoreError::Refused(overlap_message(pool, &ids, terms).await?)
-            }
-            other => other,
-        });
+        return Err(StoreError::Refused(
+            overlap_message(pool, &ids, terms).await?,
+        ));
     }
     let contract = contract_by_id(&mut tx, id).await?;
     tx.commit().await?;
@@ -875,14 +874,11 @@ pub async fn change_coverage(
     .execute(&mut *tx)
     .await?;
     let ids: Vec<Uuid> = assets.iter().map(|a| a.id).collect();
-    if let Err(error) = cover(&mut tx, id, (start, end), &ids).await {
+    if !cover(&mut tx, id, (start, end), &ids).await? {
         drop(tx);
-        return Err(match error {
-            StoreError::Refused(_) => {
-                StoreError::Refused(overlap_message(pool, &ids, (start, end)).await?)
-            }
-            other => other,
-        });
+        return Err(StoreError::Refused(
+            overlap_message(pool, &ids, (start, end)).await?,
+        ));
     }
     let contract = contract_by_id(&mut tx, id).await?;
     tx.commit().await?;
