@@ -118,7 +118,8 @@ fn on(value: &str) -> Result<Option<NaiveDate>, Status> {
         .transpose()
 }
 
-fn references(values: &[String], name: &str) -> Result<Vec<String>, Status> {
+/// Names of projects or serials, each a checked line; empty ones skipped.
+fn references(values: &[String], name: &str, max: usize) -> Result<Vec<String>, Status> {
     if values.len() > MAX_COVERED {
         return Err(Status::invalid_argument(format!(
             "name at most {MAX_COVERED} {name} at once"
@@ -126,7 +127,7 @@ fn references(values: &[String], name: &str) -> Result<Vec<String>, Status> {
     }
     values
         .iter()
-        .filter_map(|v| line(v, name, MAX_SHORT_CHARS).transpose())
+        .filter_map(|v| line(v, name, max).transpose())
         .collect()
 }
 
@@ -653,8 +654,8 @@ impl ContractsService for ContractsApi {
         }
         let new = store::NewContract {
             customer: required(&request.customer, "customer", MAX_NAME_CHARS)?,
-            projects: references(&request.projects, "projects")?,
-            serials: references(&request.serials, "serials")?,
+            projects: references(&request.projects, "projects", MAX_NAME_CHARS)?,
+            serials: references(&request.serials, "serials", MAX_SHORT_CHARS)?,
             start,
             end,
             term_months,
@@ -679,8 +680,12 @@ impl ContractsService for ContractsApi {
         authorize(&request, WRITERS)?;
         let request = request.get_ref();
         let id = required(&request.contract, "contract", MAX_SHORT_CHARS)?;
-        let add = references(&request.add_serials, "serials to add")?;
-        let remove = references(&request.remove_serials, "serials to remove")?;
+        let add = references(&request.add_serials, "serials to add", MAX_SHORT_CHARS)?;
+        let remove = references(
+            &request.remove_serials,
+            "serials to remove",
+            MAX_SHORT_CHARS,
+        )?;
         if add.is_empty() && remove.is_empty() {
             return Err(Status::invalid_argument("name serials to add or to remove"));
         }

@@ -453,6 +453,48 @@ async fn a_contract_over_the_cap_is_refused_with_the_highest_fee_allowed() {
         ["CAM-1", "NVR-1"],
         "nothing changed"
     );
+
+    // A camera installed later is added; then the first camera may go.
+    let project = client
+        .get_customer(pb::GetCustomerRequest {
+            customer: "Acme".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .projects
+        .remove(0);
+    client
+        .add_asset(asset(&project.id, "CAM-2", "DS-2CD2143", "", "6000", "EUR"))
+        .await
+        .unwrap();
+    let grown = client
+        .change_coverage(pb::ChangeCoverageRequest {
+            contract: made.id.clone(),
+            add_serials: vec!["cam-2".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(grown.serials, ["CAM-1", "CAM-2", "NVR-1"]);
+    assert_eq!(grown.max_fee, "800.00");
+    let shrunk = client
+        .change_coverage(pb::ChangeCoverageRequest {
+            contract: made.id.clone(),
+            remove_serials: vec!["CAM-1".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shrunk.serials, ["CAM-2", "NVR-1"]);
+    let camera = asset_on(&mut client, "CAM-1", "2024-06-01").await;
+    assert_eq!(
+        camera.coverage,
+        pb::Coverage::None as i32,
+        "no longer covered"
+    );
     desk.stop().await;
 }
 
