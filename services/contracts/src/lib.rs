@@ -81,3 +81,22 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use hotline_kit::config::Config;
+
+    use super::ContractsConfig;
+
+    #[test]
+    fn the_country_code_is_intakes_unless_contracts_sets_its_own() {
+        let mut config = Config::default();
+        assert_eq!(ContractsConfig::load(&config).unwrap().country_code, "");
+        config.set("intake", "country_code", "49");
+        assert_eq!(ContractsConfig::load(&config).unwrap().country_code, "49");
+        config.set("contracts", "country_code", "86");
+        assert_eq!(ContractsConfig::load(&config).unwrap().country_code, "86");
+        config.set("contracts", "country_code", "4x");
+        assert!(ContractsConfig::load(&config).is_err());
+    }
+}

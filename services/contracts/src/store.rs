@@ -49,8 +49,11 @@ fn clash(error: sqlx::Error, constraints: &[(&str, String)]) -> StoreError {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Customer {
     pub id: Uuid,
+    /// Unique case-blind: the name people use to name it.
     pub name: String,
+    /// Lower-case; not unique (a shared facility address makes lookups ambiguous).
     pub email: Option<String>,
+    /// E.164; not unique, like the email.
     pub phone: Option<String>,
 }
 
@@ -60,8 +63,10 @@ pub struct Branch {
     pub customer_id: Uuid,
     pub name: String,
     pub address: String,
+    /// An IANA name chrono-tz knows; projects default to it.
     pub time_zone: String,
     pub region: String,
+    /// Lower-case; receives notices and reports; may match a caller.
     pub notice_email: String,
 }
 
@@ -80,12 +85,16 @@ pub struct Contact {
 pub struct Project {
     pub id: Uuid,
     pub customer_id: Uuid,
+    /// The customer's name, for answers that name it.
     pub customer: String,
     pub branch_id: Uuid,
     pub name: String,
+    /// The site, for routing technicians later; lat and lng come together.
     pub lat: Option<f64>,
     pub lng: Option<f64>,
+    /// Where "today" is for its assets' coverage.
     pub time_zone: String,
+    /// The warranty is derived from this and `warranty_months` at read time.
     pub accepted_on: NaiveDate,
     pub warranty_months: i32,
 }
@@ -95,6 +104,7 @@ pub struct Project {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Asset {
     pub id: Uuid,
+    /// Unique case-blind across all customers; stored as given.
     pub serial: String,
     pub model: String,
     pub family: String,
@@ -103,13 +113,16 @@ pub struct Asset {
     pub customer_id: Uuid,
     pub customer: String,
     pub branch_id: Uuid,
+    /// The product price in cents, in `currency`: the base of the 5% cap.
     pub price_cents: i64,
     pub currency: String,
     pub firmware: String,
+    /// Its project's, with `warranty_months` and `time_zone`: what its warranty and today are derived from.
     pub accepted_on: NaiveDate,
     pub warranty_months: i32,
     pub time_zone: String,
     #[sqlx(skip)]
+    /// Every contract term covering it, oldest first.
     pub terms: Vec<Term<Uuid>>,
 }
 
@@ -119,10 +132,14 @@ pub struct Contract {
     pub customer_id: Uuid,
     pub customer: String,
     pub starts_on: NaiveDate,
+    /// Inclusive; whole calendar months after `starts_on`.
     pub ends_on: NaiveDate,
+    /// The fee for the whole term, in cents, in `currency`.
     pub fee_cents: i64,
     pub currency: String,
+    /// The covered assets, sorted.
     pub serials: Vec<String>,
+    /// The covered assets' total price, in cents.
     pub covered_cents: i64,
 }
 
