@@ -485,9 +485,7 @@ impl ContractsService for ContractsApi {
         let request = request.get_ref();
         let customer = required(&request.customer, "customer", MAX_NAME_CHARS)?;
         let time_zone = required(&request.time_zone, "time zone", MAX_SHORT_CHARS)?;
-        let new = store::Branch {
-            id: Uuid::nil(),
-            customer_id: Uuid::nil(),
+        let new = store::NewBranch {
             name: required(&request.name, "name", MAX_NAME_CHARS)?,
             address: line(&request.address, "address", MAX_ADDRESS_CHARS)?.unwrap_or_default(),
             time_zone: domain::time_zone(&time_zone)

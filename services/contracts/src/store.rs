@@ -269,7 +269,15 @@ pub async fn branch(
     })
 }
 
-pub async fn add_branch(pool: &PgPool, customer: &str, new: Branch) -> Result<Branch> {
+pub struct NewBranch {
+    pub name: String,
+    pub address: String,
+    pub time_zone: String,
+    pub region: String,
+    pub notice_email: String,
+}
+
+pub async fn add_branch(pool: &PgPool, customer: &str, new: NewBranch) -> Result<Branch> {
     let mut tx = pool.begin().await?;
     let customer = self::customer(&mut tx, customer).await?;
     let branch: Branch = sqlx::query_as(
