@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "hotline/sla/v1/sla.proto",
     "hotline/pager/v1/pager.proto",
     "hotline/admin/v1/admin.proto",
+    "hotline/contracts/v1/contracts.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

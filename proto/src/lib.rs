@@ -36,3 +36,9 @@ pub mod admin {
         tonic::include_proto!("hotline.admin.v1");
     }
 }
+
+pub mod contracts {
+    pub mod v1 {
+        tonic::include_proto!("hotline.contracts.v1");
+    }
+}

@@ -9,6 +9,7 @@ pub fn modules() -> Vec<Module> {
         hotline_sla::module(),
         hotline_pager::module(),
         hotline_intake::module(),
+        hotline_contracts::module(),
     ]
 }
 

@@ -884,3 +884,207 @@ async fn an_admin_lists_and_replays_dead_letters_from_the_shell() {
     assert_eq!(all["replayed"][0]["id"], again[0]["id"]);
     shell.stop().await;
 }
+
+#[tokio::test]
+async fn a_manager_records_the_installed_base_and_an_agent_finds_the_caller() {
+    let shell = Shell::start().await;
+    let manager = shell.env.token("mia", hotline_kit::auth::Role::Manager);
+    let customer = shell
+        .json(&manager, &["customers", "add", "--name", "Acme"])
+        .await;
+    assert_eq!(customer["name"], "Acme");
+    assert!(customer["id"].is_string());
+    let steps: [&[&str]; 5] = [
+        &[
+            "branches",
+            "add",
+            "--customer",
+            "Acme",
+            "--name",
+            "Berlin",
+            "--email",
+            "berlin@acme.example",
+            "--timezone",
+            "Europe/Berlin",
+            "--region",
+            "north",
+        ],
+        &[
+            "contacts",
+            "add",
+            "--customer",
+            "Acme",
+            "--branch",
+            "Berlin",
+            "--name",
+            "Ann Lee",
+            "--email",
+            "ann@acme.example",
+            "--phone",
+            "+49 30 1234567",
+        ],
+        &[
+            "projects",
+            "add",
+            "--customer",
+            "Acme",
+            "--branch",
+            "Berlin",
+            "--name",
+            "HQ",
+            "--accepted",
+            "2023-08-31",
+            "--warranty-months",
+            "6",
+            "--lat",
+            "52.5",
+            "--lng",
+            "-13.4",
+        ],
+        &[
+            "assets",
+            "add",
+            "--project",
+            "HQ",
+            "--model",
+            "DS-2CD2143",
+            "--family",
+            "camera",
+            "--serial",
+            "CAM-1",
+            "--price",
+            "6000",
+            "--currency",
+            "EUR",
+        ],
+        &[
+            "assets",
+            "add",
+            "--project",
+            "HQ",
+            "--model",
+            "DS-7608",
+            "--family",
+            "nvr",
+            "--serial",
+            "NVR-1",
+            "--price",
+            "4000.00",
+            "--currency",
+            "EUR",
+            "--firmware",
+            "4.1",
+        ],
+    ];
+    for step in steps {
+        shell.json(&manager, step).await;
+    }
+    let project = &shell.json(&manager, &["customers", "show", "acme"]).await["projects"][0];
+    assert_eq!(project["accepted_on"], "2023-08-31");
+    assert_eq!(
+        project["warranty_until"], "2024-02-29",
+        "31 Aug + 6 months: end of February"
+    );
+
+    let over = shell
+        .run(
+            &manager,
+            &[
+                "contracts",
+                "add",
+                "--customer",
+                "Acme",
+                "--projects",
+                "HQ",
+                "--start",
+                "2024-03-01",
+                "--end",
+                "2025-02-28",
+                "--annual-fee",
+                "600.00",
+                "--currency",
+                "EUR",
+                "--json",
+            ],
+        )
+        .await;
+    assert!(!over.status.success());
+    let error: Value = serde_json::from_slice(&over.stdout).unwrap();
+    assert_eq!(error["code"], "FailedPrecondition");
+    assert_eq!(
+        error["error"],
+        "the annual fee 600.00 EUR exceeds 5% of the covered products' price (10000.00 EUR): at most 500.00 EUR"
+    );
+    let contract = shell
+        .json(
+            &manager,
+            &[
+                "contracts",
+                "add",
+                "--customer",
+                "Acme",
+                "--assets",
+                "CAM-1,NVR-1",
+                "--start",
+                "2024-03-01",
+                "--end",
+                "2025-02-28",
+                "--annual-fee",
+                "500",
+                "--currency",
+                "EUR",
+            ],
+        )
+        .await;
+    assert_eq!(contract["fee"], "500.00");
+    assert_eq!(contract["assets"], serde_json::json!(["CAM-1", "NVR-1"]));
+
+    let agent = shell.env.token("ada", hotline_kit::auth::Role::Agent);
+    let refused = shell
+        .run(&agent, &["customers", "add", "--name", "Globex"])
+        .await;
+    assert!(!refused.status.success(), "agents read, managers write");
+    let caller = shell
+        .json(
+            &agent,
+            &[
+                "entitlement",
+                "--phone",
+                "0049 30 1234567",
+                "--on",
+                "2024-06-01",
+            ],
+        )
+        .await;
+    assert_eq!(caller["match"], "found");
+    assert_eq!(caller["customer"]["name"], "Acme");
+    assert_eq!(caller["branch"]["name"], "Berlin");
+    assert_eq!(caller["project"]["name"], "HQ");
+    assert_eq!(caller["coverage"], "contract");
+    assert_eq!(caller["covered_until"], "2025-02-28");
+    assert_eq!(caller["assets"].as_array().unwrap().len(), 2);
+    let asset = shell
+        .json(&agent, &["assets", "show", "nvr-1", "--on", "2025-03-01"])
+        .await;
+    assert_eq!(asset["serial"], "NVR-1");
+    assert_eq!(asset["price"], "4000.00");
+    assert_eq!(asset["currency"], "EUR");
+    assert_eq!(asset["warranty_until"], "2024-02-29");
+    assert_eq!(asset["coverage"], "none");
+    assert_eq!(asset["covered_until"], Value::Null);
+    let expiring = shell
+        .json(
+            &agent,
+            &[
+                "contracts",
+                "list",
+                "--customer",
+                "Acme",
+                "--expiring",
+                "60d",
+            ],
+        )
+        .await;
+    assert_eq!(expiring, serde_json::json!([]), "it ended long ago");
+    shell.stop().await;
+}

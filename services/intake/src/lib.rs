@@ -2,7 +2,6 @@
 //! §2, §8). This slice carries the phone: PBX call events (Generic CTI).
 //!
 //! - [`cti`]: the event format and the call state machine, pure.
-//! - [`phone`]: numbers normalised to E.164.
 //! - [`web`]: `POST /api/v1/cti/{token}`, answered after the commit.
 //! - [`store`]: the only SQL; events, calls, and `intake.call_ended` queued
 //!   in the same transaction.
@@ -19,7 +18,6 @@ pub mod forward;
 pub mod imap;
 pub mod mail;
 pub mod outgoing;
-pub mod phone;
 pub mod smtp;
 pub mod store;
 pub mod web;
@@ -34,7 +32,7 @@ use hotline_kit::{
     },
     config::{Secret, duration, text},
     grpc::{self, ServiceToken},
-    queue,
+    phone, queue,
     supervisor::{Module, ModuleContext},
 };
 use hotline_proto::tickets::v1::ticket_service_client::TicketServiceClient;

@@ -8,7 +8,7 @@ use hotline_kit::{
     batch::Batches,
     bus::outbox::{self, OutboxRows, envelope},
     db::column,
-    queue,
+    phone, queue,
     time::timestamp,
 };
 use hotline_proto::events::v1::{self as ev, EventEnvelope, event_envelope::Payload};
@@ -19,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     cti::{Call, Direction, Event, Fields},
     forward::Forwarded,
-    phone,
 };
 
 #[derive(sqlx::FromRow)]

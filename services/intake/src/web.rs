@@ -14,7 +14,7 @@ use axum::{
     routing::post,
 };
 use chrono::Utc;
-use hotline_kit::bus::outbox::OutboxSignal;
+use hotline_kit::{bus::outbox::OutboxSignal, phone};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
@@ -22,7 +22,6 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     IntakeConfig,
     cti::{self, Direction, Kind},
-    phone,
     store::{self, Recorded},
 };
 

@@ -11,6 +11,10 @@
 //! - [`auth`]: signed bearer tokens with roles, checked on every gRPC call.
 //! - [`grpc`]: server limits and authenticated clients.
 //! - [`mail`]: mail out through the SMTP relay.
+//! - [`phone`]: phone numbers normalised to E.164, one rule for every
+//!   service that matches callers.
+//! - [`input`]: free-text fields from requests, checked the same way by
+//!   every service (NUL, control characters, length).
 //! - [`queue`]: work kept in a table, leased and done by any process.
 //! - [`supervisor`]: modules, start order, readiness, graceful shutdown.
 //! - [`ticket_ref`]: naming a ticket by id or number, in services that
@@ -30,7 +34,9 @@ pub mod cache;
 pub mod config;
 pub mod db;
 pub mod grpc;
+pub mod input;
 pub mod mail;
+pub mod phone;
 pub mod queue;
 pub mod supervisor;
 pub mod telemetry;

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use hotline_kit::auth::{Caller, Role, authorize};
+use hotline_kit::{
+    auth::{Caller, Role, authorize},
+    input::{field, refuse_nul},
+};
 use hotline_proto::tickets::v1::{self as pb, ticket_service_server::TicketService};
 use tonic::{Request, Response, Status};
 
@@ -99,28 +102,6 @@ fn parse_key(text: &str) -> Result<TicketKey, Status> {
         ));
     }
     text.parse().map_err(invalid)
-}
-
-/// A trimmed optional field, refused past `max` characters.
-fn field(value: &str, name: &str, max: usize) -> Result<Option<String>, Status> {
-    let value = value.trim();
-    refuse_nul(value, name)?;
-    if value.chars().count() > max {
-        return Err(Status::invalid_argument(format!(
-            "{name} is longer than {max} characters"
-        )));
-    }
-    Ok((!value.is_empty()).then(|| value.to_owned()))
-}
-
-/// PostgreSQL text cannot hold NUL; say so rather than fail inside.
-fn refuse_nul(value: &str, name: &str) -> Result<(), Status> {
-    if value.contains('\0') {
-        return Err(Status::invalid_argument(format!(
-            "{name} contains a NUL character"
-        )));
-    }
-    Ok(())
 }
 
 fn body(value: String) -> Result<String, Status> {

@@ -5,6 +5,7 @@
 //! "code": ...}`) — and exits non-zero when it failed. Human output shows
 //! outside text through [`text`], so it never drives the terminal.
 
+mod contracts;
 mod deadletters;
 mod paging;
 mod text;
@@ -81,6 +82,8 @@ enum Command {
     /// Events a service gave up on: list and replay them (admin).
     #[command(subcommand)]
     Deadletters(deadletters::DeadLettersCommand),
+    #[command(flatten)]
+    Contracts(contracts::Command),
 }
 
 #[derive(Subcommand)]
@@ -224,6 +227,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Oncall(command) => paging::oncall(command, &output).await,
         Command::Pages(command) => paging::pages(command, &output).await,
         Command::Deadletters(command) => deadletters::run(command, &output).await,
+        Command::Contracts(command) => contracts::run(command, &output).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,7 @@
-//! Phone numbers as PBXs send them, normalised to E.164 so a caller is
-//! matched to their tickets whatever the PBX's format.
+//! Phone numbers as PBXs and people write them, normalised to E.164 so a
+//! caller is matched to their tickets and to the customer's contacts
+//! whatever the format. One rule: `intake` matches callers with it and
+//! `contracts` stores contacts' numbers with it, so the two always agree.
 //!
 //! - `+49 30 1234-567`, `(+49) 30/1234567`: international → `+49301234567`;
 //! - `0049301234567`: the international prefix `00` → `+49301234567`;

@@ -1,0 +1,776 @@
+//! `hotline.contracts.v1.ContractsService`: checks each caller's role and
+//! each field, asks the store, and derives warranty and coverage for the
+//! answer (on the asked day, else today in the project's time zone).
+
+use chrono::{NaiveDate, Utc};
+use hotline_kit::{
+    auth::{Role, authorize},
+    input::line,
+    phone,
+};
+use hotline_proto::contracts::v1::{
+    self as pb, contracts_service_server::ContractsService, entitlement_request::Key,
+};
+use sqlx::PgPool;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    domain::{self, Amount, Coverage},
+    store::{self, StoreError},
+};
+
+/// Who reads the installed base: everyone at the desk.
+const READERS: &[Role] = &[
+    Role::Agent,
+    Role::Dispatcher,
+    Role::Technician,
+    Role::Manager,
+];
+/// Who changes it (admin always passes): what is sold and promised is a
+/// manager's decision.
+const WRITERS: &[Role] = &[Role::Manager];
+
+const MAX_NAME_CHARS: usize = 200;
+const MAX_ADDRESS_CHARS: usize = 500;
+const MAX_SHORT_CHARS: usize = 100;
+const MAX_EMAIL_CHARS: usize = 254;
+const MAX_PHONE_CHARS: usize = 40;
+/// Serials and projects one contract request may name.
+const MAX_COVERED: usize = 10_000;
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 500;
+
+pub struct ContractsApi {
+    pool: PgPool,
+    /// For contacts' national numbers; see `ContractsConfig`.
+    country_code: String,
+}
+
+impl ContractsApi {
+    pub fn new(pool: PgPool, country_code: String) -> Self {
+        Self { pool, country_code }
+    }
+
+    /// A phone number in E.164, by the rule intake matches callers with.
+    fn phone(&self, value: &str, name: &str) -> Result<Option<String>, Status> {
+        let Some(raw) = line(value, name, MAX_PHONE_CHARS)? else {
+            return Ok(None);
+        };
+        match phone::normalise(&raw, &self.country_code) {
+            Some(e164) => Ok(Some(e164)),
+            None => Err(Status::invalid_argument(format!(
+                "{name} {raw:?} is not a phone number: write it in international form, like +49 30 1234567{}",
+                if self.country_code.is_empty() {
+                    " (no contracts.country_code is set to place a national number)"
+                } else {
+                    ""
+                }
+            ))),
+        }
+    }
+}
+
+fn status(error: StoreError) -> Status {
+    match error {
+        StoreError::NotFound(why) => Status::not_found(why),
+        StoreError::Clash(why) => Status::already_exists(why),
+        StoreError::Invalid(why) => Status::invalid_argument(why),
+        StoreError::Refused(why) => Status::failed_precondition(why),
+        StoreError::Database(error) => {
+            tracing::error!(error = format!("{error:#}"), "contracts store failed");
+            if matches!(
+                error,
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+            ) {
+                Status::unavailable("the contracts store is unavailable; retry shortly")
+            } else {
+                Status::internal("the contracts store failed; nothing was changed")
+            }
+        }
+    }
+}
+
+fn invalid(why: String) -> Status {
+    Status::invalid_argument(why)
+}
+
+/// A required one-line field.
+fn required(value: &str, name: &str, max: usize) -> Result<String, Status> {
+    line(value, name, max)?.ok_or_else(|| Status::invalid_argument(format!("give the {name}")))
+}
+
+fn email(value: &str, name: &str) -> Result<Option<String>, Status> {
+    line(value, name, MAX_EMAIL_CHARS)?
+        .map(|e| domain::email(&e).map_err(|why| invalid(format!("{name}: {why}"))))
+        .transpose()
+}
+
+fn date(value: &str, name: &str) -> Result<NaiveDate, Status> {
+    let value = required(value, name, 20)?;
+    domain::date(&value, name).map_err(invalid)
+}
+
+/// The asked day, when there is one.
+fn on(value: &str) -> Result<Option<NaiveDate>, Status> {
+    line(value, "on", 20)?
+        .map(|d| domain::date(&d, "on").map_err(invalid))
+        .transpose()
+}
+
+/// Names of projects or serials, each a checked line; empty ones skipped.
+fn references(values: &[String], name: &str, max: usize) -> Result<Vec<String>, Status> {
+    if values.len() > MAX_COVERED {
+        return Err(Status::invalid_argument(format!(
+            "name at most {MAX_COVERED} {name} at once"
+        )));
+    }
+    values
+        .iter()
+        .filter_map(|v| line(v, name, max).transpose())
+        .collect()
+}
+
+fn day(date: Option<NaiveDate>) -> String {
+    date.map(|d| d.to_string()).unwrap_or_default()
+}
+
+/// Today where the project is: coverage ends at the local midnight.
+fn today_in(time_zone: &str) -> NaiveDate {
+    match time_zone.parse::<chrono_tz::Tz>() {
+        Ok(tz) => Utc::now().with_timezone(&tz).date_naive(),
+        Err(_) => Utc::now().date_naive(),
+    }
+}
+
+fn months(value: i32) -> u32 {
+    u32::try_from(value).unwrap_or(domain::DEFAULT_WARRANTY_MONTHS)
+}
+
+fn customer(customer: &store::Customer) -> pb::Customer {
+    pb::Customer {
+        id: customer.id.to_string(),
+        name: customer.name.clone(),
+        email: customer.email.clone().unwrap_or_default(),
+        phone: customer.phone.clone().unwrap_or_default(),
+    }
+}
+
+fn branch(branch: &store::Branch) -> pb::Branch {
+    pb::Branch {
+        id: branch.id.to_string(),
+        customer_id: branch.customer_id.to_string(),
+        name: branch.name.clone(),
+        address: branch.address.clone(),
+        time_zone: branch.time_zone.clone(),
+        region: branch.region.clone(),
+        notice_email: branch.notice_email.clone(),
+    }
+}
+
+fn contact(contact: &store::Contact) -> pb::Contact {
+    pb::Contact {
+        id: contact.id.to_string(),
+        customer_id: contact.customer_id.to_string(),
+        branch_id: contact.branch_id.map(|b| b.to_string()).unwrap_or_default(),
+        name: contact.name.clone(),
+        email: contact.email.clone().unwrap_or_default(),
+        phone: contact.phone.clone().unwrap_or_default(),
+    }
+}
+
+fn project(project: &store::Project) -> pb::Project {
+    pb::Project {
+        id: project.id.to_string(),
+        customer_id: project.customer_id.to_string(),
+        customer: project.customer.clone(),
+        branch_id: project.branch_id.to_string(),
+        name: project.name.clone(),
+        lat: project.lat,
+        lng: project.lng,
+        time_zone: project.time_zone.clone(),
+        accepted_on: project.accepted_on.to_string(),
+        warranty_months: project.warranty_months,
+        warranty_until: day(domain::warranty_until(
+            project.accepted_on,
+            months(project.warranty_months),
+        )),
+    }
+}
+
+/// An asset with its warranty and its coverage on `on` (else today in its
+/// project's time zone), derived now from what is stored.
+fn asset(asset: &store::Asset, on: Option<NaiveDate>) -> (pb::Asset, Coverage) {
+    let on = on.unwrap_or_else(|| today_in(&asset.time_zone));
+    let until = domain::warranty_until(asset.accepted_on, months(asset.warranty_months));
+    let coverage = match until {
+        Some(until) => domain::coverage_on(on, until, &asset.terms),
+        None => domain::CoverageOn {
+            coverage: Coverage::None,
+            until: None,
+            contract: None,
+            reason: "the warranty cannot be computed from the acceptance date".into(),
+        },
+    };
+    let answer = pb::Asset {
+        id: asset.id.to_string(),
+        serial: asset.serial.clone(),
+        model: asset.model.clone(),
+        family: asset.family.clone(),
+        project_id: asset.project_id.to_string(),
+        project: asset.project.clone(),
+        customer_id: asset.customer_id.to_string(),
+        customer: asset.customer.clone(),
+        price: Amount(asset.price_cents).to_string(),
+        currency: asset.currency.clone(),
+        firmware: asset.firmware.clone(),
+        warranty_until: day(until),
+        coverage: pb_coverage(coverage.coverage) as i32,
+        covered_until: day(coverage.until),
+        contract_id: coverage.contract.map(|c| c.to_string()).unwrap_or_default(),
+        reason: coverage.reason,
+        on: on.to_string(),
+    };
+    (answer, coverage.coverage)
+}
+
+fn pb_coverage(coverage: Coverage) -> pb::Coverage {
+    match coverage {
+        Coverage::None => pb::Coverage::None,
+        Coverage::Warranty => pb::Coverage::Warranty,
+        Coverage::Contract => pb::Coverage::Contract,
+    }
+}
+
+fn contract(contract: &store::Contract) -> pb::Contract {
+    let term = domain::term_months(contract.starts_on, contract.ends_on).unwrap_or(0);
+    pb::Contract {
+        id: contract.id.to_string(),
+        customer_id: contract.customer_id.to_string(),
+        customer: contract.customer.clone(),
+        start: contract.starts_on.to_string(),
+        end: contract.ends_on.to_string(),
+        term_months: i32::try_from(term).unwrap_or(0),
+        fee: Amount(contract.fee_cents).to_string(),
+        currency: contract.currency.clone(),
+        serials: contract.serials.clone(),
+        covered_price: Amount(contract.covered_cents).to_string(),
+        max_fee: domain::max_fee(Amount(contract.covered_cents), term).to_string(),
+    }
+}
+
+/// The entitlement over `assets`: the best coverage among them (warranty,
+/// contract, none), how long it lasts, and why, in words.
+fn entitlement(
+    assets: &[store::Asset],
+    on: Option<NaiveDate>,
+    whose: &str,
+) -> (Vec<pb::Asset>, Coverage, String, String) {
+    let shown: Vec<(pb::Asset, Coverage)> = assets.iter().map(|a| asset(a, on)).collect();
+    let best = shown
+        .iter()
+        .map(|(_, c)| *c)
+        .max()
+        .unwrap_or(Coverage::None);
+    let until = shown
+        .iter()
+        .filter(|(_, c)| *c == best && best != Coverage::None)
+        .map(|(a, _)| a.covered_until.clone())
+        .max()
+        .unwrap_or_default();
+    let reason = match shown.as_slice() {
+        [] => format!("no assets are recorded for {whose}"),
+        [(one, _)] => format!("{} ({}): {}", one.serial, one.model, one.reason),
+        many => {
+            let count = |kind| many.iter().filter(|(_, c)| *c == kind).count();
+            let more = if many.len() as i64 >= store::MAX_ASSETS {
+                " (the first shown)"
+            } else {
+                ""
+            };
+            format!(
+                "{} assets of {whose}{more}: {} in warranty, {} under contract, {} not covered",
+                many.len(),
+                count(Coverage::Warranty),
+                count(Coverage::Contract),
+                count(Coverage::None)
+            )
+        }
+    };
+    (
+        shown.into_iter().map(|(a, _)| a).collect(),
+        best,
+        until,
+        reason,
+    )
+}
+
+impl ContractsApi {
+    async fn entitled_holder(
+        &self,
+        holders: Vec<store::Holder>,
+        key: &str,
+        on: Option<NaiveDate>,
+    ) -> Result<pb::EntitlementResponse, Status> {
+        let mut customers: Vec<Uuid> = holders.iter().map(|h| h.customer_id).collect();
+        customers.sort_unstable();
+        customers.dedup();
+        match customers.as_slice() {
+            [] => Ok(pb::EntitlementResponse {
+                r#match: pb::Match::Unknown as i32,
+                coverage: pb::Coverage::None as i32,
+                reason: format!("no contact, branch or customer is known by {key}"),
+                ..Default::default()
+            }),
+            [one] => {
+                // The most specific holder speaks: a contact, then a branch,
+                // then the customer itself.
+                let rank = |h: &store::Holder| match h.kind.as_str() {
+                    "contact" => 0,
+                    "branch" => 1,
+                    _ => 2,
+                };
+                let best = holders.iter().map(rank).min().unwrap_or(2);
+                let chosen: Vec<&store::Holder> =
+                    holders.iter().filter(|h| rank(h) == best).collect();
+                let mut branches: Vec<Uuid> = chosen.iter().filter_map(|h| h.branch_id).collect();
+                branches.dedup();
+                let customer = store::customer_by_id(&self.pool, *one)
+                    .await
+                    .map_err(status)?;
+                let contact = match chosen.first().and_then(|h| h.contact_id) {
+                    Some(id) => store::contact_by_id(&self.pool, id).await.map_err(status)?,
+                    None => None,
+                };
+                let branch = match branches.as_slice() {
+                    [only] => store::branch_by_id(&self.pool, *only)
+                        .await
+                        .map_err(status)?,
+                    _ => None,
+                };
+                let (assets, whose) = match &branch {
+                    Some(b) => (
+                        store::assets_of_branch(&self.pool, b.id)
+                            .await
+                            .map_err(status)?,
+                        format!("{} {}", customer.name, b.name),
+                    ),
+                    None => (
+                        store::assets_of_customer(&self.pool, customer.id)
+                            .await
+                            .map_err(status)?,
+                        customer.name.clone(),
+                    ),
+                };
+                self.answer(customer, branch, contact, &assets, on, &whose)
+                    .await
+            }
+            several => Ok(pb::EntitlementResponse {
+                r#match: pb::Match::Ambiguous as i32,
+                coverage: pb::Coverage::None as i32,
+                reason: format!(
+                    "{key} belongs to {} customers: ask the caller which one",
+                    several.len()
+                ),
+                candidates: holders
+                    .iter()
+                    .map(|h| pb::Candidate {
+                        customer_id: h.customer_id.to_string(),
+                        customer: h.customer.clone(),
+                        via: match h.kind.as_str() {
+                            "contact" => format!("contact {}", h.name),
+                            "branch" => format!("branch {} notice email", h.name),
+                            _ => "customer".into(),
+                        },
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    async fn answer(
+        &self,
+        customer: store::Customer,
+        branch: Option<store::Branch>,
+        contact: Option<store::Contact>,
+        assets: &[store::Asset],
+        on: Option<NaiveDate>,
+        whose: &str,
+    ) -> Result<pb::EntitlementResponse, Status> {
+        let mut projects: Vec<Uuid> = assets.iter().map(|a| a.project_id).collect();
+        projects.sort_unstable();
+        projects.dedup();
+        let project = match projects.as_slice() {
+            [one] => Some(store::project_of(&self.pool, *one).await.map_err(status)?),
+            _ => None,
+        };
+        let (assets, coverage, covered_until, reason) = entitlement(assets, on, whose);
+        Ok(pb::EntitlementResponse {
+            r#match: pb::Match::Found as i32,
+            customer: Some(self::customer(&customer)),
+            branch: branch.as_ref().map(self::branch),
+            project: project.as_ref().map(self::project),
+            assets,
+            coverage: pb_coverage(coverage) as i32,
+            covered_until,
+            reason,
+            candidates: Vec::new(),
+            contact: contact.as_ref().map(self::contact),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl ContractsService for ContractsApi {
+    async fn create_customer(
+        &self,
+        request: Request<pb::CreateCustomerRequest>,
+    ) -> Result<Response<pb::Customer>, Status> {
+        authorize(&request, WRITERS)?;
+        let request = request.get_ref();
+        let new = store::NewCustomer {
+            name: required(&request.name, "name", MAX_NAME_CHARS)?,
+            email: email(&request.email, "email")?,
+            phone: self.phone(&request.phone, "phone")?,
+        };
+        let created = store::create_customer(&self.pool, new)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(customer(&created)))
+    }
+
+    async fn list_customers(
+        &self,
+        request: Request<pb::ListCustomersRequest>,
+    ) -> Result<Response<pb::ListCustomersResponse>, Status> {
+        authorize(&request, READERS)?;
+        let request = request.get_ref();
+        let text = line(&request.text, "text", MAX_NAME_CHARS)?;
+        let limit = match request.limit {
+            0 => DEFAULT_LIMIT,
+            n => n.min(MAX_LIMIT),
+        };
+        let found = store::list_customers(&self.pool, text.as_deref(), i64::from(limit))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListCustomersResponse {
+            customers: found.iter().map(customer).collect(),
+        }))
+    }
+
+    async fn get_customer(
+        &self,
+        request: Request<pb::GetCustomerRequest>,
+    ) -> Result<Response<pb::CustomerDetail>, Status> {
+        authorize(&request, READERS)?;
+        let reference = required(&request.get_ref().customer, "customer", MAX_NAME_CHARS)?;
+        let detail = store::customer_detail(&self.pool, &reference)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::CustomerDetail {
+            customer: Some(customer(&detail.customer)),
+            branches: detail.branches.iter().map(branch).collect(),
+            contacts: detail.contacts.iter().map(contact).collect(),
+            projects: detail.projects.iter().map(project).collect(),
+            contracts: detail.contracts.iter().map(contract).collect(),
+        }))
+    }
+
+    async fn add_branch(
+        &self,
+        request: Request<pb::AddBranchRequest>,
+    ) -> Result<Response<pb::Branch>, Status> {
+        authorize(&request, WRITERS)?;
+        let request = request.get_ref();
+        let customer = required(&request.customer, "customer", MAX_NAME_CHARS)?;
+        let time_zone = required(&request.time_zone, "time zone", MAX_SHORT_CHARS)?;
+        let new = store::NewBranch {
+            name: required(&request.name, "name", MAX_NAME_CHARS)?,
+            address: line(&request.address, "address", MAX_ADDRESS_CHARS)?.unwrap_or_default(),
+            time_zone: domain::time_zone(&time_zone)
+                .map_err(invalid)?
+                .name()
+                .to_owned(),
+            region: line(&request.region, "region", MAX_SHORT_CHARS)?.unwrap_or_default(),
+            notice_email: email(&request.notice_email, "notice email")?.ok_or_else(|| {
+                Status::invalid_argument("give the notice email: the branch's notices go there")
+            })?,
+        };
+        let added = store::add_branch(&self.pool, &customer, new)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(branch(&added)))
+    }
+
+    async fn add_contact(
+        &self,
+        request: Request<pb::AddContactRequest>,
+    ) -> Result<Response<pb::Contact>, Status> {
+        authorize(&request, WRITERS)?;
+        let request = request.get_ref();
+        let customer = required(&request.customer, "customer", MAX_NAME_CHARS)?;
+        let new = store::NewContact {
+            branch: line(&request.branch, "branch", MAX_NAME_CHARS)?,
+            name: required(&request.name, "name", MAX_NAME_CHARS)?,
+            email: email(&request.email, "email")?,
+            phone: self.phone(&request.phone, "phone")?,
+        };
+        if new.email.is_none() && new.phone.is_none() {
+            return Err(Status::invalid_argument(
+                "give the contact an email or a phone: that is how a caller is recognised",
+            ));
+        }
+        let added = store::add_contact(&self.pool, &customer, new)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(contact(&added)))
+    }
+
+    async fn add_project(
+        &self,
+        request: Request<pb::AddProjectRequest>,
+    ) -> Result<Response<pb::Project>, Status> {
+        authorize(&request, WRITERS)?;
+        let request = request.get_ref();
+        let customer = required(&request.customer, "customer", MAX_NAME_CHARS)?;
+        let location = match (request.lat, request.lng) {
+            (None, None) => None,
+            (Some(lat), Some(lng))
+                if (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lng) =>
+            {
+                Some((lat, lng))
+            }
+            (Some(_), Some(_)) => {
+                return Err(Status::invalid_argument(
+                    "lat must be between -90 and 90 and lng between -180 and 180",
+                ));
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "give both lat and lng, or neither",
+                ));
+            }
+        };
+        let warranty_months = match request.warranty_months {
+            0 => domain::DEFAULT_WARRANTY_MONTHS as i32,
+            n if (1..=domain::MAX_TERM_MONTHS as i32).contains(&n) => n,
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "warranty months must be between 1 and {}, not {n}",
+                    domain::MAX_TERM_MONTHS
+                )));
+            }
+        };
+        let time_zone = line(&request.time_zone, "time zone", MAX_SHORT_CHARS)?
+            .map(|tz| domain::time_zone(&tz).map(|tz| tz.name().to_owned()))
+            .transpose()
+            .map_err(invalid)?;
+        let new = store::NewProject {
+            branch: required(&request.branch, "branch", MAX_NAME_CHARS)?,
+            name: required(&request.name, "name", MAX_NAME_CHARS)?,
+            location,
+            time_zone,
+            accepted_on: date(&request.accepted_on, "acceptance date")?,
+            warranty_months,
+        };
+        let added = store::add_project(&self.pool, &customer, new)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(project(&added)))
+    }
+
+    async fn accept_project(
+        &self,
+        request: Request<pb::AcceptProjectRequest>,
+    ) -> Result<Response<pb::Project>, Status> {
+        authorize(&request, WRITERS)?;
+        let request = request.get_ref();
+        let reference = required(&request.project, "project", MAX_NAME_CHARS)?;
+        let on = date(&request.accepted_on, "acceptance date")?;
+        let accepted = store::accept_project(&self.pool, &reference, on)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(project(&accepted)))
+    }
+
+    async fn add_asset(
+        &self,
+        request: Request<pb::AddAssetRequest>,
+    ) -> Result<Response<pb::Asset>, Status> {
+        authorize(&request, WRITERS)?;
+        let request = request.get_ref();
+        let price: Amount = required(&request.price, "price", 30)?
+            .parse()
+            .map_err(|why| invalid(format!("price: {why}")))?;
+        if !price.fits_column() {
+            return Err(Status::invalid_argument("price is too large"));
+        }
+        let family = line(&request.family, "family", MAX_SHORT_CHARS)?.map(|f| f.to_lowercase());
+        let new = store::NewAsset {
+            project: required(&request.project, "project", MAX_NAME_CHARS)?,
+            model: required(&request.model, "model", MAX_SHORT_CHARS)?,
+            family,
+            serial: required(&request.serial, "serial", MAX_SHORT_CHARS)?,
+            price,
+            currency: domain::currency(&request.currency).map_err(invalid)?,
+            firmware: line(&request.firmware, "firmware", MAX_SHORT_CHARS)?.unwrap_or_default(),
+        };
+        let added = store::add_asset(&self.pool, new).await.map_err(status)?;
+        Ok(Response::new(asset(&added, None).0))
+    }
+
+    async fn get_asset(
+        &self,
+        request: Request<pb::GetAssetRequest>,
+    ) -> Result<Response<pb::Asset>, Status> {
+        authorize(&request, READERS)?;
+        let request = request.get_ref();
+        let serial = required(&request.serial, "serial", MAX_SHORT_CHARS)?;
+        let on = on(&request.on)?;
+        let found = store::asset(&self.pool, &serial)
+            .await
+            .map_err(status)?
+            .ok_or_else(|| Status::not_found(format!("no asset with serial {serial}")))?;
+        Ok(Response::new(asset(&found, on).0))
+    }
+
+    async fn create_contract(
+        &self,
+        request: Request<pb::CreateContractRequest>,
+    ) -> Result<Response<pb::Contract>, Status> {
+        authorize(&request, WRITERS)?;
+        let request = request.get_ref();
+        let start = date(&request.start, "start")?;
+        let end = date(&request.end, "end")?;
+        let term_months = domain::term_months(start, end).map_err(invalid)?;
+        let fee: Amount = required(&request.fee, "fee", 30)?
+            .parse()
+            .map_err(|why| invalid(format!("fee: {why}")))?;
+        if !fee.fits_column() {
+            return Err(Status::invalid_argument("fee is too large"));
+        }
+        let new = store::NewContract {
+            customer: required(&request.customer, "customer", MAX_NAME_CHARS)?,
+            projects: references(&request.projects, "projects", MAX_NAME_CHARS)?,
+            serials: references(&request.serials, "serials", MAX_SHORT_CHARS)?,
+            start,
+            end,
+            term_months,
+            fee,
+            currency: domain::currency(&request.currency).map_err(invalid)?,
+        };
+        if new.projects.is_empty() && new.serials.is_empty() {
+            return Err(Status::invalid_argument(
+                "name what the contract covers: projects or serials",
+            ));
+        }
+        let created = store::create_contract(&self.pool, new)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(contract(&created)))
+    }
+
+    async fn change_coverage(
+        &self,
+        request: Request<pb::ChangeCoverageRequest>,
+    ) -> Result<Response<pb::Contract>, Status> {
+        authorize(&request, WRITERS)?;
+        let request = request.get_ref();
+        let id = required(&request.contract, "contract", MAX_SHORT_CHARS)?;
+        let add = references(&request.add_serials, "serials to add", MAX_SHORT_CHARS)?;
+        let remove = references(
+            &request.remove_serials,
+            "serials to remove",
+            MAX_SHORT_CHARS,
+        )?;
+        if add.is_empty() && remove.is_empty() {
+            return Err(Status::invalid_argument("name serials to add or to remove"));
+        }
+        let changed = store::change_coverage(&self.pool, &id, &add, &remove)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(contract(&changed)))
+    }
+
+    async fn list_contracts(
+        &self,
+        request: Request<pb::ListContractsRequest>,
+    ) -> Result<Response<pb::ListContractsResponse>, Status> {
+        authorize(&request, READERS)?;
+        let request = request.get_ref();
+        let customer = line(&request.customer, "customer", MAX_NAME_CHARS)?;
+        let ending = match request.expiring_within_days {
+            0 => None,
+            days => {
+                let today = Utc::now().date_naive();
+                let until = today
+                    .checked_add_days(chrono::Days::new(u64::from(days)))
+                    .ok_or_else(|| Status::invalid_argument("expiring within is too long"))?;
+                Some((today, until))
+            }
+        };
+        let found = store::list_contracts(&self.pool, customer.as_deref(), ending)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListContractsResponse {
+            contracts: found.iter().map(contract).collect(),
+        }))
+    }
+
+    async fn entitlement(
+        &self,
+        request: Request<pb::EntitlementRequest>,
+    ) -> Result<Response<pb::EntitlementResponse>, Status> {
+        authorize(&request, READERS)?;
+        let request = request.get_ref();
+        let on = on(&request.on)?;
+        let answer = match &request.key {
+            Some(Key::Serial(serial)) => {
+                let serial = required(serial, "serial", MAX_SHORT_CHARS)?;
+                match store::asset(&self.pool, &serial).await.map_err(status)? {
+                    None => pb::EntitlementResponse {
+                        r#match: pb::Match::Unknown as i32,
+                        coverage: pb::Coverage::None as i32,
+                        reason: format!("no asset has serial {serial}"),
+                        ..Default::default()
+                    },
+                    Some(found) => {
+                        let customer = store::customer_by_id(&self.pool, found.customer_id)
+                            .await
+                            .map_err(status)?;
+                        let branch = store::branch_by_id(&self.pool, found.branch_id)
+                            .await
+                            .map_err(status)?;
+                        let whose = format!("serial {}", found.serial);
+                        self.answer(customer, branch, None, &[found], on, &whose)
+                            .await?
+                    }
+                }
+            }
+            Some(Key::Email(address)) => {
+                let address = email(address, "email")?
+                    .ok_or_else(|| Status::invalid_argument("give the email to look up"))?;
+                let holders = store::holders_of_email(&self.pool, &address)
+                    .await
+                    .map_err(status)?;
+                self.entitled_holder(holders, &address, on).await?
+            }
+            Some(Key::Phone(number)) => {
+                let number = self
+                    .phone(number, "phone")?
+                    .ok_or_else(|| Status::invalid_argument("give the phone to look up"))?;
+                let holders = store::holders_of_phone(&self.pool, &number)
+                    .await
+                    .map_err(status)?;
+                self.entitled_holder(holders, &number, on).await?
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "look up by phone, email or serial",
+                ));
+            }
+        };
+        Ok(Response::new(answer))
+    }
+}

@@ -1,0 +1,548 @@
+//! The rules of the installed base, pure: amounts and currencies, the
+//! warranty's last day, a contract's term and its 5% cap (P6), and the
+//! coverage of an asset on a day (P1).
+
+use std::{cmp::Ordering, fmt, str::FromStr};
+
+use chrono::{Datelike, Months, NaiveDate};
+
+/// Months of warranty when a project does not say otherwise (P1).
+pub const DEFAULT_WARRANTY_MONTHS: u32 = 12;
+/// The longest warranty or contract term we accept: ten years.
+pub const MAX_TERM_MONTHS: u32 = 120;
+/// The cap of P6: a year of maintenance costs at most 5% of the covered
+/// products' price, i.e. `annual_fee * 20 <= price`.
+pub const CAP_PERCENT: i64 = 5;
+
+/// An amount of money in minor units (cents): never a float, so 0.1 + 0.2
+/// is 0.30 and a cap compared to the cent is compared exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Amount(pub i64);
+
+/// What `NUMERIC(14,2)` holds: twelve digits before the point.
+const MAX_AMOUNT_CENTS: i64 = 99_999_999_999_999;
+
+impl FromStr for Amount {
+    type Err = String;
+
+    /// `1234`, `1234.5`, `1234.50`; not `1e3`, `-5`, `1.234`, `NaN`, `1,5`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let refuse = || {
+            format!(
+                "{text:?} is not an amount: write digits with at most two decimals after a point, like 1234.50"
+            )
+        };
+        let (units, fraction) = text.trim().split_once('.').unwrap_or((text.trim(), ""));
+        if units.is_empty()
+            || units.len() > 12
+            || !units.bytes().all(|b| b.is_ascii_digit())
+            || (text.contains('.') && fraction.is_empty())
+            || fraction.len() > 2
+            || !fraction.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(refuse());
+        }
+        let units: i64 = units.parse().map_err(|_| refuse())?;
+        let cents = match fraction.len() {
+            0 => 0,
+            1 => fraction.parse::<i64>().map_err(|_| refuse())? * 10,
+            _ => fraction.parse::<i64>().map_err(|_| refuse())?,
+        };
+        Ok(Amount(units * 100 + cents))
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let cents = self.0.unsigned_abs();
+        write!(f, "{sign}{}.{:02}", cents / 100, cents % 100)
+    }
+}
+
+impl Amount {
+    /// Whether PostgreSQL's `NUMERIC(14,2)` can hold it.
+    pub fn fits_column(self) -> bool {
+        (0..=MAX_AMOUNT_CENTS).contains(&self.0)
+    }
+}
+
+/// An ISO 4217 code: three upper-case letters (`eur` is taken as `EUR`).
+pub fn currency(text: &str) -> Result<String, String> {
+    let code = text.trim().to_ascii_uppercase();
+    if code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(code)
+    } else {
+        Err(format!(
+            "{text:?} is not a currency: write its ISO 4217 code, like EUR or USD"
+        ))
+    }
+}
+
+/// A calendar day written `YYYY-MM-DD`.
+pub fn date(text: &str, name: &str) -> Result<NaiveDate, String> {
+    NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
+        .ok()
+        .filter(|d| (1900..=2999).contains(&d.year()))
+        .ok_or_else(|| format!("{name} {text:?} is not a date: write it as YYYY-MM-DD"))
+}
+
+/// An address, lower-cased: one `@`, something on each side, no spaces.
+pub fn email(text: &str) -> Result<String, String> {
+    let address = text.trim().to_lowercase();
+    let valid = address.len() <= 254
+        && address.split('@').count() == 2
+        && address
+            .split_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
+        && !address.chars().any(|c| c.is_whitespace() || c.is_control());
+    if valid {
+        Ok(address)
+    } else {
+        Err(format!(
+            "{text:?} is not an email address: write it like name@example.com"
+        ))
+    }
+}
+
+/// An IANA time zone name (`Europe/Berlin`), as chrono-tz knows them.
+pub fn time_zone(text: &str) -> Result<chrono_tz::Tz, String> {
+    text.trim().parse().map_err(|_| {
+        format!(
+            "{text:?} is not a time zone: write an IANA name, like Europe/Berlin or Asia/Shanghai"
+        )
+    })
+}
+
+/// The last day covered by a term of `months` that starts on `start`
+/// (inclusive), in calendar months: the day before the same day-of-month
+/// `months` later (1 Jan + 12 → 31 Dec). When that day does not exist in
+/// the final month (31 Aug + 6 → "31 Feb"), the term runs to the end of
+/// that month (28 or 29 Feb): a term is never shorter than its months.
+/// `None` past the calendar's end.
+pub fn last_day(start: NaiveDate, months: u32) -> Option<NaiveDate> {
+    let anniversary = start.checked_add_months(Months::new(months))?;
+    if anniversary.day() == start.day() {
+        anniversary.pred_opt()
+    } else {
+        // chrono clamped to the end of the month: that month end is covered.
+        Some(anniversary)
+    }
+}
+
+/// A contract's length in whole calendar months: the `n` whose
+/// [`last_day`] from `start` is `end`. A term of anything else (1 Jan to
+/// 15 Mar) is refused, naming the two whole-month ends around it, rather
+/// than annualised by days: a fee cap to the cent needs an exact term.
+pub fn term_months(start: NaiveDate, end: NaiveDate) -> Result<u32, String> {
+    if end < start {
+        return Err(format!(
+            "the contract ends ({end}) before it starts ({start}): give an end on or after the start"
+        ));
+    }
+    let guess = (end.year() - start.year()) * 12 + end.month() as i32 - start.month() as i32;
+    let mut before = None;
+    for months in (guess - 1).max(1)..=(guess + 1).max(1) {
+        let months = months as u32;
+        match last_day(start, months).map(|last| last.cmp(&end)) {
+            Some(Ordering::Equal) if months <= MAX_TERM_MONTHS => return Ok(months),
+            Some(Ordering::Equal) => break,
+            Some(Ordering::Less) => before = Some(months),
+            _ => {}
+        }
+    }
+    if guess > MAX_TERM_MONTHS as i32 {
+        return Err(format!(
+            "a contract runs at most {MAX_TERM_MONTHS} months; end it by {}",
+            last_day(start, MAX_TERM_MONTHS).unwrap_or(end)
+        ));
+    }
+    let shorter = before.and_then(|m| last_day(start, m).map(|d| (m, d)));
+    let longer = (before.unwrap_or(0) + 1..=MAX_TERM_MONTHS)
+        .find_map(|m| last_day(start, m).filter(|d| *d > end).map(|d| (m, d)));
+    let options: Vec<String> = [shorter, longer]
+        .into_iter()
+        .flatten()
+        .map(|(months, day)| {
+            format!(
+                "{day} ({months} month{})",
+                if months == 1 { "" } else { "s" }
+            )
+        })
+        .collect();
+    Err(format!(
+        "a contract runs whole calendar months: from {start}, end it on {}",
+        options.join(" or ")
+    ))
+}
+
+/// The warranty's last day (inclusive) of a project accepted on `accepted_on`.
+pub fn warranty_until(accepted_on: NaiveDate, months: u32) -> Option<NaiveDate> {
+    last_day(accepted_on, months)
+}
+
+/// The covered assets' total price in the contract's currency; refused
+/// when nothing is covered or the prices are in another or several
+/// currencies (a cap across currencies needs exchange rates we do not
+/// keep).
+pub fn covered_price(currency: &str, prices: &[(Amount, &str)]) -> Result<Amount, String> {
+    if prices.is_empty() {
+        return Err(
+            "a contract covers at least one asset: name projects with assets, or serials".into(),
+        );
+    }
+    let mut currencies: Vec<&str> = prices.iter().map(|(_, c)| *c).collect();
+    currencies.sort_unstable();
+    currencies.dedup();
+    if currencies.len() > 1 {
+        return Err(format!(
+            "the covered assets are priced in {}: a contract covers assets priced in one currency; split it by currency",
+            currencies.join(" and ")
+        ));
+    }
+    if currencies[0] != currency {
+        return Err(format!(
+            "the fee is in {currency} but the covered assets are priced in {}: give the fee in {}",
+            currencies[0], currencies[0]
+        ));
+    }
+    Ok(Amount(prices.iter().map(|(a, _)| a.0).sum()))
+}
+
+/// The highest fee the cap allows for a term of `months` over assets worth
+/// `price`: 5% of the price a year, for `months` twelfths of a year,
+/// rounded down to the cent (a fee at the limit is allowed, one cent more
+/// is not).
+pub fn max_fee(price: Amount, months: u32) -> Amount {
+    let cents = i128::from(price.0) * i128::from(CAP_PERCENT) * i128::from(months) / (100 * 12);
+    Amount(i64::try_from(cents).unwrap_or(i64::MAX))
+}
+
+/// P6: the fee for the term, annualised (`fee × 12 / months`), must not
+/// exceed 5% of the covered price. Compared in integers
+/// (`fee × 12 × 100 <= price × 5 × months`), so exactly 5% passes and one
+/// cent over fails.
+pub fn check_cap(fee: Amount, currency: &str, months: u32, price: Amount) -> Result<(), String> {
+    let annualised = i128::from(fee.0) * 12 * 100;
+    if annualised <= i128::from(price.0) * i128::from(CAP_PERCENT) * i128::from(months) {
+        return Ok(());
+    }
+    let limit = max_fee(price, months);
+    if months == 12 {
+        Err(format!(
+            "the annual fee {fee} {currency} exceeds {CAP_PERCENT}% of the covered products' price ({price} {currency}): at most {limit} {currency}"
+        ))
+    } else {
+        let per_year =
+            Amount(i64::try_from(i128::from(fee.0) * 12 / i128::from(months)).unwrap_or(i64::MAX));
+        Err(format!(
+            "the fee {fee} {currency} for {months} months ({per_year} {currency} a year) exceeds {CAP_PERCENT}% a year of the covered products' price ({price} {currency}): at most {limit} {currency} for {months} months"
+        ))
+    }
+}
+
+/// What promise covers an asset on a day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Coverage {
+    None,
+    Contract,
+    Warranty,
+}
+
+impl Coverage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Coverage::None => "none",
+            Coverage::Contract => "contract",
+            Coverage::Warranty => "warranty",
+        }
+    }
+}
+
+/// A contract term covering an asset.
+#[derive(Debug, Clone)]
+pub struct Term<Id> {
+    pub contract: Id,
+    pub start: NaiveDate,
+    pub end: NaiveDate,
+}
+
+/// An asset's coverage on a day, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoverageOn<Id> {
+    pub coverage: Coverage,
+    pub until: Option<NaiveDate>,
+    pub contract: Option<Id>,
+    pub reason: String,
+}
+
+/// Warranty while `on <= warranty_until` (P1), else a contract whose term
+/// holds `on` (P6), else none. The reason names the dates a caller would
+/// be told.
+pub fn coverage_on<Id: Clone>(
+    on: NaiveDate,
+    warranty_until: NaiveDate,
+    terms: &[Term<Id>],
+) -> CoverageOn<Id> {
+    if on <= warranty_until {
+        return CoverageOn {
+            coverage: Coverage::Warranty,
+            until: Some(warranty_until),
+            contract: None,
+            reason: format!("in warranty until {warranty_until}"),
+        };
+    }
+    if let Some(term) = terms.iter().find(|t| t.start <= on && on <= t.end) {
+        return CoverageOn {
+            coverage: Coverage::Contract,
+            until: Some(term.end),
+            contract: Some(term.contract.clone()),
+            reason: format!(
+                "warranty ended {warranty_until}; under maintenance contract until {}",
+                term.end
+            ),
+        };
+    }
+    let next = terms.iter().filter(|t| t.start > on).map(|t| t.start).min();
+    let reason = match next {
+        Some(start) => format!(
+            "warranty ended {warranty_until}; no contract on {on} (the next starts {start})"
+        ),
+        None => format!("warranty ended {warranty_until} and no maintenance contract covers {on}"),
+    };
+    CoverageOn {
+        coverage: Coverage::None,
+        until: None,
+        contract: None,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(text: &str) -> NaiveDate {
+        date(text, "day").unwrap()
+    }
+
+    fn amount(text: &str) -> Amount {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn amounts_are_read_to_the_cent_and_nothing_else_is() {
+        assert_eq!(amount("1234.5"), Amount(123_450));
+        assert_eq!(amount("1234.50"), Amount(123_450));
+        assert_eq!(amount("1234"), Amount(123_400));
+        assert_eq!(amount("0.01"), Amount(1));
+        assert_eq!(amount("999999999999.99").0, MAX_AMOUNT_CENTS);
+        for bad in [
+            "1e3",
+            "-5",
+            "-0.01",
+            "1.234",
+            "NaN",
+            "inf",
+            "",
+            ".5",
+            "1.",
+            "1,50",
+            "+5",
+            "1 000",
+            "0x10",
+            "1234567890123",
+        ] {
+            assert!(bad.parse::<Amount>().is_err(), "{bad:?} was accepted");
+        }
+        assert_eq!(Amount(123_450).to_string(), "1234.50");
+        assert_eq!(Amount(5).to_string(), "0.05");
+    }
+
+    #[test]
+    fn currencies_are_three_letters() {
+        assert_eq!(currency("eur").unwrap(), "EUR");
+        for bad in ["EURO", "E1R", "", "€"] {
+            assert!(currency(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn warranty_ends_the_day_before_the_anniversary() {
+        assert_eq!(
+            warranty_until(day("2024-03-15"), 12),
+            Some(day("2025-03-14"))
+        );
+        assert_eq!(
+            warranty_until(day("2025-01-01"), 12),
+            Some(day("2025-12-31"))
+        );
+        assert_eq!(
+            warranty_until(day("2024-12-31"), 1),
+            Some(day("2025-01-30"))
+        );
+        assert_eq!(
+            warranty_until(day("2024-03-01"), 12),
+            Some(day("2025-02-28"))
+        );
+        assert_eq!(
+            warranty_until(day("2023-03-01"), 12),
+            Some(day("2024-02-29")),
+            "leap year"
+        );
+    }
+
+    #[test]
+    fn warranty_into_a_shorter_month_runs_to_its_end() {
+        // 31 Aug + 6 months has no 31 Feb: end of February, 29th in a leap year.
+        assert_eq!(
+            warranty_until(day("2023-08-31"), 6),
+            Some(day("2024-02-29"))
+        );
+        assert_eq!(
+            warranty_until(day("2022-08-31"), 6),
+            Some(day("2023-02-28"))
+        );
+        assert_eq!(
+            warranty_until(day("2023-08-30"), 6),
+            Some(day("2024-02-29"))
+        );
+        assert_eq!(
+            warranty_until(day("2023-08-29"), 6),
+            Some(day("2024-02-28"))
+        );
+        assert_eq!(
+            warranty_until(day("2024-02-29"), 12),
+            Some(day("2025-02-28"))
+        );
+        assert_eq!(
+            warranty_until(day("2024-02-29"), 48),
+            Some(day("2028-02-28"))
+        );
+        assert_eq!(
+            warranty_until(day("2024-01-31"), 1),
+            Some(day("2024-02-29"))
+        );
+    }
+
+    #[test]
+    fn contract_terms_are_whole_calendar_months() {
+        assert_eq!(term_months(day("2025-01-01"), day("2025-12-31")), Ok(12));
+        assert_eq!(term_months(day("2025-01-01"), day("2025-06-30")), Ok(6));
+        assert_eq!(term_months(day("2023-08-31"), day("2024-02-29")), Ok(6));
+        assert_eq!(term_months(day("2025-03-15"), day("2027-03-14")), Ok(24));
+        assert_eq!(term_months(day("2025-01-01"), day("2025-01-31")), Ok(1));
+        let odd = term_months(day("2025-01-01"), day("2025-03-15")).unwrap_err();
+        assert!(
+            odd.contains("2025-02-28 (2 months) or 2025-03-31 (3 months)"),
+            "{odd}"
+        );
+        let short = term_months(day("2025-01-01"), day("2025-01-10")).unwrap_err();
+        assert!(short.contains("2025-01-31 (1 month)"), "{short}");
+        assert!(term_months(day("2025-01-02"), day("2025-01-01")).is_err());
+        assert!(
+            term_months(day("2025-01-01"), day("2040-12-31")).is_err(),
+            "over ten years"
+        );
+    }
+
+    #[test]
+    fn exactly_five_percent_is_allowed_and_one_cent_more_is_not() {
+        let price = amount("10000.00");
+        assert_eq!(check_cap(amount("500.00"), "EUR", 12, price), Ok(()));
+        let over = check_cap(amount("500.01"), "EUR", 12, price).unwrap_err();
+        assert_eq!(
+            over,
+            "the annual fee 500.01 EUR exceeds 5% of the covered products' price (10000.00 EUR): at most 500.00 EUR"
+        );
+        assert_eq!(max_fee(price, 12), amount("500.00"));
+    }
+
+    #[test]
+    fn shorter_and_longer_terms_are_annualised() {
+        let price = amount("10000.00");
+        // 6 months: 250.00 is 500.00 a year, the limit.
+        assert_eq!(check_cap(amount("250.00"), "EUR", 6, price), Ok(()));
+        let over = check_cap(amount("250.01"), "EUR", 6, price).unwrap_err();
+        assert!(over.contains("(500.02 EUR a year)"), "{over}");
+        assert!(over.ends_with("at most 250.00 EUR for 6 months"), "{over}");
+        // 24 months: 1000.00 for two years is 500.00 a year.
+        assert_eq!(check_cap(amount("1000.00"), "EUR", 24, price), Ok(()));
+        assert!(check_cap(amount("1000.01"), "EUR", 24, price).is_err());
+        // Limits that are not whole cents round down: 5% of 0.10 a year is 0.005.
+        assert_eq!(max_fee(amount("0.10"), 12), Amount(0));
+        assert!(check_cap(Amount(1), "EUR", 12, amount("0.10")).is_err());
+        assert_eq!(max_fee(amount("1000.00"), 7), amount("29.16"));
+        assert_eq!(
+            check_cap(amount("29.16"), "EUR", 7, amount("1000.00")),
+            Ok(())
+        );
+        assert!(check_cap(amount("29.17"), "EUR", 7, amount("1000.00")).is_err());
+    }
+
+    #[test]
+    fn the_covered_price_is_in_one_currency_and_the_fees() {
+        let eur = [(amount("6000.00"), "EUR"), (amount("4000.00"), "EUR")];
+        assert_eq!(covered_price("EUR", &eur), Ok(amount("10000.00")));
+        let other = covered_price("USD", &eur).unwrap_err();
+        assert!(
+            other.contains("the fee is in USD but the covered assets are priced in EUR"),
+            "{other}"
+        );
+        let mixed = covered_price("EUR", &[(Amount(1), "USD"), (Amount(1), "EUR")]).unwrap_err();
+        assert!(mixed.contains("priced in EUR and USD"), "{mixed}");
+        assert!(covered_price("EUR", &[]).is_err());
+    }
+
+    #[test]
+    fn coverage_is_warranty_then_contract_then_none() {
+        let until = day("2025-03-14");
+        let terms = [Term {
+            contract: 7,
+            start: day("2025-03-15"),
+            end: day("2026-03-14"),
+        }];
+        let on = |d| coverage_on(day(d), until, &terms);
+        assert_eq!(
+            on("2025-03-14").coverage,
+            Coverage::Warranty,
+            "the last day is covered"
+        );
+        assert_eq!(on("2025-03-14").until, Some(until));
+        let contract = on("2025-03-15");
+        assert_eq!(contract.coverage, Coverage::Contract);
+        assert_eq!(contract.until, Some(day("2026-03-14")));
+        assert_eq!(contract.contract, Some(7));
+        let none = on("2026-03-15");
+        assert_eq!(none.coverage, Coverage::None);
+        assert_eq!(none.until, None);
+        assert!(
+            none.reason.contains("warranty ended 2025-03-14"),
+            "{}",
+            none.reason
+        );
+        let gap = coverage_on(day("2025-02-01"), day("2025-01-01"), &terms);
+        assert!(
+            gap.reason.contains("the next starts 2025-03-15"),
+            "{}",
+            gap.reason
+        );
+    }
+
+    #[test]
+    fn addresses_and_zones_are_checked() {
+        assert_eq!(email(" Ops@Acme.Example ").unwrap(), "ops@acme.example");
+        for bad in [
+            "ops",
+            "a@b@c.d",
+            "@acme.example",
+            "ops@localhost",
+            "o ps@acme.example",
+        ] {
+            assert!(email(bad).is_err(), "{bad:?}");
+        }
+        assert!(time_zone("Europe/Berlin").is_ok());
+        assert!(time_zone("Mars/Olympus").is_err());
+        assert!(date("2025-02-30", "start").is_err());
+    }
+}

@@ -1,0 +1,981 @@
+//! The only SQL of `contracts`: the directory, projects, assets, models,
+//! contracts and what they cover, and the lookups behind entitlement.
+//! Amounts cross this boundary as cents (`Amount`): PostgreSQL keeps
+//! `NUMERIC(14,2)` and converts exactly (`price * 100`, `cents / 100`).
+
+use chrono::NaiveDate;
+use sqlx::{PgConnection, PgPool, postgres::PgDatabaseError};
+use uuid::Uuid;
+
+use crate::domain::{self, Amount, Term};
+
+/// Why the store did not do what was asked; the api maps each to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A named customer, branch, project, asset or contract does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A name, email, phone or serial is already taken.
+    #[error("{0}")]
+    Clash(String),
+    /// The request contradicts itself or the data (a branch of another
+    /// customer, a project name two customers use).
+    #[error("{0}")]
+    Invalid(String),
+    /// A rule of the promise refuses it: the 5% cap, an overlapping contract.
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// `error` as a clash when it broke one of `constraints` (name, message).
+fn clash(error: sqlx::Error, constraints: &[(&str, String)]) -> StoreError {
+    let broken = error
+        .as_database_error()
+        .and_then(|e| e.try_downcast_ref::<PgDatabaseError>())
+        .and_then(|e| e.constraint().map(str::to_owned));
+    match constraints
+        .iter()
+        .find(|(name, _)| Some(*name) == broken.as_deref())
+    {
+        Some((_, message)) => StoreError::Clash(message.clone()),
+        None => StoreError::Database(error),
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Customer {
+    pub id: Uuid,
+    /// Unique case-blind: the name people use to name it.
+    pub name: String,
+    /// Lower-case; not unique (a shared facility address makes lookups ambiguous).
+    pub email: Option<String>,
+    /// E.164; not unique, like the email.
+    pub phone: Option<String>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Branch {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    pub name: String,
+    pub address: String,
+    /// An IANA name chrono-tz knows; projects default to it.
+    pub time_zone: String,
+    pub region: String,
+    /// Lower-case; receives notices and reports; may match a caller.
+    pub notice_email: String,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Contact {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    /// `None`: the contact speaks for the whole customer.
+    pub branch_id: Option<Uuid>,
+    pub name: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Project {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    /// The customer's name, for answers that name it.
+    pub customer: String,
+    pub branch_id: Uuid,
+    pub name: String,
+    /// The site, for routing technicians later; lat and lng come together.
+    pub lat: Option<f64>,
+    pub lng: Option<f64>,
+    /// Where "today" is for its assets' coverage.
+    pub time_zone: String,
+    /// The warranty is derived from this and `warranty_months` at read time.
+    pub accepted_on: NaiveDate,
+    pub warranty_months: i32,
+}
+
+/// An asset with what its coverage is derived from: its project's
+/// acceptance, warranty months and time zone, and its contract terms.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Asset {
+    pub id: Uuid,
+    /// Unique case-blind across all customers; stored as given.
+    pub serial: String,
+    pub model: String,
+    pub family: String,
+    pub project_id: Uuid,
+    pub project: String,
+    pub customer_id: Uuid,
+    pub customer: String,
+    pub branch_id: Uuid,
+    /// The product price in cents, in `currency`: the base of the 5% cap.
+    pub price_cents: i64,
+    pub currency: String,
+    pub firmware: String,
+    /// Its project's, with `warranty_months` and `time_zone`: what its warranty and today are derived from.
+    pub accepted_on: NaiveDate,
+    pub warranty_months: i32,
+    pub time_zone: String,
+    #[sqlx(skip)]
+    /// Every contract term covering it, oldest first.
+    pub terms: Vec<Term<Uuid>>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Contract {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    pub customer: String,
+    pub starts_on: NaiveDate,
+    /// Inclusive; whole calendar months after `starts_on`.
+    pub ends_on: NaiveDate,
+    /// The fee for the whole term, in cents, in `currency`.
+    pub fee_cents: i64,
+    pub currency: String,
+    /// The covered assets, sorted.
+    pub serials: Vec<String>,
+    /// The covered assets' total price, in cents.
+    pub covered_cents: i64,
+}
+
+const CUSTOMER: &str = "SELECT id, name, email, phone FROM customers";
+const BRANCH: &str =
+    "SELECT id, customer_id, name, address, time_zone, region, notice_email FROM branches";
+const CONTACT: &str = "SELECT id, customer_id, branch_id, name, email, phone FROM contacts";
+const PROJECT: &str = "SELECT p.id, p.customer_id, c.name AS customer, p.branch_id, p.name,
+        p.lat, p.lng, p.time_zone, p.accepted_on, p.warranty_months
+    FROM projects p JOIN customers c ON c.id = p.customer_id";
+const ASSET: &str = "SELECT a.id, a.serial, m.name AS model, m.family, a.project_id,
+        p.name AS project, p.customer_id, c.name AS customer, p.branch_id,
+        (a.price * 100)::bigint AS price_cents, a.currency, a.firmware,
+        p.accepted_on, p.warranty_months, p.time_zone
+    FROM assets a
+    JOIN models m ON m.id = a.model_id
+    JOIN projects p ON p.id = a.project_id
+    JOIN customers c ON c.id = p.customer_id";
+const CONTRACT: &str = "SELECT k.id, k.customer_id, c.name AS customer, k.starts_on, k.ends_on,
+        (k.fee * 100)::bigint AS fee_cents, k.currency,
+        COALESCE(array_agg(a.serial ORDER BY a.serial) FILTER (WHERE a.id IS NOT NULL), '{}')
+            AS serials,
+        (COALESCE(sum(a.price), 0) * 100)::bigint AS covered_cents
+    FROM contracts k
+    JOIN customers c ON c.id = k.customer_id
+    LEFT JOIN contract_assets ca ON ca.contract_id = k.id
+    LEFT JOIN assets a ON a.id = ca.asset_id";
+
+/// The most assets one answer lists (a customer's whole base can be large).
+pub const MAX_ASSETS: i64 = 500;
+
+pub struct NewCustomer {
+    pub name: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+}
+
+pub async fn create_customer(pool: &PgPool, new: NewCustomer) -> Result<Customer> {
+    sqlx::query_as(
+        "INSERT INTO customers (id, name, email, phone) VALUES ($1, $2, $3, $4)
+         RETURNING id, name, email, phone",
+    )
+    .bind(Uuid::now_v7())
+    .bind(&new.name)
+    .bind(&new.email)
+    .bind(&new.phone)
+    .fetch_one(pool)
+    .await
+    .map_err(|e| {
+        clash(
+            e,
+            &[(
+                "customers_name_key",
+                format!("a customer named {:?} already exists", new.name),
+            )],
+        )
+    })
+}
+
+pub async fn list_customers(
+    pool: &PgPool,
+    text: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Customer>> {
+    Ok(sqlx::query_as(&format!(
+        "{CUSTOMER} WHERE $1::text IS NULL OR strpos(lower(name), lower($1)) > 0
+         ORDER BY lower(name) LIMIT $2"
+    ))
+    .bind(text)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// A customer named by id or by name (names are unique, case-blind).
+pub async fn customer(conn: &mut PgConnection, reference: &str) -> Result<Customer> {
+    let found = match Uuid::parse_str(reference) {
+        Ok(id) => {
+            sqlx::query_as(&format!("{CUSTOMER} WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?
+        }
+        Err(_) => {
+            sqlx::query_as(&format!("{CUSTOMER} WHERE lower(name) = lower($1)"))
+                .bind(reference)
+                .fetch_optional(&mut *conn)
+                .await?
+        }
+    };
+    found.ok_or_else(|| {
+        StoreError::NotFound(format!(
+            "no customer {reference:?}: name one by id or by its exact name (hotline customers list)"
+        ))
+    })
+}
+
+/// A branch of `customer` named by id or by name.
+pub async fn branch(
+    conn: &mut PgConnection,
+    customer: &Customer,
+    reference: &str,
+) -> Result<Branch> {
+    let found = match Uuid::parse_str(reference) {
+        Ok(id) => {
+            sqlx::query_as(&format!("{BRANCH} WHERE id = $1 AND customer_id = $2"))
+                .bind(id)
+                .bind(customer.id)
+                .fetch_optional(&mut *conn)
+                .await?
+        }
+        Err(_) => {
+            sqlx::query_as(&format!(
+                "{BRANCH} WHERE customer_id = $2 AND lower(name) = lower($1)"
+            ))
+            .bind(reference)
+            .bind(customer.id)
+            .fetch_optional(&mut *conn)
+            .await?
+        }
+    };
+    found.ok_or_else(|| {
+        StoreError::NotFound(format!(
+            "customer {} has no branch {reference:?} (hotline customers show {:?})",
+            customer.name, customer.name
+        ))
+    })
+}
+
+pub struct NewBranch {
+    pub name: String,
+    pub address: String,
+    pub time_zone: String,
+    pub region: String,
+    pub notice_email: String,
+}
+
+pub async fn add_branch(pool: &PgPool, customer: &str, new: NewBranch) -> Result<Branch> {
+    let mut tx = pool.begin().await?;
+    let customer = self::customer(&mut tx, customer).await?;
+    let branch: Branch = sqlx::query_as(
+        "INSERT INTO branches (id, customer_id, name, address, time_zone, region, notice_email)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         RETURNING id, customer_id, name, address, time_zone, region, notice_email",
+    )
+    .bind(Uuid::now_v7())
+    .bind(customer.id)
+    .bind(&new.name)
+    .bind(&new.address)
+    .bind(&new.time_zone)
+    .bind(&new.region)
+    .bind(&new.notice_email)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| {
+        clash(
+            e,
+            &[(
+                "branches_name_key",
+                format!(
+                    "customer {} already has a branch named {:?}",
+                    customer.name, new.name
+                ),
+            )],
+        )
+    })?;
+    tx.commit().await?;
+    Ok(branch)
+}
+
+pub struct NewContact {
+    pub branch: Option<String>,
+    pub name: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+}
+
+pub async fn add_contact(pool: &PgPool, customer: &str, new: NewContact) -> Result<Contact> {
+    let mut tx = pool.begin().await?;
+    let customer = self::customer(&mut tx, customer).await?;
+    let branch = match &new.branch {
+        Some(branch) => Some(self::branch(&mut tx, &customer, branch).await?.id),
+        None => None,
+    };
+    let contact = sqlx::query_as(
+        "INSERT INTO contacts (id, customer_id, branch_id, name, email, phone)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         RETURNING id, customer_id, branch_id, name, email, phone",
+    )
+    .bind(Uuid::now_v7())
+    .bind(customer.id)
+    .bind(branch)
+    .bind(&new.name)
+    .bind(&new.email)
+    .bind(&new.phone)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| {
+        let taken = |what: &str, value: &Option<String>| {
+            format!(
+                "{what} {} is already another contact's: a {what} belongs to one contact",
+                value.as_deref().unwrap_or_default()
+            )
+        };
+        clash(
+            e,
+            &[
+                ("contacts_email_key", taken("email", &new.email)),
+                ("contacts_phone_key", taken("phone", &new.phone)),
+            ],
+        )
+    })?;
+    tx.commit().await?;
+    Ok(contact)
+}
+
+pub struct NewProject {
+    pub branch: String,
+    pub name: String,
+    pub location: Option<(f64, f64)>,
+    /// `None`: the branch's.
+    pub time_zone: Option<String>,
+    pub accepted_on: NaiveDate,
+    pub warranty_months: i32,
+}
+
+pub async fn add_project(pool: &PgPool, customer: &str, new: NewProject) -> Result<Project> {
+    let mut tx = pool.begin().await?;
+    let customer = self::customer(&mut tx, customer).await?;
+    let branch = self::branch(&mut tx, &customer, &new.branch).await?;
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO projects (id, customer_id, branch_id, name, lat, lng, time_zone,
+             accepted_on, warranty_months)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(id)
+    .bind(customer.id)
+    .bind(branch.id)
+    .bind(&new.name)
+    .bind(new.location.map(|l| l.0))
+    .bind(new.location.map(|l| l.1))
+    .bind(new.time_zone.as_deref().unwrap_or(&branch.time_zone))
+    .bind(new.accepted_on)
+    .bind(new.warranty_months)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| {
+        clash(
+            e,
+            &[(
+                "projects_name_key",
+                format!(
+                    "customer {} already has a project named {:?}",
+                    customer.name, new.name
+                ),
+            )],
+        )
+    })?;
+    let project = project_by_id(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(project)
+}
+
+async fn project_by_id(conn: &mut PgConnection, id: Uuid) -> Result<Project> {
+    Ok(sqlx::query_as(&format!("{PROJECT} WHERE p.id = $1"))
+        .bind(id)
+        .fetch_one(conn)
+        .await?)
+}
+
+/// A project named by id, or by a name; a name two customers use is
+/// refused rather than guessed, unless `customer` narrows it.
+pub async fn project(
+    conn: &mut PgConnection,
+    customer: Option<&Customer>,
+    reference: &str,
+) -> Result<Project> {
+    let found: Vec<Project> = match Uuid::parse_str(reference) {
+        Ok(id) => {
+            sqlx::query_as(&format!("{PROJECT} WHERE p.id = $1"))
+                .bind(id)
+                .fetch_all(&mut *conn)
+                .await?
+        }
+        Err(_) => {
+            sqlx::query_as(&format!(
+            "{PROJECT} WHERE lower(p.name) = lower($1) AND ($2::uuid IS NULL OR p.customer_id = $2)
+             ORDER BY c.name LIMIT 10"
+        ))
+            .bind(reference)
+            .bind(customer.map(|c| c.id))
+            .fetch_all(&mut *conn)
+            .await?
+        }
+    };
+    let found: Vec<Project> = found
+        .into_iter()
+        .filter(|p| customer.is_none_or(|c| c.id == p.customer_id))
+        .collect();
+    match found.as_slice() {
+        [] => Err(StoreError::NotFound(match customer {
+            Some(c) => format!("customer {} has no project {reference:?}", c.name),
+            None => format!("no project {reference:?}: name it by id or by its name"),
+        })),
+        [one] => Ok(one.clone()),
+        several => Err(StoreError::Invalid(format!(
+            "the project name {reference:?} is used by customers {}: name the project by id",
+            several
+                .iter()
+                .map(|p| p.customer.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+pub async fn accept_project(pool: &PgPool, reference: &str, on: NaiveDate) -> Result<Project> {
+    let mut tx = pool.begin().await?;
+    let project = self::project(&mut tx, None, reference).await?;
+    sqlx::query("UPDATE projects SET accepted_on = $2 WHERE id = $1")
+        .bind(project.id)
+        .bind(on)
+        .execute(&mut *tx)
+        .await?;
+    let project = project_by_id(&mut tx, project.id).await?;
+    tx.commit().await?;
+    Ok(project)
+}
+
+pub struct NewAsset {
+    pub project: String,
+    pub model: String,
+    /// Adds the model to the catalogue when it is new.
+    pub family: Option<String>,
+    pub serial: String,
+    pub price: Amount,
+    pub currency: String,
+    pub firmware: String,
+}
+
+pub async fn add_asset(pool: &PgPool, new: NewAsset) -> Result<Asset> {
+    let mut tx = pool.begin().await?;
+    let project = self::project(&mut tx, None, &new.project).await?;
+    let model: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM models WHERE lower(name) = lower($1)")
+            .bind(&new.model)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let model = match (model, &new.family) {
+        (Some(id), _) => id,
+        (None, Some(family)) => {
+            // Two first assets of a new model at once: one inserts, both use it.
+            sqlx::query(
+                "INSERT INTO models (id, name, family) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(Uuid::now_v7())
+            .bind(&new.model)
+            .bind(family)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query_scalar("SELECT id FROM models WHERE lower(name) = lower($1)")
+                .bind(&new.model)
+                .fetch_one(&mut *tx)
+                .await?
+        }
+        (None, None) => {
+            return Err(StoreError::NotFound(format!(
+                "model {:?} is not in the catalogue: give its family (camera, nvr, ptz, ...) to add it",
+                new.model
+            )));
+        }
+    };
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO assets (id, project_id, model_id, serial, price, currency, firmware)
+         VALUES ($1, $2, $3, $4, $5::bigint / 100.0, $6, $7)",
+    )
+    .bind(id)
+    .bind(project.id)
+    .bind(model)
+    .bind(&new.serial)
+    .bind(new.price.0)
+    .bind(&new.currency)
+    .bind(&new.firmware)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| {
+        clash(
+            e,
+            &[(
+                "assets_serial_key",
+                format!(
+                    "serial {} is already another asset's: serials are unique",
+                    new.serial
+                ),
+            )],
+        )
+    })?;
+    let asset = assets(&mut tx, "a.id = $1", id, true).await?.pop();
+    tx.commit().await?;
+    asset.ok_or_else(|| StoreError::NotFound("the asset vanished".into()))
+}
+
+/// Assets matching `filter` (SQL over `a`, `p`, `c` with `$1` bound to
+/// `value`), with their contract terms; at most [`MAX_ASSETS`] when they
+/// are for showing (`listed`), all when a contract is computed over them.
+async fn assets<T>(
+    conn: &mut PgConnection,
+    filter: &str,
+    value: T,
+    listed: bool,
+) -> Result<Vec<Asset>>
+where
+    T: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
+{
+    let limit = if listed {
+        MAX_ASSETS.to_string()
+    } else {
+        "ALL".to_owned()
+    };
+    let mut assets: Vec<Asset> = sqlx::query_as(&format!(
+        "{ASSET} WHERE {filter} ORDER BY p.name, a.serial LIMIT {limit}"
+    ))
+    .bind(value)
+    .fetch_all(&mut *conn)
+    .await?;
+    let ids: Vec<Uuid> = assets.iter().map(|a| a.id).collect();
+    let terms: Vec<(Uuid, Uuid, NaiveDate, NaiveDate)> = sqlx::query_as(
+        "SELECT ca.asset_id, k.id, k.starts_on, k.ends_on
+         FROM contract_assets ca JOIN contracts k ON k.id = ca.contract_id
+         WHERE ca.asset_id = ANY($1) ORDER BY k.starts_on",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (asset_id, contract, start, end) in terms {
+        if let Some(asset) = assets.iter_mut().find(|a| a.id == asset_id) {
+            asset.terms.push(Term {
+                contract,
+                start,
+                end,
+            });
+        }
+    }
+    Ok(assets)
+}
+
+pub async fn asset(pool: &PgPool, serial: &str) -> Result<Option<Asset>> {
+    let mut conn = pool.acquire().await?;
+    Ok(
+        assets(&mut conn, "upper(a.serial) = upper($1)", serial, true)
+            .await?
+            .pop(),
+    )
+}
+
+pub async fn assets_of_branch(pool: &PgPool, branch: Uuid) -> Result<Vec<Asset>> {
+    let mut conn = pool.acquire().await?;
+    assets(&mut conn, "p.branch_id = $1", branch, true).await
+}
+
+pub async fn assets_of_customer(pool: &PgPool, customer: Uuid) -> Result<Vec<Asset>> {
+    let mut conn = pool.acquire().await?;
+    assets(&mut conn, "p.customer_id = $1", customer, true).await
+}
+
+pub struct CustomerDetail {
+    pub customer: Customer,
+    pub branches: Vec<Branch>,
+    pub contacts: Vec<Contact>,
+    pub projects: Vec<Project>,
+    pub contracts: Vec<Contract>,
+}
+
+pub async fn customer_detail(pool: &PgPool, reference: &str) -> Result<CustomerDetail> {
+    let mut conn = pool.acquire().await?;
+    let customer = self::customer(&mut conn, reference).await?;
+    let branches = sqlx::query_as(&format!("{BRANCH} WHERE customer_id = $1 ORDER BY name"))
+        .bind(customer.id)
+        .fetch_all(&mut *conn)
+        .await?;
+    let contacts = sqlx::query_as(&format!("{CONTACT} WHERE customer_id = $1 ORDER BY name"))
+        .bind(customer.id)
+        .fetch_all(&mut *conn)
+        .await?;
+    let projects = sqlx::query_as(&format!(
+        "{PROJECT} WHERE p.customer_id = $1 ORDER BY p.name"
+    ))
+    .bind(customer.id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let contracts = contracts(&mut conn, Some(customer.id), None).await?;
+    Ok(CustomerDetail {
+        customer,
+        branches,
+        contacts,
+        projects,
+        contracts,
+    })
+}
+
+async fn contracts(
+    conn: &mut PgConnection,
+    customer: Option<Uuid>,
+    ending: Option<(NaiveDate, NaiveDate)>,
+) -> Result<Vec<Contract>> {
+    Ok(sqlx::query_as(&format!(
+        "{CONTRACT}
+         WHERE ($1::uuid IS NULL OR k.customer_id = $1)
+           AND ($2::date IS NULL OR k.ends_on BETWEEN $2 AND $3)
+         GROUP BY k.id, c.name ORDER BY k.ends_on, k.id LIMIT 1000"
+    ))
+    .bind(customer)
+    .bind(ending.map(|e| e.0))
+    .bind(ending.map(|e| e.1))
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Contracts, of one customer when named, ending between two days when given.
+pub async fn list_contracts(
+    pool: &PgPool,
+    customer: Option<&str>,
+    ending: Option<(NaiveDate, NaiveDate)>,
+) -> Result<Vec<Contract>> {
+    let mut conn = pool.acquire().await?;
+    let customer = match customer {
+        Some(reference) => Some(self::customer(&mut conn, reference).await?.id),
+        None => None,
+    };
+    contracts(&mut conn, customer, ending).await
+}
+
+async fn contract_by_id(conn: &mut PgConnection, id: Uuid) -> Result<Contract> {
+    sqlx::query_as(&format!("{CONTRACT} WHERE k.id = $1 GROUP BY k.id, c.name"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no contract {id}")))
+}
+
+pub struct NewContract {
+    pub customer: String,
+    pub projects: Vec<String>,
+    pub serials: Vec<String>,
+    pub start: NaiveDate,
+    pub end: NaiveDate,
+    pub term_months: u32,
+    pub fee: Amount,
+    pub currency: String,
+}
+
+/// Covered assets of `customer` named by serial; unknown serials and other
+/// customers' assets are refused by name.
+async fn covered(
+    conn: &mut PgConnection,
+    customer: &Customer,
+    serials: &[String],
+) -> Result<Vec<Asset>> {
+    let upper: Vec<String> = serials.iter().map(|s| s.to_uppercase()).collect();
+    let found = assets(conn, "upper(a.serial) = ANY($1)", &upper, false).await?;
+    if let Some(missing) = serials
+        .iter()
+        .find(|s| !found.iter().any(|a| a.serial.eq_ignore_ascii_case(s)))
+    {
+        return Err(StoreError::NotFound(format!(
+            "no asset with serial {missing}"
+        )));
+    }
+    if let Some(foreign) = found.iter().find(|a| a.customer_id != customer.id) {
+        return Err(StoreError::Invalid(format!(
+            "asset {} belongs to customer {}, not {}: a contract covers its own customer's assets",
+            foreign.serial, foreign.customer, customer.name
+        )));
+    }
+    Ok(found)
+}
+
+/// Records `assets` as covered by `contract` for its term; `false` when
+/// PostgreSQL refused because one of them is already under contract for
+/// some of those days (the exclusion constraint). The transaction is
+/// aborted then: the caller drops it and explains with
+/// [`overlap_message`].
+async fn cover(
+    conn: &mut PgConnection,
+    contract: Uuid,
+    terms: (NaiveDate, NaiveDate),
+    assets: &[Uuid],
+) -> Result<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO contract_assets (contract_id, asset_id, during)
+         SELECT $1, asset, daterange($2, $3, '[]') FROM UNNEST($4::uuid[]) AS asset
+         ON CONFLICT (contract_id, asset_id) DO NOTHING",
+    )
+    .bind(contract)
+    .bind(terms.0)
+    .bind(terms.1)
+    .bind(assets)
+    .execute(&mut *conn)
+    .await;
+    match inserted {
+        Ok(_) => Ok(true),
+        Err(error)
+            if error
+                .as_database_error()
+                .is_some_and(|e| e.code().as_deref() == Some("23P01")) =>
+        {
+            Ok(false)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// The message for an overlap: which asset, which contract, which days.
+/// Read after the failed transaction, on a fresh connection.
+async fn overlap_message(
+    pool: &PgPool,
+    assets: &[Uuid],
+    terms: (NaiveDate, NaiveDate),
+) -> Result<String> {
+    let clash: Option<(String, Uuid, NaiveDate, NaiveDate)> = sqlx::query_as(
+        "SELECT a.serial, k.id, k.starts_on, k.ends_on
+         FROM contract_assets ca
+         JOIN contracts k ON k.id = ca.contract_id
+         JOIN assets a ON a.id = ca.asset_id
+         WHERE ca.asset_id = ANY($1) AND ca.during && daterange($2, $3, '[]')
+         ORDER BY a.serial LIMIT 1",
+    )
+    .bind(assets)
+    .bind(terms.0)
+    .bind(terms.1)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match clash {
+        Some((serial, contract, start, end)) => format!(
+            "asset {serial} is already covered by contract {contract} from {start} to {end}: one contract per asset at a time; start after {end} or leave {serial} out"
+        ),
+        None => "an asset is already covered by another contract for some of these days: one contract per asset at a time".into(),
+    })
+}
+
+pub async fn create_contract(pool: &PgPool, new: NewContract) -> Result<Contract> {
+    let mut tx = pool.begin().await?;
+    let customer = self::customer(&mut tx, &new.customer).await?;
+    let mut serials = new.serials.clone();
+    for reference in &new.projects {
+        let project = self::project(&mut tx, Some(&customer), reference).await?;
+        // A project covers the assets it has now; assets added to it later
+        // are added to the contract with ChangeCoverage.
+        serials.extend(
+            assets(&mut tx, "a.project_id = $1", project.id, false)
+                .await?
+                .into_iter()
+                .map(|a| a.serial),
+        );
+    }
+    serials.sort_by_key(|s| s.to_uppercase());
+    serials.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+    let assets = covered(&mut tx, &customer, &serials).await?;
+    check(&assets, new.fee, &new.currency, new.term_months)?;
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO contracts (id, customer_id, starts_on, ends_on, fee, currency)
+         VALUES ($1, $2, $3, $4, $5::bigint / 100.0, $6)",
+    )
+    .bind(id)
+    .bind(customer.id)
+    .bind(new.start)
+    .bind(new.end)
+    .bind(new.fee.0)
+    .bind(&new.currency)
+    .execute(&mut *tx)
+    .await?;
+    let ids: Vec<Uuid> = assets.iter().map(|a| a.id).collect();
+    let terms = (new.start, new.end);
+    if !cover(&mut tx, id, terms, &ids).await? {
+        drop(tx);
+        return Err(StoreError::Refused(
+            overlap_message(pool, &ids, terms).await?,
+        ));
+    }
+    let contract = contract_by_id(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(contract)
+}
+
+/// P6 over `assets`: one currency, the contract's, and the fee under the cap.
+fn check(assets: &[Asset], fee: Amount, currency: &str, months: u32) -> Result<()> {
+    let prices: Vec<(Amount, &str)> = assets
+        .iter()
+        .map(|a| (Amount(a.price_cents), a.currency.as_str()))
+        .collect();
+    let price = domain::covered_price(currency, &prices).map_err(StoreError::Refused)?;
+    domain::check_cap(fee, currency, months, price).map_err(StoreError::Refused)
+}
+
+/// Adds and removes covered assets, under the contract's row lock so two
+/// changes of one contract check the cap one after the other.
+pub async fn change_coverage(
+    pool: &PgPool,
+    contract: &str,
+    add: &[String],
+    remove: &[String],
+) -> Result<Contract> {
+    let id = Uuid::parse_str(contract)
+        .map_err(|_| StoreError::NotFound(format!("no contract {contract:?}: name it by id")))?;
+    let mut tx = pool.begin().await?;
+    let locked: Option<(Uuid, NaiveDate, NaiveDate)> = sqlx::query_as(
+        "SELECT customer_id, starts_on, ends_on FROM contracts WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (customer_id, start, end) =
+        locked.ok_or_else(|| StoreError::NotFound(format!("no contract {id}")))?;
+    let current = contract_by_id(&mut tx, id).await?;
+    let customer = self::customer(&mut tx, &customer_id.to_string()).await?;
+    if let Some(absent) = remove
+        .iter()
+        .find(|s| !current.serials.iter().any(|c| c.eq_ignore_ascii_case(s)))
+    {
+        return Err(StoreError::Invalid(format!(
+            "contract {id} does not cover {absent}: nothing to remove"
+        )));
+    }
+    let mut serials: Vec<String> = current
+        .serials
+        .iter()
+        .filter(|s| !remove.iter().any(|r| r.eq_ignore_ascii_case(s)))
+        .chain(add)
+        .cloned()
+        .collect();
+    serials.sort_by_key(|s| s.to_uppercase());
+    serials.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+    let assets = covered(&mut tx, &customer, &serials).await?;
+    let months = domain::term_months(start, end).map_err(StoreError::Refused)?;
+    check(
+        &assets,
+        Amount(current.fee_cents),
+        &current.currency,
+        months,
+    )
+    .map_err(|e| match e {
+        StoreError::Refused(why) if !remove.is_empty() => {
+            StoreError::Refused(format!("without {}, {why}", remove.join(", ")))
+        }
+        other => other,
+    })?;
+    let upper: Vec<String> = remove.iter().map(|s| s.to_uppercase()).collect();
+    sqlx::query(
+        "DELETE FROM contract_assets ca USING assets a
+         WHERE ca.contract_id = $1 AND a.id = ca.asset_id AND upper(a.serial) = ANY($2)",
+    )
+    .bind(id)
+    .bind(&upper)
+    .execute(&mut *tx)
+    .await?;
+    let ids: Vec<Uuid> = assets.iter().map(|a| a.id).collect();
+    if !cover(&mut tx, id, (start, end), &ids).await? {
+        drop(tx);
+        return Err(StoreError::Refused(
+            overlap_message(pool, &ids, (start, end)).await?,
+        ));
+    }
+    let contract = contract_by_id(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(contract)
+}
+
+/// Who holds an email address or a phone number, most specific first
+/// within each customer: a contact, a branch's notice address, the
+/// customer's own.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Holder {
+    pub customer_id: Uuid,
+    pub customer: String,
+    /// `contact`, `branch` or `customer`.
+    pub kind: String,
+    pub contact_id: Option<Uuid>,
+    pub branch_id: Option<Uuid>,
+    /// The contact's or branch's name.
+    pub name: String,
+}
+
+pub async fn holders_of_email(pool: &PgPool, email: &str) -> Result<Vec<Holder>> {
+    Ok(sqlx::query_as(
+        "SELECT k.customer_id, c.name AS customer, 'contact' AS kind, k.id AS contact_id,
+                k.branch_id, k.name
+           FROM contacts k JOIN customers c ON c.id = k.customer_id WHERE k.email = $1
+         UNION ALL
+         SELECT b.customer_id, c.name, 'branch', NULL, b.id, b.name
+           FROM branches b JOIN customers c ON c.id = b.customer_id WHERE b.notice_email = $1
+         UNION ALL
+         SELECT c.id, c.name, 'customer', NULL, NULL, c.name FROM customers c WHERE c.email = $1
+         LIMIT 50",
+    )
+    .bind(email)
+    .fetch_all(pool)
+    .await?)
+}
+
+pub async fn holders_of_phone(pool: &PgPool, phone: &str) -> Result<Vec<Holder>> {
+    Ok(sqlx::query_as(
+        "SELECT k.customer_id, c.name AS customer, 'contact' AS kind, k.id AS contact_id,
+                k.branch_id, k.name
+           FROM contacts k JOIN customers c ON c.id = k.customer_id WHERE k.phone = $1
+         UNION ALL
+         SELECT c.id, c.name, 'customer', NULL, NULL, c.name FROM customers c WHERE c.phone = $1
+         LIMIT 50",
+    )
+    .bind(phone)
+    .fetch_all(pool)
+    .await?)
+}
+
+pub async fn customer_by_id(pool: &PgPool, id: Uuid) -> Result<Customer> {
+    let mut conn = pool.acquire().await?;
+    customer(&mut conn, &id.to_string()).await
+}
+
+pub async fn branch_by_id(pool: &PgPool, id: Uuid) -> Result<Option<Branch>> {
+    Ok(sqlx::query_as(&format!("{BRANCH} WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?)
+}
+
+pub async fn contact_by_id(pool: &PgPool, id: Uuid) -> Result<Option<Contact>> {
+    Ok(sqlx::query_as(&format!("{CONTACT} WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?)
+}
+
+pub async fn project_of(pool: &PgPool, id: Uuid) -> Result<Project> {
+    let mut conn = pool.acquire().await?;
+    project_by_id(&mut conn, id).await
+}

@@ -1,0 +1,74 @@
+//! Free-text fields of requests, refused with a message that names the
+//! field and what to change, before they reach PostgreSQL (whose text
+//! cannot hold NUL) or a screen (where control characters hide text).
+
+use tonic::Status;
+
+/// A trimmed optional field, refused past `max` characters or with a NUL.
+pub fn field(value: &str, name: &str, max: usize) -> Result<Option<String>, Status> {
+    let value = value.trim();
+    refuse_nul(value, name)?;
+    if value.chars().count() > max {
+        return Err(Status::invalid_argument(format!(
+            "{name} is longer than {max} characters"
+        )));
+    }
+    Ok((!value.is_empty()).then(|| value.to_owned()))
+}
+
+/// A one-line [`field`]: names, addresses, serials. Control characters
+/// (line breaks, escapes) are refused rather than stripped, so what is
+/// stored is what the caller sees they typed.
+pub fn line(value: &str, name: &str, max: usize) -> Result<Option<String>, Status> {
+    let value = field(value, name, max)?;
+    if value
+        .as_deref()
+        .is_some_and(|v| v.chars().any(char::is_control))
+    {
+        return Err(Status::invalid_argument(format!(
+            "{name} contains a control character (a line break, tab or escape): write it on one line"
+        )));
+    }
+    Ok(value)
+}
+
+/// PostgreSQL text cannot hold NUL; say so rather than fail inside.
+pub fn refuse_nul(value: &str, name: &str) -> Result<(), Status> {
+    if value.contains('\0') {
+        return Err(Status::invalid_argument(format!(
+            "{name} contains a NUL character"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_trimmed_and_empty_is_none() {
+        assert_eq!(
+            field("  Acme ", "name", 10).unwrap().as_deref(),
+            Some("Acme")
+        );
+        assert_eq!(field("   ", "name", 10).unwrap(), None);
+    }
+
+    #[test]
+    fn hostile_text_is_refused_naming_the_field() {
+        let nul = field("a\0b", "name", 10).unwrap_err();
+        assert!(nul.message().contains("name contains a NUL"), "{nul:?}");
+        let long = field(&"x".repeat(11), "name", 10).unwrap_err();
+        assert!(long.message().contains("longer than 10"), "{long:?}");
+        let control = line("Acme\nGmbH", "name", 20).unwrap_err();
+        assert!(
+            control.message().contains("control character"),
+            "{control:?}"
+        );
+        assert!(
+            field("Acme\nGmbH", "body", 20).is_ok(),
+            "fields may span lines"
+        );
+    }
+}
