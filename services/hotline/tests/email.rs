@@ -985,8 +985,9 @@ async fn hostile_mail_that_got_250_ends_as_a_ticket_an_article_or_a_recorded_rob
             .and_then(|s| s["code"].as_u64())
     };
     assert_eq!(code("long-line"), Some(500), "a line over 998 characters");
+    assert_eq!(code("bare-cr"), Some(550), "a bare CR refuses the message");
     let accepted: Vec<&Value> = sent.iter().filter(|s| s["code"] == 250).collect();
-    assert_eq!(accepted.len(), 24, "{sent:?}");
+    assert_eq!(accepted.len(), 23, "{sent:?}");
 
     // Every accepted mail is forwarded: a ticket or article, or a reason.
     let pool = desk.env.pool("intake").unwrap();

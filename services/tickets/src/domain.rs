@@ -87,12 +87,15 @@ pub enum ClockEffect {
 impl ArticleKind {
     /// What a customer message added to a ticket whose contact is `contact`
     /// is: the contact's own (compared without case, as mail addresses
-    /// are), or a third party's. A ticket without a contact has nobody to
-    /// tell apart, so every message counts as the customer's.
+    /// are), or a third party's. A message naming no author is the
+    /// contact's, as a ticket's first message is; a ticket without a
+    /// contact has nobody to tell apart, so every message counts as the
+    /// customer's.
     pub fn as_written_by(self, author: &str, contact: Option<&str>) -> ArticleKind {
         match (self, contact) {
             (ArticleKind::CustomerMessage, Some(contact))
-                if !author.trim().eq_ignore_ascii_case(contact.trim()) =>
+                if !author.trim().is_empty()
+                    && !author.trim().eq_ignore_ascii_case(contact.trim()) =>
             {
                 ArticleKind::ThirdPartyMessage
             }
@@ -515,6 +518,11 @@ mod tests {
         assert_eq!(
             written("anyone@x.example", None),
             ArticleKind::CustomerMessage
+        );
+        assert_eq!(
+            written(" ", Some("ana@customer.example")),
+            ArticleKind::CustomerMessage,
+            "no author named: the contact's"
         );
         assert_eq!(
             ArticleKind::InternalNote.as_written_by("ada", Some("ana@customer.example")),

@@ -537,6 +537,9 @@ impl Store {
                 article.kind = article
                     .kind
                     .as_written_by(&article.author, before.contact.as_deref());
+                if article.kind == ArticleKind::CustomerMessage && article.author.is_empty() {
+                    article.author = before.contact.clone().unwrap_or_else(|| "customer".into());
+                }
                 let change = domain::add_article(&state, article.kind, pending_customer, now)?;
                 new_article = Some(article);
                 change

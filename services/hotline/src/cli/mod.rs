@@ -1,6 +1,9 @@
 //! The command line: `serve`, `migrate`, `token issue`, and the desk's
-//! `tickets`, `sla`, `oncall` and `pages` commands, which talk gRPC to the server at `HOTLINE_SERVER`
-//! with the token in `HOTLINE_TOKEN`. With `--json` a command prints JSON
+//! commands — `tickets`, `sla`, `oncall`, `pages` ([`paging`]), the
+//! installed base and its coverage ([`contracts`]: `customers`, `branches`,
+//! `contacts`, `projects`, `assets`, `contracts`, `entitlement`) and
+//! `deadletters` ([`deadletters`]) — which talk gRPC to the server at
+//! `HOTLINE_SERVER` with the token in `HOTLINE_TOKEN`. With `--json` a command prints JSON
 //! only — on failure too, argument errors included (`{"error": ...,
 //! "code": ...}`) — and exits non-zero when it failed. Human output shows
 //! outside text through [`text`], so it never drives the terminal.
