@@ -163,7 +163,7 @@ const MAX_NAMED_LEFT_OUT: usize = 10;
 /// (NUL, CR, LF, ESC, C1, ...) become spaces, runs of spaces one, and a cut
 /// is marked with `…`.
 pub fn one_line(value: &str, max: usize) -> String {
-    let mut line = String::with_capacity(value.len().min(max * 4));
+    let mut line = String::with_capacity(value.len().min(max.saturating_mul(4)));
     let mut chars = 0;
     // A space is written only when a word follows it.
     let mut space = false;

@@ -56,15 +56,16 @@ fn message_id(hostname: &str) -> String {
     format!("{}@{hostname}", uuid::Uuid::new_v4().simple())
 }
 
-/// `text` fit for a header: every control character (C0, DEL, C1: CR, LF,
-/// ESC, BEL, NUL, ...) a space, runs of white space one. lettre encodes CR
-/// and LF itself but writes ESC and BEL through, which a terminal showing
-/// the mail would obey.
+/// Longest subject we send: a ticket's subject (at most 500 characters)
+/// with its tag and `Re: `, with room to spare.
+const MAX_SUBJECT_CHARS: usize = 600;
+
+/// `text` fit for a header: the rule intake reads single-line fields by
+/// ([`crate::mail::one_line`]: every control character a space, runs of
+/// white space one). lettre encodes CR and LF itself but writes ESC and
+/// BEL through, which a terminal showing the mail would obey.
 fn header_text(text: &str) -> String {
-    text.split(|c: char| c.is_control() || c.is_whitespace())
-        .filter(|word| !word.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+    crate::mail::one_line(text, MAX_SUBJECT_CHARS)
 }
 
 /// `[HL-n] subject`, unless the subject carries the tag already.
