@@ -11,7 +11,7 @@ use hotline_proto::admin::v1::{
 use serde_json::{Value, json};
 
 use super::{
-    Failure, Output, connect,
+    Failure, Output, connect, text,
     tickets::{optional, time},
 };
 
@@ -168,18 +168,10 @@ fn table(letters: &[pb::DeadLetter]) -> String {
     lines.join("\n")
 }
 
-/// `text` with control characters escaped: an error or a ticket id comes
-/// from outside and must not move the cursor or recolour the terminal.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+/// Outside text (an error, a ticket id) on one table cell or line,
+/// control characters shown, never obeyed ([`text::line`]).
+fn printable(outside: &str) -> String {
+    text::line(outside).into_owned()
 }
 
 fn replayed_text(response: &pb::ReplayDeadLettersResponse) -> String {
