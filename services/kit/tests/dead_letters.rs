@@ -406,6 +406,9 @@ async fn what_the_broker_parked_in_the_dead_letter_queue_becomes_a_dead_letter_t
             .await
             .unwrap();
     let channel = connection.create_channel().await.unwrap();
+    // With confirms, each publish below returns once the broker has routed it
+    // (without, closing the connection can race the last frame).
+    channel.confirm_select(Default::default()).await.unwrap();
     // One the broker parked past its delivery limit, one an earlier version
     // of the consumer dead-lettered there with its error and attempts.
     let crashed = event("test.crashing");
@@ -422,13 +425,16 @@ async fn what_the_broker_parked_in_the_dead_letter_queue_becomes_a_dead_letter_t
             .with_delivery_mode(2)
             .with_type(event.r#type.as_str().into())
             .with_headers(headers);
-        channel
+        let confirmed = channel
             .basic_publish(
                 format!("{}.dead", desk.env.config.namespace)
                     .as_str()
                     .into(),
                 "recorder".into(),
-                Default::default(),
+                lapin::options::BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 &prost::Message::encode_to_vec(event),
                 properties,
             )
@@ -436,6 +442,11 @@ async fn what_the_broker_parked_in_the_dead_letter_queue_becomes_a_dead_letter_t
             .unwrap()
             .await
             .unwrap();
+        assert!(
+            confirmed.is_ack() && confirmed.take_message().is_none(),
+            "the dead-letter exchange did not route {}",
+            event.r#type
+        );
     }
     connection.close(200, "done".into()).await.unwrap();
 

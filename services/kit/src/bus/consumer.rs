@@ -357,10 +357,17 @@ impl<H: EventHandler> Consumer<H> {
         // Ends with this subscription in every case: nothing waits on the
         // parked messages.
         let parking = session.child_token();
+        // Set when the broker ends the parked subscription on a live
+        // channel: the whole subscription starts again, so parked messages
+        // never wait unseen.
+        let parked_gone = CancellationToken::new();
         let count = self.handler.lanes().max(1);
         let mut lanes = Vec::with_capacity(count);
         let mut workers = JoinSet::new();
-        workers.spawn(self.clone().record_parked(parked, parking.clone()));
+        workers.spawn(
+            self.clone()
+                .record_parked(parked, parking.clone(), parked_gone.clone()),
+        );
         for _ in 0..count {
             let (sender, mut receiver) = mpsc::unbounded_channel::<(Delivery, Decoded)>();
             lanes.push(sender);
@@ -387,6 +394,9 @@ impl<H: EventHandler> Consumer<H> {
                 // Seen once in ~30 broker restarts: the connection died and
                 // the delivery stream never ended, so the consumer waited on
                 // a dead channel with its queue filling up.
+                _ = parked_gone.cancelled() => {
+                    break Err(anyhow::anyhow!("the broker ended the dead-letter subscription"));
+                }
                 _ = self.bus.lost(connection) => {
                     session.cancel();
                     break Err(anyhow::anyhow!("the connection to RabbitMQ was lost"));
@@ -565,11 +575,13 @@ impl<H: EventHandler> Consumer<H> {
     /// as dead letters, until `parking` ends: a message past the broker's
     /// delivery limit (the process died applying it, over and over), or one
     /// a consumer of an earlier version dead-lettered there (with its error
-    /// and attempts in headers). So the table stays the one record.
+    /// and attempts in headers). So the table stays the one record. If the
+    /// broker ends the subscription first, says so through `gone`.
     async fn record_parked(
         self: Arc<Self>,
         mut parked: lapin::Consumer,
         parking: CancellationToken,
+        gone: CancellationToken,
     ) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
@@ -577,7 +589,10 @@ impl<H: EventHandler> Consumer<H> {
                 _ = parking.cancelled() => return,
                 delivery = parked.next() => match delivery {
                     Some(Ok(delivery)) => delivery,
-                    _ => return,
+                    _ => {
+                        gone.cancel();
+                        return;
+                    }
                 },
             };
             let headers = delivery.properties.headers().as_ref();
