@@ -38,6 +38,8 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub const ALL: &[Kind] = &[Kind::NewCall, Kind::Answer, Kind::Hangup];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::NewCall => "newCall",

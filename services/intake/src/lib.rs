@@ -34,6 +34,7 @@ use hotline_kit::{
     grpc::{self, ServiceToken},
     phone, queue,
     supervisor::{Module, ModuleContext},
+    telemetry::counter_from_zero,
 };
 use hotline_proto::tickets::v1::ticket_service_client::TicketServiceClient;
 use serde::Deserialize;
@@ -198,7 +199,42 @@ pub fn module() -> Module {
     }
 }
 
+/// Intake's counters, described and at zero from the start.
+fn describe_metrics() {
+    counter_from_zero(
+        "hotline_mail_accepted_total",
+        "Mails the SMTP server stored and answered 250.",
+        &[],
+    );
+    counter_from_zero(
+        "hotline_imap_messages_total",
+        "Messages taken from IMAP mailboxes.",
+        &[],
+    );
+    counter_from_zero(
+        "hotline_imap_errors_total",
+        "Failed rounds of an IMAP mailbox's poller.",
+        &[],
+    );
+    let events: Vec<[(&str, &str); 1]> = cti::Kind::ALL
+        .iter()
+        .map(|kind| [("event", kind.as_str())])
+        .collect();
+    counter_from_zero(
+        "hotline_cti_events_total",
+        "PBX events recorded, by event.",
+        &events.iter().map(|e| e.as_slice()).collect::<Vec<_>>(),
+    );
+    let kinds: Vec<[(&str, &str); 1]> = outgoing::KINDS.iter().map(|k| [("kind", *k)]).collect();
+    counter_from_zero(
+        "hotline_mail_sent_total",
+        "Mails the relay accepted, by kind.",
+        &kinds.iter().map(|k| k.as_slice()).collect::<Vec<_>>(),
+    );
+}
+
 fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
+    describe_metrics();
     let mut config: IntakeConfig = context.config.section("intake")?;
     config.secrets_from_env();
     config.validate()?;
@@ -251,6 +287,7 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
         }
     }
     let relay = Relay::new(
+        "intake",
         pool.clone(),
         relay_signal.clone(),
         context.publisher.clone(),

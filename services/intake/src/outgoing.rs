@@ -77,6 +77,9 @@ fn tagged(number: &str, subject: &str) -> String {
     }
 }
 
+/// The kinds of mail intake sends (`hotline_mail_sent_total{kind}`).
+pub const KINDS: &[&str] = &["reply", "ack"];
+
 impl Mailer {
     /// Queues an agent's public reply on an email ticket to its customer.
     pub async fn reply(

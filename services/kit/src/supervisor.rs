@@ -348,10 +348,11 @@ impl App {
             ("grpc".to_owned(), result)
         });
 
+        let scraped = readiness.clone();
         let http = http
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(move || ready(readiness.clone())))
-            .route("/metrics", get(|| async { telemetry::metrics().render() }));
+            .route("/metrics", get(move || metrics(scraped.clone())));
         let http_cancel = server_cancel.clone();
         servers.spawn(async move {
             let result = axum::serve(http_listener, http)
@@ -463,6 +464,18 @@ async fn drain(
         tasks.abort_all();
         failure.get_or_insert(anyhow::anyhow!("{what} did not drain within 30s"));
     }
+}
+
+/// `/metrics`, with `hotline_ready` checked as `/readyz` would answer now,
+/// so an alert sees a process that is up but not ready.
+async fn metrics(readiness: Readiness) -> String {
+    metrics::describe_gauge!(
+        "hotline_ready",
+        "1 while /readyz answers 200: every module up, its backing services reachable."
+    );
+    let ready = readiness.check().await.is_ok();
+    metrics::gauge!("hotline_ready").set(if ready { 1.0 } else { 0.0 });
+    telemetry::metrics().render()
 }
 
 async fn ready(readiness: Readiness) -> (StatusCode, String) {

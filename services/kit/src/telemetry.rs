@@ -93,6 +93,28 @@ pub fn metrics() -> &'static PrometheusHandle {
     })
 }
 
+/// Describes counter `name` with its HELP line and registers it at zero for
+/// each set of `labels` (none: one unlabelled series), so a rule's
+/// `increase()` sees the first event after a start instead of a series that
+/// appears already at 1.
+pub fn counter_from_zero(
+    name: &'static str,
+    help: &'static str,
+    labels: &[&[(&'static str, &str)]],
+) {
+    metrics::describe_counter!(name, help);
+    if labels.is_empty() {
+        metrics::counter!(name).increment(0);
+    }
+    for set in labels {
+        let set: Vec<metrics::Label> = set
+            .iter()
+            .map(|(key, value)| metrics::Label::new(*key, (*value).to_owned()))
+            .collect();
+        metrics::counter!(name, set).increment(0);
+    }
+}
+
 struct MapCarrier<'a>(&'a mut HashMap<String, String>);
 
 impl Injector for MapCarrier<'_> {

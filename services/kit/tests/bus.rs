@@ -74,6 +74,7 @@ impl Fixture {
             ..self.env.config.bus.clone()
         };
         Relay::new(
+            "recorder",
             self.pool.clone(),
             self.signal.clone(),
             self.bus.clone(),

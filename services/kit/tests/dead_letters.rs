@@ -57,6 +57,7 @@ impl EventHandler for Curable {
 fn consuming(context: &mut ModuleContext, name: &str, schema: &str) -> anyhow::Result<()> {
     let pool = context.pool(schema)?;
     let relay = Relay::new(
+        name,
         pool.clone(),
         OutboxSignal::default(),
         context.publisher.clone(),

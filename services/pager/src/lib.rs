@@ -29,6 +29,7 @@ use hotline_kit::{
     config::{Secret, duration},
     grpc::{self, MAX_MESSAGE_BYTES, ServiceToken},
     supervisor::{Module, ModuleContext},
+    telemetry::counter_from_zero,
 };
 use hotline_proto::{
     pager::v1::pager_service_server::PagerServiceServer,
@@ -146,6 +147,21 @@ pub fn module() -> Module {
 }
 
 fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
+    counter_from_zero(
+        "hotline_pages_failed_total",
+        "Pages refused for good by their channel.",
+        &[],
+    );
+    counter_from_zero(
+        "hotline_pages_unroutable_total",
+        "Escalation levels whose targets had no working contact method.",
+        &[],
+    );
+    metrics::describe_histogram!(
+        "hotline_page_delivery_seconds",
+        metrics::Unit::Seconds,
+        "From a page's queued row to its channel's acceptance, by channel."
+    );
     let mut config: PagerConfig = context.config.section("pager")?;
     config.secrets_from_env();
     config.validate()?;
@@ -176,6 +192,7 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
         relay_signal.clone(),
     ));
     let relay = Relay::new(
+        "pager",
         pool.clone(),
         relay_signal.clone(),
         context.publisher.clone(),

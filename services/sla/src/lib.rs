@@ -25,9 +25,11 @@ use hotline_kit::{
     config::{duration, durations},
     grpc::MAX_MESSAGE_BYTES,
     supervisor::{Module, ModuleContext},
+    telemetry::counter_from_zero,
 };
 use hotline_proto::sla::v1::sla_service_server::SlaServiceServer;
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::{domain::Ladder, index::DueIndex, scheduler::Scheduler};
 
@@ -104,10 +106,50 @@ pub fn module() -> Module {
     }
 }
 
+/// How often the gauges of waiting and breached tickets are counted.
+const GAUGES_EVERY: Duration = Duration::from_secs(15);
+
+/// Keeps `hotline_tickets_awaiting_response` and `hotline_tickets_breached`
+/// current: counted from the clocks, so every replica reports the truth.
+async fn count_waiting(pool: sqlx::PgPool, cancel: CancellationToken) -> anyhow::Result<()> {
+    metrics::describe_gauge!(
+        "hotline_tickets_awaiting_response",
+        "Tickets whose response clock runs (breached or not)."
+    );
+    metrics::describe_gauge!(
+        "hotline_tickets_breached",
+        "Tickets awaiting a response past their due time."
+    );
+    loop {
+        match store::waiting(&pool).await {
+            Ok((awaiting, breached)) => {
+                metrics::gauge!("hotline_tickets_awaiting_response").set(awaiting as f64);
+                metrics::gauge!("hotline_tickets_breached").set(breached as f64);
+            }
+            Err(error) => tracing::warn!(error = %error, "cannot count waiting tickets"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(GAUGES_EVERY) => {}
+        }
+    }
+}
+
 fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
+    counter_from_zero(
+        "hotline_sla_escalations_total",
+        "Escalation steps fired (the breach is the first).",
+        &[],
+    );
+    metrics::describe_histogram!(
+        "hotline_sla_breach_lag_seconds",
+        metrics::Unit::Seconds,
+        "From a clock's due time to its breach being recorded."
+    );
     let config: SlaConfig = context.config.section("sla")?;
     config.validate()?;
     let pool = context.pool(SCHEMA)?;
+    let pool_for_gauges = pool.clone();
     let index = Arc::new(DueIndex::new(context.redis()));
     let relay_signal = OutboxSignal::default();
     context.add_grpc(
@@ -121,6 +163,7 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
         .max_encoding_message_size(MAX_MESSAGE_BYTES),
     );
     let relay = Relay::new(
+        "sla",
         pool.clone(),
         relay_signal.clone(),
         context.publisher.clone(),
@@ -152,5 +195,9 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
     };
     let cancel = context.cancel.clone();
     context.spawn("scheduler", async move { scheduler.run(cancel).await });
+    context.spawn(
+        "gauges",
+        count_waiting(pool_for_gauges, context.cancel.clone()),
+    );
     Ok(())
 }

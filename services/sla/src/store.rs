@@ -255,6 +255,16 @@ pub async fn breached(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Clock>> {
     Ok(rows.into_iter().map(Clock::from).collect())
 }
 
+/// How many tickets await a response, and how many of them are breached.
+pub async fn waiting(pool: &PgPool) -> sqlx::Result<(i64, i64)> {
+    sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE breached_at IS NOT NULL)
+         FROM clocks WHERE awaiting_since IS NOT NULL",
+    )
+    .fetch_one(pool)
+    .await
+}
+
 /// The response target of `priority`: its policy, else `warranty`.
 pub async fn target(
     conn: &mut PgConnection,

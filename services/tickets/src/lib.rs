@@ -21,6 +21,7 @@ use hotline_kit::{
     bus::outbox::{OutboxSignal, Relay},
     grpc::MAX_MESSAGE_BYTES,
     supervisor::{Module, ModuleContext},
+    telemetry::counter_from_zero,
 };
 use hotline_proto::tickets::v1::ticket_service_server::TicketServiceServer;
 
@@ -40,6 +41,16 @@ pub fn module() -> Module {
 }
 
 fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
+    let channels: Vec<[(&str, &str); 1]> = domain::Channel::ALL
+        .iter()
+        .map(|channel| [("channel", channel.as_str())])
+        .collect();
+    let channels: Vec<&[(&str, &str)]> = channels.iter().map(|c| c.as_slice()).collect();
+    counter_from_zero(
+        "hotline_tickets_opened_total",
+        "Tickets opened, by the channel the fault came in by.",
+        &channels,
+    );
     let pool = context.pool(SCHEMA)?;
     let signal = OutboxSignal::default();
     let (store, creator) = store::Store::new(pool.clone(), signal.clone());
@@ -51,7 +62,13 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
     );
-    let relay = Relay::new(pool, signal, context.publisher.clone(), &context.config.bus);
+    let relay = Relay::new(
+        "tickets",
+        pool,
+        signal,
+        context.publisher.clone(),
+        &context.config.bus,
+    );
     let cancel = context.cancel.clone();
     context.spawn("outbox-relay", async move { relay.run(cancel).await });
     Ok(())

@@ -52,7 +52,10 @@ use super::{
     header_int, header_str,
     outbox::OutboxSignal,
 };
-use crate::{config::BusConfig, telemetry};
+use crate::{
+    config::BusConfig,
+    telemetry::{self, counter_from_zero},
+};
 
 /// Parallel lanes of one consumer; a ticket's events share a lane.
 pub const LANES: usize = 16;
@@ -158,8 +161,24 @@ impl<H: EventHandler> Consumer<H> {
             "bus.max_attempts must be between 1 and {}",
             BROKER_DELIVERY_LIMIT - 1
         );
-        // Shown at 0 from the start, so an alert on it has a series to watch.
+        // Shown at 0 from the start, so an alert on them has a series to watch.
         dead_letters::gauge(service).set(0.0);
+        let labels: &[&[(&str, &str)]] = &[&[("service", service)]];
+        counter_from_zero(
+            "hotline_events_consumed_total",
+            "Events a consumer applied (or found applied before) and acknowledged.",
+            labels,
+        );
+        counter_from_zero(
+            "hotline_consumer_redeliveries_total",
+            "Deliveries a consumer failed and gave back to retry.",
+            labels,
+        );
+        counter_from_zero(
+            "hotline_dead_letters_total",
+            "Events a consumer gave up on and recorded as dead letters.",
+            labels,
+        );
         Ok(Self {
             service: service.to_owned(),
             bindings: bindings.iter().map(|b| (*b).to_owned()).collect(),

@@ -80,6 +80,10 @@ pub async fn refresh_gauge(pool: &PgPool, service: &str) -> anyhow::Result<i64> 
 
 /// `hotline_dead_letters{service}`: dead letters not yet replayed.
 pub fn gauge(service: &str) -> metrics::Gauge {
+    metrics::describe_gauge!(
+        "hotline_dead_letters",
+        "Dead letters waiting for `hotline deadletters replay`."
+    );
     metrics::gauge!("hotline_dead_letters", "service" => service.to_owned())
 }
 

@@ -33,7 +33,11 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{Backoff, Bus, ConfirmChannel};
-use crate::{config::BusConfig, telemetry, time::timestamp};
+use crate::{
+    config::BusConfig,
+    telemetry::{self, counter_from_zero},
+    time::timestamp,
+};
 
 /// A new event stamped with a fresh UUIDv7, the time, and the current trace.
 pub fn envelope(
@@ -167,6 +171,10 @@ pub struct Relay {
     linger: Duration,
     /// Where it publishes, with confirms.
     channel: ConfirmChannel,
+    /// `hotline_events_published_total{service}`.
+    published: metrics::Counter,
+    /// `hotline_outbox_lag_seconds{service}`.
+    lag: metrics::Histogram,
 }
 
 #[derive(sqlx::FromRow)]
@@ -183,8 +191,28 @@ struct OutboxRow {
 }
 
 impl Relay {
-    pub fn new(pool: PgPool, signal: OutboxSignal, bus: Arc<Bus>, config: &BusConfig) -> Self {
+    /// The relay of `service`'s outbox, in `pool`'s schema.
+    pub fn new(
+        service: &str,
+        pool: PgPool,
+        signal: OutboxSignal,
+        bus: Arc<Bus>,
+        config: &BusConfig,
+    ) -> Self {
+        counter_from_zero(
+            "hotline_events_published_total",
+            "Events a service's relay published and RabbitMQ confirmed.",
+            &[&[("service", service)]],
+        );
+        metrics::describe_histogram!(
+            "hotline_outbox_lag_seconds",
+            metrics::Unit::Seconds,
+            "From an event's commit to RabbitMQ's confirm of it."
+        );
+        let labels = [("service", service.to_owned())];
         Self {
+            published: metrics::counter!("hotline_events_published_total", &labels),
+            lag: metrics::histogram!("hotline_outbox_lag_seconds", &labels),
             pool,
             signal,
             batch: config.relay_batch,
@@ -234,7 +262,7 @@ impl Relay {
                 Ok(Confirmation::Ack(_)) => {
                     confirmed.push(row.id);
                     let lag = (now - row.created_at).to_std().unwrap_or_default();
-                    metrics::histogram!("hotline_outbox_lag_seconds").record(lag.as_secs_f64());
+                    self.lag.record(lag.as_secs_f64());
                 }
                 Ok(other) => {
                     refused += 1;
@@ -251,7 +279,7 @@ impl Relay {
             .execute(&mut *tx)
             .await?;
         tx.commit().await.context("marking events sent")?;
-        metrics::counter!("hotline_events_published_total").increment(confirmed.len() as u64);
+        self.published.increment(confirmed.len() as u64);
         anyhow::ensure!(
             refused == 0,
             "{refused} events were not confirmed; they stay in the outbox"
