@@ -33,6 +33,17 @@ pub fn select(target: &str) -> anyhow::Result<Vec<Module>> {
     Ok(selected)
 }
 
+/// How a process running `modules` names itself in traces (unless
+/// `OTEL_SERVICE_NAME` says otherwise): `hotline` for the whole fleet,
+/// `hotline-sla` for `--target sla`, `hotline-tickets-sla` for two.
+pub fn service_name(modules: &[Module]) -> String {
+    if modules.len() == self::modules().len() {
+        return "hotline".into();
+    }
+    let names: Vec<&str> = modules.iter().map(|m| m.name).collect();
+    format!("hotline-{}", names.join("-"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +61,15 @@ mod tests {
                 .contains("unknown target")
         );
         assert!(select("").is_err());
+    }
+
+    #[test]
+    fn a_process_is_named_in_traces_by_what_it_runs() {
+        assert_eq!(service_name(&select("all").unwrap()), "hotline");
+        assert_eq!(service_name(&select("sla").unwrap()), "hotline-sla");
+        assert_eq!(
+            service_name(&select("tickets, sla").unwrap()),
+            "hotline-tickets-sla"
+        );
     }
 }

@@ -572,6 +572,7 @@ impl Server {
             Ok(id) => {
                 self.relay.committed();
                 metrics::counter!("hotline_mail_accepted_total").increment(1);
+                tracing::info!(mail = id, "mail accepted");
                 format!("250 2.0.0 Queued as {id}")
             }
             Err(error) => {

@@ -10,13 +10,23 @@
 use std::{collections::HashMap, io::IsTerminal, sync::OnceLock};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::{
     propagation::{Extractor, Injector, TextMapPropagator},
     trace::TracerProvider as _,
 };
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter,
+    fmt::{
+        FmtContext, FormatEvent, FormatFields,
+        format::{JsonFields, Writer},
+    },
+    layer::SubscriberExt,
+    registry::LookupSpan,
+    util::SubscriberInitExt,
+};
 
 use crate::config::{LogConfig, LogFormat};
 
@@ -28,9 +38,15 @@ pub struct Telemetry {
 impl Telemetry {
     /// Installs the global subscriber once per process; later calls (tests
     /// starting several apps) reuse it.
-    pub fn init(config: &LogConfig, service_name: &'static str) -> anyhow::Result<Self> {
-        let mut builder = SdkTracerProvider::builder()
-            .with_resource(Resource::builder().with_service_name(service_name).build());
+    /// Spans are reported as `service_name` unless `OTEL_SERVICE_NAME` or
+    /// a `service.name` in `OTEL_RESOURCE_ATTRIBUTES` says otherwise; the
+    /// other attributes there are kept too.
+    pub fn init(config: &LogConfig, service_name: &str) -> anyhow::Result<Self> {
+        let mut resource = Resource::builder();
+        if !service_name_in_env() {
+            resource = resource.with_service_name(service_name.to_owned());
+        }
+        let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
         if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
@@ -40,7 +56,8 @@ impl Telemetry {
         let provider = builder.build();
         let filter =
             EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&config.filter))?;
-        let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name));
+        let otel =
+            tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name.to_owned()));
         let registry = tracing_subscriber::registry().with(filter).with(otel);
         let ansi = std::io::stderr().is_terminal();
         let installed = match config.format {
@@ -54,7 +71,8 @@ impl Telemetry {
             LogFormat::Json => registry
                 .with(
                     tracing_subscriber::fmt::layer()
-                        .json()
+                        .event_format(WithTraceIds(tracing_subscriber::fmt::format().json()))
+                        .fmt_fields(JsonFields::new())
                         .with_writer(std::io::stderr),
                 )
                 .try_init(),
@@ -72,6 +90,50 @@ impl Telemetry {
             Ok(Err(error)) => tracing::warn!(%error, "flushing traces failed"),
             Err(error) => tracing::warn!(%error, "flushing traces panicked"),
             Ok(Ok(())) => {}
+        }
+    }
+}
+
+/// Whether the environment names the service for OpenTelemetry.
+fn service_name_in_env() -> bool {
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    set("OTEL_SERVICE_NAME")
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|attributes| {
+            attributes
+                .split(',')
+                .any(|pair| pair.trim_start().starts_with("service.name="))
+        })
+}
+
+/// A JSON log line, with the `trace_id` and `span_id` of the span it was
+/// written in first, so logs and traces join on them.
+struct WithTraceIds<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        let context = tracing::Span::current().context();
+        let span = context.span();
+        let ids = span.span_context();
+        match line.strip_prefix('{') {
+            Some(rest) if ids.is_valid() => write!(
+                writer,
+                "{{\"trace_id\":\"{}\",\"span_id\":\"{}\",{rest}",
+                ids.trace_id(),
+                ids.span_id()
+            ),
+            _ => writer.write_str(&line),
         }
     }
 }

@@ -136,6 +136,12 @@ impl Sender {
                     .unwrap_or_default();
                 metrics::histogram!("hotline_page_delivery_seconds", "channel" => delivery.channel.clone())
                     .record(latency.as_secs_f64());
+                tracing::info!(
+                    delivery = delivery.id,
+                    channel = %delivery.channel,
+                    action = %delivery.action,
+                    "paged"
+                );
                 Settled::Delivered
             } else if answer.retry && delivery.attempts < self.config.max_attempts {
                 let delay = Backoff::after_attempt(

@@ -218,6 +218,24 @@ impl Scheduler {
             self.index.set_many(&due).await;
             return Err(error.into());
         }
+        for step in &fired {
+            let number = clocks
+                .iter()
+                .find(|c| c.ticket_id == step.ticket_id)
+                .map_or("", |c| c.number.as_str());
+            tracing::info!(
+                ticket = number,
+                breach = step.breach,
+                level = step.level,
+                step = step.step,
+                "{}",
+                if step.step == 1 {
+                    "breached: no response in time"
+                } else {
+                    "escalated"
+                }
+            );
+        }
         if !events.is_empty() {
             self.relay.committed();
             metrics::counter!("hotline_sla_escalations_total").increment(fired.len() as u64);

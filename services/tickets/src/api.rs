@@ -234,6 +234,13 @@ impl TicketService for TicketApi {
             },
         };
         let (ticket, _, created) = self.store.create(new, Utc::now()).await.map_err(status)?;
+        if created {
+            tracing::info!(
+                ticket = %ticket.number,
+                channel = ticket.channel.as_str(),
+                "ticket opened"
+            );
+        }
         Ok(Response::new(pb::CreateTicketResponse {
             ticket: Some(convert::ticket(&ticket)),
             created,

@@ -580,6 +580,9 @@ impl Store {
         outbox::enqueue(&mut tx, &events).await?;
         tx.commit().await?;
         self.signal.committed();
+        if change.responded() {
+            tracing::info!(ticket = %after.number, "responded: the clock stops");
+        }
         Ok((after, article))
     }
 }

@@ -240,8 +240,8 @@ pub async fn run(cli: Cli) -> ExitCode {
 
 async fn serve(file: Option<PathBuf>, target: &str) -> Result<(), Failure> {
     let config = Config::load(file.as_deref()).map_err(Failure::invalid)?;
-    let telemetry = Telemetry::init(&config.log, "hotline")?;
     let modules = fleet::select(target).map_err(Failure::invalid)?;
+    let telemetry = Telemetry::init(&config.log, &fleet::service_name(&modules))?;
     let app = App::start(config, &modules).await?;
     let result = app.run_until(shutdown_signal()).await;
     telemetry.shutdown().await;
