@@ -686,8 +686,14 @@ mod tests {
         let warranty = |on: &str| vec![(EndKind::Warranty, on.to_owned())];
         // 2025-03-14 is 61 days after 2025-01-12, 60 after 2025-01-13.
         assert!(ends("2025-01-12", "2025-03-14", &[]).is_empty());
-        assert_eq!(ends("2025-01-13", "2025-03-14", &[]), warranty("2025-03-14"));
-        assert_eq!(ends("2025-03-14", "2025-03-14", &[]), warranty("2025-03-14"));
+        assert_eq!(
+            ends("2025-01-13", "2025-03-14", &[]),
+            warranty("2025-03-14")
+        );
+        assert_eq!(
+            ends("2025-03-14", "2025-03-14", &[]),
+            warranty("2025-03-14")
+        );
         assert!(
             ends("2025-03-15", "2025-03-14", &[]).is_empty(),
             "an end already past is not announced"
@@ -714,7 +720,10 @@ mod tests {
         let until = warranty_until(day("2024-02-29"), 12).unwrap();
         assert_eq!(until, day("2025-02-28"));
         assert!(ends_to_announce(day("2024-12-29"), 60, until, &terms).is_empty());
-        assert_eq!(ends_to_announce(day("2024-12-30"), 60, until, &terms).len(), 1);
+        assert_eq!(
+            ends_to_announce(day("2024-12-30"), 60, until, &terms).len(),
+            1
+        );
     }
 
     #[test]

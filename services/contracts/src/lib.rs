@@ -167,15 +167,27 @@ mod tests {
     #[test]
     fn notices_go_sixty_days_ahead_unless_told_other_whole_days() {
         let mut config = Config::default();
-        assert_eq!(ContractsConfig::load(&config).unwrap().notice_ahead_days(), 60);
+        assert_eq!(
+            ContractsConfig::load(&config).unwrap().notice_ahead_days(),
+            60
+        );
         config.set("contracts", "notice_ahead", "90d");
-        assert_eq!(ContractsConfig::load(&config).unwrap().notice_ahead_days(), 90);
+        assert_eq!(
+            ContractsConfig::load(&config).unwrap().notice_ahead_days(),
+            90
+        );
         config.set("contracts", "notice_ahead", "2160h");
-        assert_eq!(ContractsConfig::load(&config).unwrap().notice_ahead_days(), 90);
+        assert_eq!(
+            ContractsConfig::load(&config).unwrap().notice_ahead_days(),
+            90
+        );
         for bad in ["36h", "0d", "400d", "0"] {
             config.set("contracts", "notice_ahead", bad);
             let refused = ContractsConfig::load(&config).unwrap_err().to_string();
-            assert!(refused.contains("whole days from 1d to 366d"), "{bad}: {refused}");
+            assert!(
+                refused.contains("whole days from 1d to 366d"),
+                "{bad}: {refused}"
+            );
         }
         config.set("contracts", "notice_ahead", "60d");
         config.set("contracts", "notice_every", "0s");

@@ -12,8 +12,9 @@
 //! announced once — and writes one `contracts.notice` event per branch to
 //! the outbox. Intake mails it through its relay, once per event.
 //!
-//! One scan at a time across processes (an advisory lock; a process that
-//! finds it taken skips that round), so a branch gets one mail per scan.
+//! One scan at a time across processes (an advisory lock: a second scanner
+//! waits, then finds everything due announced already), so a branch gets
+//! one mail per scan.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -114,7 +115,7 @@ impl Notices {
     }
 
     /// One scan as it is at `now`: records and queues what is due, and
-    /// answers the mails it queued (none when another process is scanning).
+    /// answers the mails it queued.
     pub async fn scan(&self, now: DateTime<Utc>) -> anyhow::Result<Vec<Notice>> {
         let utc_today = now.date_naive();
         let (Some(from), Some(to)) = (
@@ -124,9 +125,7 @@ impl Notices {
             return Ok(Vec::new());
         };
         let mut tx = self.pool.begin().await?;
-        if !store::lock_notice_scan(&mut tx).await? {
-            return Ok(Vec::new());
-        }
+        store::lock_notice_scan(&mut tx).await?;
         let assets = store::assets_ending(&mut tx, from, to).await?;
         let ids: Vec<Uuid> = assets.iter().map(|a| a.id).collect();
         let noticed: HashSet<(Uuid, String, NaiveDate)> = store::noticed(&mut tx, &ids, from)
@@ -196,17 +195,14 @@ impl Notices {
         }
         let mut notices = Vec::with_capacity(by_branch.len());
         for (branch_id, (customer, mut ends)) in by_branch {
-            let (Some(branch), Some(event_id)) = (branches.get(&branch_id), event_ids.get(&branch_id))
+            let (Some(branch), Some(event_id)) =
+                (branches.get(&branch_id), event_ids.get(&branch_id))
             else {
                 continue;
             };
             ends.sort_by(|a, b| {
-                (a.ends_on, &a.project, &a.serial, a.kind).cmp(&(
-                    b.ends_on,
-                    &b.project,
-                    &b.serial,
-                    b.kind,
-                ))
+                (a.ends_on, &a.project, &a.serial, a.kind)
+                    .cmp(&(b.ends_on, &b.project, &b.serial, b.kind))
             });
             let (subject, body) = compose(&customer, &branch.name, self.ahead_days, &ends);
             notices.push(Notice {
@@ -407,6 +403,9 @@ mod tests {
             "{body}"
         );
         let (subject, _) = compose("Acme", "Berlin", 60, &ends[..1]);
-        assert_eq!(subject, "Acme, Berlin: coverage of 1 asset ends on 2035-03-14");
+        assert_eq!(
+            subject,
+            "Acme, Berlin: coverage of 1 asset ends on 2035-03-14"
+        );
     }
 }

@@ -984,14 +984,13 @@ pub async fn project_of(pool: &PgPool, id: Uuid) -> Result<Project> {
     project_by_id(&mut conn, id).await
 }
 
-/// Takes the notice scan for this transaction, unless another process is
-/// scanning: that one announces what this one would have.
-pub async fn lock_notice_scan(conn: &mut PgConnection) -> Result<bool> {
-    Ok(
-        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('contracts.notices'))")
-            .fetch_one(conn)
-            .await?,
-    )
+/// Takes the notice scan for this transaction: another process scanning
+/// is waited for, and what it announced is then seen as announced.
+pub async fn lock_notice_scan(conn: &mut PgConnection) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('contracts.notices'))")
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Assets whose warranty or a contract ends around `from`..=`to`, with
