@@ -264,6 +264,30 @@ fn event(notice: &Notice) -> hotline_proto::events::v1::EventEnvelope {
     event
 }
 
+/// How wide the mail's prose runs: plain text mail reads best, and goes
+/// out unencoded, below 78 characters a line.
+const LINE_CHARS: usize = 72;
+
+/// `text` broken into lines of at most [`LINE_CHARS`] at spaces (a longer
+/// word keeps its own line).
+fn wrap(text: &str) -> String {
+    let mut wrapped = String::new();
+    let mut width = 0;
+    for word in text.split_whitespace() {
+        let chars = word.chars().count();
+        if width > 0 && width + 1 + chars > LINE_CHARS {
+            wrapped.push('\n');
+            width = 0;
+        } else if width > 0 {
+            wrapped.push(' ');
+            width += 1;
+        }
+        wrapped.push_str(word);
+        width += chars;
+    }
+    wrapped
+}
+
 /// The mail to a branch for `ends` (sorted, not empty): its subject and
 /// plain-text body — the assets in a table, then the renewal quotes.
 pub fn compose(
@@ -316,28 +340,32 @@ pub fn compose(
         }
         text
     };
-    let mut body = format!(
-        "Hello,\n\nthe warranty or maintenance contract of these assets of {customer}, \
-         branch {branch}, ends within the next {ahead_days} days, and nothing covers them \
-         after that:\n\n"
-    );
-    body.push_str(&line(header));
+    let mut body = String::from("Hello,\n\n");
+    body.push_str(&wrap(&format!(
+        "the warranty or maintenance contract of these assets of {customer}, branch \
+         {branch}, ends within the next {ahead_days} days, and nothing covers them after \
+         that:"
+    )));
+    body.push_str("\n\n");
+    body.push_str(line(header).trim_end());
     body.push('\n');
     for row in &rows {
-        body.push_str(&line([&row[0], &row[1], &row[2], &row[3], &row[4]]));
+        body.push_str(line([&row[0], &row[1], &row[2], &row[3], &row[4]]).trim_end());
         body.push('\n');
     }
     let priced: Vec<(NaiveDate, Amount, &str)> = ends
         .iter()
         .map(|e| (e.ends_on, e.price, e.currency.as_str()))
         .collect();
-    body.push_str(&format!(
-        "\nRenewal quote: a maintenance contract gives the same service level as the \
+    body.push('\n');
+    body.push_str(&wrap(&format!(
+        "Renewal quote: a maintenance contract gives the same service level as the \
          warranty, for at most {}% a year of the covered products' price. For {} months \
-         from the day after the end:\n\n",
+         from the day after the end:",
         domain::CAP_PERCENT,
         domain::RENEWAL_MONTHS
-    ));
+    )));
+    body.push_str("\n\n");
     for quote in domain::renewal_quotes(&priced) {
         let assets = match quote.assets {
             1 => "the asset".to_owned(),
@@ -345,11 +373,11 @@ pub fn compose(
         };
         let ending = quote.starts_on.pred_opt().unwrap_or(quote.starts_on);
         body.push_str(&format!(
-            "- {} to {}, {assets} ending {ending} (products {} {cur}): {} {cur}\n",
+            "- {} to {}: {} {cur}\n  for {assets} ending {ending} (products {} {cur})\n",
             quote.starts_on,
             quote.ends_on,
-            quote.price,
             quote.fee,
+            quote.price,
             cur = quote.currency
         ));
     }
@@ -374,6 +402,19 @@ mod tests {
     }
 
     #[test]
+    fn prose_wraps_at_spaces() {
+        let text = "word ".repeat(30);
+        let wrapped = wrap(&text);
+        assert!(wrapped.lines().all(|l| l.chars().count() <= LINE_CHARS));
+        assert_eq!(wrapped.split_whitespace().count(), 30);
+        assert_eq!(
+            wrap(&"x".repeat(100)),
+            "x".repeat(100),
+            "a long word stays whole"
+        );
+    }
+
+    #[test]
     fn a_notice_lists_the_assets_in_columns_and_quotes_each_start_day() {
         let ends = [
             end("CAM-1", "HQ", EndKind::Warranty, "2035-03-14", "6000.00"),
@@ -387,6 +428,12 @@ mod tests {
         );
         assert!(body.contains("ends within the next 60 days"), "{body}");
         assert!(
+            body.lines()
+                .take(4)
+                .all(|l| l.chars().count() <= LINE_CHARS),
+            "{body}"
+        );
+        assert!(
             body.contains(
                 "serial  model       project  coverage  last day\n\
                  CAM-1   DS-2CD2143  HQ       warranty  2035-03-14\n\
@@ -397,8 +444,10 @@ mod tests {
         );
         assert!(
             body.contains(
-                "- 2035-03-15 to 2036-03-14, the 2 assets ending 2035-03-14 (products 10000.00 EUR): 500.00 EUR\n\
-                 - 2035-05-01 to 2036-04-30, the asset ending 2035-04-30 (products 1999.99 EUR): 99.99 EUR\n"
+                "- 2035-03-15 to 2036-03-14: 500.00 EUR\n  \
+                 for the 2 assets ending 2035-03-14 (products 10000.00 EUR)\n\
+                 - 2035-05-01 to 2036-04-30: 99.99 EUR\n  \
+                 for the asset ending 2035-04-30 (products 1999.99 EUR)\n"
             ),
             "{body}"
         );

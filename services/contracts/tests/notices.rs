@@ -204,7 +204,7 @@ async fn an_end_is_announced_once_and_again_when_the_acceptance_moves() {
     );
     assert!(
         notice.body.contains(
-            "- 2035-03-15 to 2036-03-14, the 2 assets ending 2035-03-14 (products 10000.00 EUR): 500.00 EUR"
+            "- 2035-03-15 to 2036-03-14: 500.00 EUR\n  for the 2 assets ending 2035-03-14 (products 10000.00 EUR)"
         ),
         "{}",
         notice.body
@@ -277,7 +277,7 @@ async fn only_coverage_that_lapses_is_announced_and_a_contracts_end_is_too() {
     );
     assert!(
         warranty[0].body.contains(
-            "- 2035-03-15 to 2036-03-14, the asset ending 2035-03-14 (products 4000.00 EUR): 200.00 EUR"
+            "- 2035-03-15 to 2036-03-14: 200.00 EUR\n  for the asset ending 2035-03-14 (products 4000.00 EUR)"
         ),
         "{}",
         warranty[0].body
@@ -292,7 +292,7 @@ async fn only_coverage_that_lapses_is_announced_and_a_contracts_end_is_too() {
     );
     assert!(
         contract[0].body.contains(
-            "- 2036-03-15 to 2037-03-14, the asset ending 2036-03-14 (products 6000.00 EUR): 300.00 EUR"
+            "- 2036-03-15 to 2037-03-14: 300.00 EUR\n  for the asset ending 2036-03-14 (products 6000.00 EUR)"
         ),
         "{}",
         contract[0].body
@@ -362,8 +362,8 @@ async fn each_branch_gets_one_mail_listing_its_assets_with_a_quote_per_currency(
     );
     assert!(
         berlin.body.contains(
-            "- 2035-03-15 to 2036-03-14, the 2 assets ending 2035-03-14 (products 10000.00 EUR): 500.00 EUR\n\
-             - 2035-03-20 to 2036-03-19, the asset ending 2035-03-19 (products 1000.10 USD): 50.00 USD\n"
+            "- 2035-03-15 to 2036-03-14: 500.00 EUR\n  for the 2 assets ending 2035-03-14 (products 10000.00 EUR)\n\
+             - 2035-03-20 to 2036-03-19: 50.00 USD\n  for the asset ending 2035-03-19 (products 1000.10 USD)\n"
         ),
         "{}",
         berlin.body
@@ -381,7 +381,9 @@ async fn each_branch_gets_one_mail_listing_its_assets_with_a_quote_per_currency(
         [end("CAM-2", EndKind::Warranty, "2035-03-14")]
     );
     assert!(
-        munich.body.contains("(products 2000.00 EUR): 100.00 EUR"),
+        munich
+            .body
+            .contains(": 100.00 EUR\n  for the asset ending 2035-03-14 (products 2000.00 EUR)"),
         "{}",
         munich.body
     );
