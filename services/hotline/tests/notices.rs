@@ -154,3 +154,99 @@ async fn the_branch_receives_one_mail_with_its_assets_and_the_quote() {
     app.stop().await.unwrap();
     env.cleanup_bus(&["sla", "pager", "intake"]).await.unwrap();
 }
+
+/// `notice` as `contracts` publishes it, under the event id `id` (a fresh
+/// one when `None`); the id.
+async fn publish_notice(
+    env: &TestEnv,
+    id: Option<&str>,
+    notice: hotline_proto::events::v1::CoverageNotice,
+) -> String {
+    use hotline_proto::events::v1::event_envelope::Payload;
+    let mut event = hotline_kit::bus::outbox::envelope(
+        "contracts.notice",
+        None,
+        Utc::now(),
+        Payload::ContractsNotice(notice),
+    );
+    if let Some(id) = id {
+        event.id = id.into();
+    }
+    let pool = env.pool("contracts").unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    hotline_kit::bus::outbox::enqueue(&mut tx, std::slice::from_ref(&event))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    event.id
+}
+
+#[tokio::test]
+async fn intake_sends_a_notice_once_per_event_with_a_clean_subject() {
+    use hotline_proto::events::v1::CoverageNotice;
+    let (mails, sink) = common::smtp_sink().await;
+    let mut env = TestEnv::new().await.unwrap();
+    env.config.set("intake", "relay", &format!("smtp://{sink}"));
+    let app = env
+        .start(&[
+            hotline_tickets::module(),
+            hotline_intake::module(),
+            hotline_contracts::module(),
+        ])
+        .await
+        .unwrap();
+    // An address the relay refuses for good: logged, never retried, and
+    // the queue goes on.
+    publish_notice(
+        &env,
+        None,
+        CoverageNotice {
+            recipient: "refused@acme.example".into(),
+            subject: "Refused".into(),
+            body: "x\n".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let hostile = CoverageNotice {
+        recipient: "berlin@acme.example".into(),
+        subject: "Coverage ends\r\nBcc: victim@elsewhere.example\u{1b}]0;pwn\u{7}".into(),
+        body: "CAM-1 warranty 2035-03-14\n".into(),
+        ..Default::default()
+    };
+    let id = publish_notice(&env, None, hostile.clone()).await;
+    let sent = relayed(&mails, 1).await;
+    assert_eq!(sent.len(), 1, "{sent:#?}");
+    // The same event again (a redelivery, a replay): no second mail.
+    publish_notice(&env, Some(&id), hostile).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = mails.lock().unwrap().clone();
+    assert_eq!(held.len(), 1, "once per event: {held:#?}");
+    let mail = &held[0];
+    assert!(has_header(mail, "To: berlin@acme.example"), "{mail}");
+    let headers: Vec<&str> = mail.lines().take_while(|l| !l.is_empty()).collect();
+    assert!(
+        !headers
+            .iter()
+            .any(|l| l.to_ascii_lowercase().starts_with("bcc:")),
+        "{mail}"
+    );
+    assert_eq!(
+        headers.iter().filter(|l| l.starts_with("Subject:")).count(),
+        1,
+        "{mail}"
+    );
+    assert!(
+        has_header(
+            mail,
+            "Subject: Coverage ends Bcc: victim@elsewhere.example ]0;pwn"
+        ),
+        "{mail}"
+    );
+    assert!(
+        !mail.contains('\u{1b}') && !mail.contains('\u{7}'),
+        "{mail}"
+    );
+    app.stop().await.unwrap();
+    env.cleanup_bus(&["intake"]).await.unwrap();
+}
