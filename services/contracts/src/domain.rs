@@ -2,7 +2,7 @@
 //! warranty's last day, a contract's term and its 5% cap (P6), and the
 //! coverage of an asset on a day (P1).
 
-use std::{cmp::Ordering, fmt, str::FromStr};
+use std::{cmp::Ordering, collections::BTreeMap, fmt, str::FromStr};
 
 use chrono::{DateTime, Datelike, Days, Months, NaiveDate, Utc};
 
@@ -408,23 +408,18 @@ pub const RENEWAL_MONTHS: u32 = 12;
 /// start day (the day after the end) and currency, since a contract has
 /// one start and one currency; each at the cap over its assets' price.
 pub fn renewal_quotes(ends: &[(NaiveDate, Amount, &str)]) -> Vec<Quote> {
-    let mut groups: Vec<(NaiveDate, &str, Vec<(Amount, &str)>)> = Vec::new();
+    let mut groups: BTreeMap<(NaiveDate, &str), Vec<(Amount, &str)>> = BTreeMap::new();
     for &(end, price, currency) in ends {
-        let Some(start) = end.succ_opt() else {
-            continue;
-        };
-        match groups
-            .iter_mut()
-            .find(|(s, c, _)| *s == start && *c == currency)
-        {
-            Some((_, _, prices)) => prices.push((price, currency)),
-            None => groups.push((start, currency, vec![(price, currency)])),
+        if let Some(start) = end.succ_opt() {
+            groups
+                .entry((start, currency))
+                .or_default()
+                .push((price, currency));
         }
     }
-    groups.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
     groups
         .into_iter()
-        .filter_map(|(start, currency, prices)| {
+        .filter_map(|((start, currency), prices)| {
             let price = covered_price(currency, &prices).ok()?;
             Some(Quote {
                 starts_on: start,

@@ -87,7 +87,7 @@ impl ContractsConfig {
         let ahead = own.notice_ahead.as_secs();
         anyhow::ensure!(
             own.notice_ahead.subsec_nanos() == 0
-                && ahead % DAY == 0
+                && ahead.is_multiple_of(DAY)
                 && (1..=366).contains(&(ahead / DAY)),
             "contracts.notice_ahead must be whole days from 1d to 366d, like 60d"
         );
