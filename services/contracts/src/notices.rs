@@ -451,6 +451,25 @@ mod tests {
             ),
             "{body}"
         );
+        // Names are aligned by characters, not bytes.
+        let accented = [
+            end(
+                "CAM-1",
+                "Zürich Süd",
+                EndKind::Warranty,
+                "2035-03-14",
+                "1.00",
+            ),
+            end("CAM-2", "HQ", EndKind::Warranty, "2035-03-14", "1.00"),
+        ];
+        let (_, body) = compose("Acme", "Zürich", 60, &accented);
+        assert!(
+            body.contains(
+                "CAM-1   DS-2CD2143  Zürich Süd  warranty  2035-03-14\n\
+                 CAM-2   DS-2CD2143  HQ          warranty  2035-03-14\n"
+            ),
+            "{body}"
+        );
         let (subject, _) = compose("Acme", "Berlin", 60, &ends[..1]);
         assert_eq!(
             subject,
