@@ -135,14 +135,6 @@ fn day(date: Option<NaiveDate>) -> String {
     date.map(|d| d.to_string()).unwrap_or_default()
 }
 
-/// Today where the project is: coverage ends at the local midnight.
-fn today_in(time_zone: &str) -> NaiveDate {
-    match time_zone.parse::<chrono_tz::Tz>() {
-        Ok(tz) => Utc::now().with_timezone(&tz).date_naive(),
-        Err(_) => Utc::now().date_naive(),
-    }
-}
-
 fn months(value: i32) -> u32 {
     u32::try_from(value).unwrap_or(domain::DEFAULT_WARRANTY_MONTHS)
 }
@@ -201,7 +193,7 @@ fn project(project: &store::Project) -> pb::Project {
 /// An asset with its warranty and its coverage on `on` (else today in its
 /// project's time zone), derived now from what is stored.
 fn asset(asset: &store::Asset, on: Option<NaiveDate>) -> (pb::Asset, Coverage) {
-    let on = on.unwrap_or_else(|| today_in(&asset.time_zone));
+    let on = on.unwrap_or_else(|| domain::today_at(Utc::now(), &asset.time_zone));
     let until = domain::warranty_until(asset.accepted_on, months(asset.warranty_months));
     let coverage = match until {
         Some(until) => domain::coverage_on(on, until, &asset.terms),

@@ -2,9 +2,9 @@
 //! warranty's last day, a contract's term and its 5% cap (P6), and the
 //! coverage of an asset on a day (P1).
 
-use std::{cmp::Ordering, fmt, str::FromStr};
+use std::{cmp::Ordering, collections::BTreeMap, fmt, str::FromStr};
 
-use chrono::{Datelike, Months, NaiveDate};
+use chrono::{DateTime, Datelike, Days, Months, NaiveDate, Utc};
 
 /// Months of warranty when a project does not say otherwise (P1).
 pub const DEFAULT_WARRANTY_MONTHS: u32 = 12;
@@ -318,6 +318,121 @@ pub fn coverage_on<Id: Clone>(
     }
 }
 
+/// The day it is at `now` in `time_zone` (an IANA name): coverage ends at
+/// the site's midnight. A name chrono-tz does not know (none is stored:
+/// zones are checked on the way in) counts as UTC.
+pub fn today_at(now: DateTime<Utc>, time_zone: &str) -> NaiveDate {
+    match time_zone.parse::<chrono_tz::Tz>() {
+        Ok(tz) => now.with_timezone(&tz).date_naive(),
+        Err(_) => now.date_naive(),
+    }
+}
+
+/// What ends: an asset's warranty, or a maintenance contract covering it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EndKind {
+    Warranty,
+    Contract,
+}
+
+impl EndKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndKind::Warranty => "warranty",
+            EndKind::Contract => "contract",
+        }
+    }
+}
+
+/// The last day of an asset's coverage, announced ahead of time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct End {
+    pub kind: EndKind,
+    /// The last day covered (inclusive).
+    pub on: NaiveDate,
+}
+
+/// The ends of an asset's coverage to announce on `today`: its warranty's
+/// last day and each contract's, when it falls from `today` to `ahead_days`
+/// later (both included) and nothing covers the day after — a warranty
+/// followed by a contract, or a contract by the next, runs on and is not
+/// announced; a contract that ends inside the warranty neither. An end
+/// already past is never announced: a renewal offered after the fact
+/// tells the branch nothing it can still act on in time.
+pub fn ends_to_announce<Id>(
+    today: NaiveDate,
+    ahead_days: u32,
+    warranty_until: NaiveDate,
+    terms: &[Term<Id>],
+) -> Vec<End> {
+    let Some(horizon) = today.checked_add_days(Days::new(u64::from(ahead_days))) else {
+        return Vec::new();
+    };
+    let covered = |day: NaiveDate| {
+        day <= warranty_until || terms.iter().any(|t| t.start <= day && day <= t.end)
+    };
+    let mut ends: Vec<End> = std::iter::once(End {
+        kind: EndKind::Warranty,
+        on: warranty_until,
+    })
+    .chain(terms.iter().map(|t| End {
+        kind: EndKind::Contract,
+        on: t.end,
+    }))
+    .filter(|end| today <= end.on && end.on <= horizon)
+    .filter(|end| end.on.succ_opt().is_some_and(|next| !covered(next)))
+    .collect();
+    ends.sort_by_key(|end| (end.on, end.kind));
+    ends
+}
+
+/// A renewal quote: a 12-month maintenance contract from the day after
+/// some assets' coverage ends, at the highest fee the 5% cap allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quote {
+    pub starts_on: NaiveDate,
+    pub ends_on: NaiveDate,
+    pub currency: String,
+    /// The covered products' total price.
+    pub price: Amount,
+    /// The fee for the 12 months: [`max_fee`] of `price`, to the cent below.
+    pub fee: Amount,
+    /// How many assets it covers.
+    pub assets: usize,
+}
+
+/// The months a renewal quote runs: the usual yearly contract.
+pub const RENEWAL_MONTHS: u32 = 12;
+
+/// Quotes renewing assets whose coverage ends on the given days: one per
+/// start day (the day after the end) and currency, since a contract has
+/// one start and one currency; each at the cap over its assets' price.
+pub fn renewal_quotes(ends: &[(NaiveDate, Amount, &str)]) -> Vec<Quote> {
+    let mut groups: BTreeMap<(NaiveDate, &str), Vec<(Amount, &str)>> = BTreeMap::new();
+    for &(end, price, currency) in ends {
+        if let Some(start) = end.succ_opt() {
+            groups
+                .entry((start, currency))
+                .or_default()
+                .push((price, currency));
+        }
+    }
+    groups
+        .into_iter()
+        .filter_map(|((start, currency), prices)| {
+            let price = covered_price(currency, &prices).ok()?;
+            Some(Quote {
+                starts_on: start,
+                ends_on: last_day(start, RENEWAL_MONTHS)?,
+                currency: currency.to_owned(),
+                price,
+                fee: max_fee(price, RENEWAL_MONTHS),
+                assets: prices.len(),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,5 +659,170 @@ mod tests {
         assert!(time_zone("Europe/Berlin").is_ok());
         assert!(time_zone("Mars/Olympus").is_err());
         assert!(date("2025-02-30", "start").is_err());
+    }
+
+    fn ends(today: &str, until: &str, terms: &[(&str, &str)]) -> Vec<(EndKind, String)> {
+        let terms: Vec<Term<u32>> = terms
+            .iter()
+            .map(|(start, end)| Term {
+                contract: 1,
+                start: day(start),
+                end: day(end),
+            })
+            .collect();
+        ends_to_announce(day(today), 60, day(until), &terms)
+            .into_iter()
+            .map(|end| (end.kind, end.on.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn an_end_is_announced_from_sixty_days_ahead_to_its_last_day() {
+        let warranty = |on: &str| vec![(EndKind::Warranty, on.to_owned())];
+        // 2025-03-14 is 61 days after 2025-01-12, 60 after 2025-01-13.
+        assert!(ends("2025-01-12", "2025-03-14", &[]).is_empty());
+        assert_eq!(
+            ends("2025-01-13", "2025-03-14", &[]),
+            warranty("2025-03-14")
+        );
+        assert_eq!(
+            ends("2025-03-14", "2025-03-14", &[]),
+            warranty("2025-03-14")
+        );
+        assert!(
+            ends("2025-03-15", "2025-03-14", &[]).is_empty(),
+            "an end already past is not announced"
+        );
+        assert!(ends("2019-06-01", "2018-01-01", &[]).is_empty());
+    }
+
+    #[test]
+    fn month_ends_and_leap_years_are_the_warranty_rules() {
+        // 31 Aug 2023 + 6 months runs to 29 Feb 2024 (a leap year): the
+        // notice window opens 60 days before it, on 31 Dec 2023.
+        let until = warranty_until(day("2023-08-31"), 6).unwrap();
+        assert_eq!(until, day("2024-02-29"));
+        let terms: [Term<u32>; 0] = [];
+        assert!(ends_to_announce(day("2023-12-30"), 60, until, &terms).is_empty());
+        assert_eq!(
+            ends_to_announce(day("2023-12-31"), 60, until, &terms),
+            [End {
+                kind: EndKind::Warranty,
+                on: day("2024-02-29")
+            }]
+        );
+        // The year after, February has 28 days: 60 days before is 30 Dec.
+        let until = warranty_until(day("2024-02-29"), 12).unwrap();
+        assert_eq!(until, day("2025-02-28"));
+        assert!(ends_to_announce(day("2024-12-29"), 60, until, &terms).is_empty());
+        assert_eq!(
+            ends_to_announce(day("2024-12-30"), 60, until, &terms).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn coverage_that_runs_on_is_not_announced() {
+        // A contract from the day after the warranty: nothing lapses then,
+        // but the contract's own end is announced in its turn.
+        let followed = [("2025-03-15", "2026-03-14")];
+        assert!(ends("2025-02-01", "2025-03-14", &followed).is_empty());
+        assert_eq!(
+            ends("2026-02-01", "2025-03-14", &followed),
+            [(EndKind::Contract, "2026-03-14".to_owned())]
+        );
+        // One day without coverage between them: the warranty lapses.
+        let gap = [("2025-03-16", "2026-03-15")];
+        assert_eq!(
+            ends("2025-02-01", "2025-03-14", &gap),
+            [(EndKind::Warranty, "2025-03-14".to_owned())]
+        );
+        // A contract followed by the next one.
+        let renewed = [("2025-03-15", "2026-03-14"), ("2026-03-15", "2027-03-14")];
+        assert!(ends("2026-02-01", "2025-03-14", &renewed).is_empty());
+        // A contract ending inside the warranty leaves the asset covered:
+        // only the warranty's end is announced.
+        let inside = [("2024-06-01", "2025-01-31")];
+        assert_eq!(
+            ends("2025-01-15", "2025-03-14", &inside),
+            [(EndKind::Warranty, "2025-03-14".to_owned())]
+        );
+        // Warranty and contract both ending within the window: only the
+        // contract's end lapses.
+        let short = [("2025-03-15", "2025-04-14")];
+        assert_eq!(
+            ends("2025-02-20", "2025-03-14", &short),
+            [(EndKind::Contract, "2025-04-14".to_owned())]
+        );
+    }
+
+    #[test]
+    fn today_is_the_sites_day() {
+        let now = DateTime::parse_from_rfc3339("2025-01-12T23:30:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(today_at(now, "Europe/Berlin"), day("2025-01-13"));
+        assert_eq!(today_at(now, "America/New_York"), day("2025-01-12"));
+        assert_eq!(today_at(now, "Mars/Olympus"), day("2025-01-12"));
+    }
+
+    #[test]
+    fn renewal_quotes_are_at_the_cap_per_start_day_and_currency() {
+        let quotes = renewal_quotes(&[
+            (day("2025-03-14"), amount("6000.00"), "EUR"),
+            (day("2025-03-14"), amount("4000.00"), "EUR"),
+            (day("2025-03-14"), amount("1000.10"), "USD"),
+            (day("2025-02-28"), amount("19.99"), "EUR"),
+        ]);
+        assert_eq!(
+            quotes,
+            [
+                Quote {
+                    starts_on: day("2025-03-01"),
+                    ends_on: day("2026-02-28"),
+                    currency: "EUR".into(),
+                    price: amount("19.99"),
+                    // 5% of 19.99 is 0.9995: floored to the cent.
+                    fee: amount("0.99"),
+                    assets: 1,
+                },
+                Quote {
+                    starts_on: day("2025-03-15"),
+                    ends_on: day("2026-03-14"),
+                    currency: "EUR".into(),
+                    price: amount("10000.00"),
+                    fee: amount("500.00"),
+                    assets: 2,
+                },
+                Quote {
+                    starts_on: day("2025-03-15"),
+                    ends_on: day("2026-03-14"),
+                    currency: "USD".into(),
+                    price: amount("1000.10"),
+                    fee: amount("50.00"),
+                    assets: 1,
+                },
+            ]
+        );
+        // Every quote is a contract the cap accepts, and one cent more is not.
+        for quote in &quotes {
+            assert_eq!(
+                check_cap(quote.fee, &quote.currency, RENEWAL_MONTHS, quote.price),
+                Ok(())
+            );
+            assert!(
+                check_cap(
+                    Amount(quote.fee.0 + 1),
+                    &quote.currency,
+                    RENEWAL_MONTHS,
+                    quote.price
+                )
+                .is_err()
+            );
+            assert_eq!(
+                term_months(quote.starts_on, quote.ends_on),
+                Ok(RENEWAL_MONTHS)
+            );
+        }
     }
 }

@@ -9,6 +9,9 @@
 //!   cover — PostgreSQL refuses two contracts on one asset for one day.
 //! - [`api`]: the gRPC `ContractsService`: checks callers and input, asks
 //!   the store, derives warranty and coverage at read time.
+//! - [`notices`]: the scan that tells a branch ahead of its assets'
+//!   warranty or contract end, with a renewal quote under the cap: a
+//!   `contracts.notice` event that intake mails through its relay.
 //!
 //! A request flows: api (role, input) → store (one transaction; the cap
 //! checked by domain inside it) → api (warranty and coverage derived for
@@ -17,10 +20,14 @@
 
 pub mod api;
 pub mod domain;
+pub mod notices;
 pub mod store;
 
+use std::time::Duration;
+
 use hotline_kit::{
-    config::text,
+    bus::outbox::{OutboxSignal, Relay},
+    config::{duration, text},
     grpc::MAX_MESSAGE_BYTES,
     supervisor::{Module, ModuleContext},
 };
@@ -33,7 +40,7 @@ static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// `[contracts]` in the configuration, `HOTLINE_CONTRACTS__*` in the
 /// environment.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct ContractsConfig {
     /// Country code for contacts' national numbers (`030 1234567` with
@@ -41,7 +48,28 @@ pub struct ContractsConfig {
     /// stored here and a caller's number from the PBX are normalised alike.
     #[serde(deserialize_with = "text")]
     pub country_code: String,
+    /// How long before a warranty's or contract's end the branch is told:
+    /// whole days, since ends are days.
+    #[serde(deserialize_with = "duration")]
+    pub notice_ahead: Duration,
+    /// How often the notice scan runs (and once at start): a new day at a
+    /// site is noticed within this long.
+    #[serde(deserialize_with = "duration")]
+    pub notice_every: Duration,
 }
+
+impl Default for ContractsConfig {
+    fn default() -> Self {
+        Self {
+            country_code: String::new(),
+            notice_ahead: Duration::from_secs(60 * DAY),
+            notice_every: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Seconds in a day.
+const DAY: u64 = 86_400;
 
 impl ContractsConfig {
     /// The configuration of `[contracts]`, the country code falling back to
@@ -56,7 +84,23 @@ impl ContractsConfig {
             own.country_code.len() <= 3 && own.country_code.chars().all(|c| c.is_ascii_digit()),
             "contracts.country_code must be 1 to 3 digits, like 49 or 86"
         );
+        let ahead = own.notice_ahead.as_secs();
+        anyhow::ensure!(
+            own.notice_ahead.subsec_nanos() == 0
+                && ahead.is_multiple_of(DAY)
+                && (1..=366).contains(&(ahead / DAY)),
+            "contracts.notice_ahead must be whole days from 1d to 366d, like 60d"
+        );
+        anyhow::ensure!(
+            (Duration::from_secs(1)..=Duration::from_secs(DAY)).contains(&own.notice_every),
+            "contracts.notice_every must be from 1s to 1d, like 1h"
+        );
         Ok(own)
+    }
+
+    /// [`ContractsConfig::notice_ahead`] in days (checked by `load`).
+    pub fn notice_ahead_days(&self) -> u32 {
+        u32::try_from(self.notice_ahead.as_secs() / DAY).unwrap_or(u32::MAX)
     }
 }
 
@@ -74,11 +118,32 @@ pub fn module() -> Module {
 fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
     let config = ContractsConfig::load(&context.config)?;
     let pool = context.pool(SCHEMA)?;
+    let relay_signal = OutboxSignal::default();
     context.add_grpc(
-        ContractsServiceServer::new(api::ContractsApi::new(pool, config.country_code))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        ContractsServiceServer::new(api::ContractsApi::new(
+            pool.clone(),
+            config.country_code.clone(),
+        ))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES),
     );
+    let relay = Relay::new(
+        "contracts",
+        pool.clone(),
+        relay_signal.clone(),
+        context.publisher.clone(),
+        &context.config.bus,
+    );
+    let cancel = context.cancel.clone();
+    context.spawn("outbox-relay", async move { relay.run(cancel).await });
+    let notices = notices::Notices {
+        pool,
+        relay: relay_signal,
+        ahead_days: config.notice_ahead_days(),
+        every: config.notice_every,
+    };
+    let cancel = context.cancel.clone();
+    context.spawn("notices", async move { notices.run(cancel).await });
     Ok(())
 }
 
@@ -97,6 +162,36 @@ mod tests {
         config.set("contracts", "country_code", "86");
         assert_eq!(ContractsConfig::load(&config).unwrap().country_code, "86");
         config.set("contracts", "country_code", "4x");
+        assert!(ContractsConfig::load(&config).is_err());
+    }
+
+    #[test]
+    fn notices_go_sixty_days_ahead_unless_told_other_whole_days() {
+        let mut config = Config::default();
+        assert_eq!(
+            ContractsConfig::load(&config).unwrap().notice_ahead_days(),
+            60
+        );
+        config.set("contracts", "notice_ahead", "90d");
+        assert_eq!(
+            ContractsConfig::load(&config).unwrap().notice_ahead_days(),
+            90
+        );
+        config.set("contracts", "notice_ahead", "2160h");
+        assert_eq!(
+            ContractsConfig::load(&config).unwrap().notice_ahead_days(),
+            90
+        );
+        for bad in ["36h", "0d", "400d", "0"] {
+            config.set("contracts", "notice_ahead", bad);
+            let refused = ContractsConfig::load(&config).unwrap_err().to_string();
+            assert!(
+                refused.contains("whole days from 1d to 366d"),
+                "{bad}: {refused}"
+            );
+        }
+        config.set("contracts", "notice_ahead", "60d");
+        config.set("contracts", "notice_every", "0s");
         assert!(ContractsConfig::load(&config).is_err());
     }
 }

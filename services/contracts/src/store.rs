@@ -3,7 +3,10 @@
 //! Amounts cross this boundary as cents (`Amount`): PostgreSQL keeps
 //! `NUMERIC(14,2)` and converts exactly (`price * 100`, `cents / 100`).
 
+use std::collections::HashMap;
+
 use chrono::NaiveDate;
+use hotline_kit::db;
 use sqlx::{PgConnection, PgPool, postgres::PgDatabaseError};
 use uuid::Uuid;
 
@@ -576,9 +579,10 @@ where
     .bind(&ids)
     .fetch_all(&mut *conn)
     .await?;
+    let at: HashMap<Uuid, usize> = assets.iter().enumerate().map(|(i, a)| (a.id, i)).collect();
     for (asset_id, contract, start, end) in terms {
-        if let Some(asset) = assets.iter_mut().find(|a| a.id == asset_id) {
-            asset.terms.push(Term {
+        if let Some(&i) = at.get(&asset_id) {
+            assets[i].terms.push(Term {
                 contract,
                 start,
                 end,
@@ -978,4 +982,96 @@ pub async fn contact_by_id(pool: &PgPool, id: Uuid) -> Result<Option<Contact>> {
 pub async fn project_of(pool: &PgPool, id: Uuid) -> Result<Project> {
     let mut conn = pool.acquire().await?;
     project_by_id(&mut conn, id).await
+}
+
+/// Takes the notice scan for this transaction: another process scanning
+/// is waited for, and what it announced is then seen as announced.
+pub async fn lock_notice_scan(conn: &mut PgConnection) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('contracts.notices'))")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Assets whose warranty or a contract ends around `from`..=`to`, with
+/// their contract terms. The window over warranties is coarse (the month
+/// after the acceptance, as PostgreSQL adds months): the caller widens it
+/// by a day or two and [`domain::ends_to_announce`] decides on the exact,
+/// derived last day.
+pub async fn assets_ending(
+    conn: &mut PgConnection,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Vec<Asset>> {
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT a.id FROM assets a JOIN projects p ON p.id = a.project_id
+         WHERE (p.accepted_on + make_interval(months => p.warranty_months))::date
+               BETWEEN $1 AND $2
+         UNION
+         SELECT ca.asset_id FROM contract_assets ca JOIN contracts k ON k.id = ca.contract_id
+         WHERE k.ends_on BETWEEN $1 AND $2",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(&mut *conn)
+    .await?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    assets(conn, "a.id = ANY($1)", &ids, false).await
+}
+
+/// The ends already announced for `assets`, from `since` on.
+pub async fn noticed(
+    conn: &mut PgConnection,
+    assets: &[Uuid],
+    since: NaiveDate,
+) -> Result<Vec<(Uuid, String, NaiveDate)>> {
+    Ok(sqlx::query_as(
+        "SELECT asset_id, kind, ends_on FROM notices WHERE asset_id = ANY($1) AND ends_on >= $2",
+    )
+    .bind(assets)
+    .bind(since)
+    .fetch_all(conn)
+    .await?)
+}
+
+pub async fn branches(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<Branch>> {
+    Ok(sqlx::query_as(&format!("{BRANCH} WHERE id = ANY($1)"))
+        .bind(ids)
+        .fetch_all(conn)
+        .await?)
+}
+
+/// One end of one asset announced to a branch by the mail of `event_id`.
+pub struct NewNotice {
+    pub asset_id: Uuid,
+    pub kind: &'static str,
+    pub ends_on: NaiveDate,
+    pub branch_id: Uuid,
+    pub recipient: String,
+    pub event_id: Uuid,
+}
+
+/// Records `notices`; answers those it recorded: a notice recorded before
+/// (asset, kind and end date) is left out, so its end is announced once.
+pub async fn record_notices(
+    conn: &mut PgConnection,
+    notices: &[NewNotice],
+) -> Result<Vec<(Uuid, String, NaiveDate)>> {
+    Ok(sqlx::query_as(
+        "INSERT INTO notices (asset_id, kind, ends_on, branch_id, recipient, event_id)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::date[], $4::uuid[], $5::text[],
+             $6::uuid[])
+         ON CONFLICT (asset_id, kind, ends_on) DO NOTHING
+         RETURNING asset_id, kind, ends_on",
+    )
+    .bind(db::column(notices, |n| n.asset_id))
+    .bind(db::column(notices, |n| n.kind))
+    .bind(db::column(notices, |n| n.ends_on))
+    .bind(db::column(notices, |n| n.branch_id))
+    .bind(db::column(notices, |n| n.recipient.as_str()))
+    .bind(db::column(notices, |n| n.event_id))
+    .fetch_all(conn)
+    .await?)
 }

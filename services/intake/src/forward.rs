@@ -62,6 +62,12 @@ impl EventHandler for Forwarder {
                 Some(Payload::IntakeMailReceived(received)) => {
                     mails.push((received.mail_id, span));
                 }
+                Some(Payload::ContractsNotice(notice)) => {
+                    self.mailer
+                        .notice(conn, &event.id, notice)
+                        .instrument((*span).clone())
+                        .await?;
+                }
                 Some(Payload::TicketArticleAdded(added)) => {
                     let (Some(ticket), Some(article)) = (&added.ticket, &added.article) else {
                         continue;

@@ -9,7 +9,8 @@
 //! - [`imap`]: hosted mailboxes polled; a message is marked once stored.
 //! - [`mail`]: reading a message: author, threading, robots.
 //! - [`forward`]: `intake.call_ended` and `intake.mail_received` from the
-//!   bus to `tickets`, idempotent; agents' replies out by mail.
+//!   bus to `tickets`, idempotent; agents' replies and `contracts.notice`
+//!   out by mail.
 //! - [`outgoing`]: mail out through the relay: queued in the transaction,
 //!   sent after it commits, once, in its thread.
 
@@ -45,6 +46,7 @@ const CONSUMES: &[&str] = &[
     "intake.call_ended",
     "intake.mail_received",
     "ticket.article_added",
+    "contracts.notice",
 ];
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

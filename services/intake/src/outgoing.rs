@@ -1,8 +1,10 @@
-//! Email out through the relay: agents' replies on email tickets, and the
-//! one acknowledgement a new email ticket gets.
+//! Email out through the relay: agents' replies on email tickets, the one
+//! acknowledgement a new email ticket gets, and the notices `contracts`
+//! writes to branches ahead of their coverage's end.
 //!
 //! A mail is queued (`outgoing`) in the transaction that decides it, under a
-//! key (`reply:<article>`, `ack:<ticket>`), so it is decided once; it is sent
+//! key (`reply:<article>`, `ack:<ticket>`, `notice:<event>`), so it is
+//! decided once; it is sent
 //! after that transaction commits by whichever intake process leases it
 //! ([`hotline_kit::queue`]), so a transaction that rolls back sends nothing
 //! and a slow relay holds no consumer. Its Message-ID (`<random
@@ -18,7 +20,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use hotline_kit::{bus::Backoff, mail, queue};
-use hotline_proto::tickets::v1::{AddArticleRequest, Article, ArticleKind, Ticket};
+use hotline_proto::{
+    events::v1::CoverageNotice,
+    tickets::v1::{AddArticleRequest, Article, ArticleKind, Ticket},
+};
 use lettre::{
     AsyncTransport, Message,
     message::{Mailbox, header::ContentType},
@@ -78,7 +83,7 @@ fn tagged(number: &str, subject: &str) -> String {
 }
 
 /// The kinds of mail intake sends (`hotline_mail_sent_total{kind}`).
-pub const KINDS: &[&str] = &["reply", "ack"];
+pub const KINDS: &[&str] = &["reply", "ack", "notice"];
 
 impl Mailer {
     /// Queues an agent's public reply on an email ticket to its customer.
@@ -125,6 +130,28 @@ impl Mailer {
                  answer you.\n\nTo add to it, reply to this mail and keep [{number}] in the \
                  subject.\n"
             ),
+            automatic: true,
+        };
+        store::queue_mail(conn, &mail).await
+    }
+
+    /// Queues a branch's notice from `contracts` (event `event_id`): once
+    /// per event, however often it is delivered. Queued without a relay
+    /// too, so that the notice is recorded as not sent, and why.
+    pub async fn notice(
+        &self,
+        conn: &mut PgConnection,
+        event_id: &str,
+        notice: &CoverageNotice,
+    ) -> sqlx::Result<()> {
+        let mail = Mail {
+            key: format!("notice:{event_id}"),
+            kind: "notice".into(),
+            ticket_number: String::new(),
+            recipient: notice.recipient.clone(),
+            message_id: message_id(&self.hostname),
+            subject: notice.subject.clone(),
+            body: notice.body.clone(),
             automatic: true,
         };
         store::queue_mail(conn, &mail).await
@@ -215,10 +242,16 @@ impl Sender {
     }
 
     /// `mail` will never be sent: a reply's ticket is told so (retried until
-    /// it is); an acknowledgement is only logged.
+    /// it is); an acknowledgement or a notice is only logged.
     async fn refused(&self, queued: &Mail, attempts: i32, why: String) -> Sent {
         let Some(article) = queued.key.strip_prefix("reply:") else {
-            tracing::warn!(ticket = %queued.ticket_number, %why, "the acknowledgement could not be sent");
+            tracing::warn!(
+                kind = %queued.kind,
+                ticket = %queued.ticket_number,
+                recipient = %queued.recipient,
+                %why,
+                "an automatic mail could not be sent"
+            );
             return Sent::Failed(why);
         };
         let noted = self
@@ -252,9 +285,12 @@ impl Sender {
                 queued.recipient
             )));
         };
-        let mut conn = self.pool.acquire().await?;
-        let thread = store::conversation(&mut conn, &queued.ticket_number).await?;
-        drop(conn);
+        let thread = if queued.ticket_number.is_empty() {
+            Vec::new()
+        } else {
+            let mut conn = self.pool.acquire().await?;
+            store::conversation(&mut conn, &queued.ticket_number).await?
+        };
         let mut builder = Message::builder()
             .from(self.from.clone())
             .to(to)
@@ -271,7 +307,14 @@ impl Sender {
             );
         }
         if queued.automatic {
-            builder = builder.header(mail::AutoSubmitted("auto-replied"));
+            // RFC 3834: an acknowledgement answers a mail; a notice answers
+            // nothing.
+            let kind = if queued.kind == "notice" {
+                "auto-generated"
+            } else {
+                "auto-replied"
+            };
+            builder = builder.header(mail::AutoSubmitted(kind));
         }
         Ok(builder
             .body(queued.body.clone())

@@ -472,9 +472,12 @@ pub const MAIL_QUEUE: &str = "intake_outgoing";
 /// A mail to send: who to, what, in which thread.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Mail {
-    /// `reply:<article>` or `ack:<ticket>`: one mail per key, ever.
+    /// `reply:<article>`, `ack:<ticket>` or `notice:<event>`: one mail per
+    /// key, ever.
     pub key: String,
+    /// `reply`, `ack` or `notice`.
     pub kind: String,
+    /// Empty for a notice, which belongs to no ticket.
     pub ticket_number: String,
     pub recipient: String,
     /// Without angle brackets.
@@ -588,7 +591,8 @@ pub async fn settle_mail(
              RETURNING ticket_number, message_id, state
          )
          INSERT INTO message_ids (message_id, ticket_number)
-         SELECT message_id, ticket_number FROM settled WHERE state = 'sent'
+         SELECT message_id, ticket_number FROM settled
+         WHERE state = 'sent' AND ticket_number <> ''
          ON CONFLICT (message_id) DO NOTHING",
     )
     .bind(&mail.key)
