@@ -707,9 +707,7 @@ async fn a_manager_sets_and_removes_response_targets_from_the_shell() {
 #[tokio::test]
 async fn a_clean_shutdown_logs_no_error() {
     let env = TestEnv::new().await.unwrap();
-    hotline_kit::supervisor::migrate(&env.config, &hotline::fleet::modules())
-        .await
-        .unwrap();
+    env.migrate(&hotline::fleet::modules()).await.unwrap();
     let (grpc, http) = (common::free_port(), common::free_port());
     let log_path = std::env::temp_dir().join(format!("hotline-{}.log", uuid::Uuid::new_v4()));
     let log = std::fs::File::create(&log_path).unwrap();

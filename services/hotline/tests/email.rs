@@ -859,9 +859,7 @@ print("sent")
 #[tokio::test]
 async fn killing_the_desk_mid_flow_loses_no_mail_and_doubles_none() {
     let env = TestEnv::new().await.unwrap();
-    hotline_kit::supervisor::migrate(&env.config, &hotline::fleet::modules())
-        .await
-        .unwrap();
+    env.migrate(&hotline::fleet::modules()).await.unwrap();
     let (grpc, http, smtp) = (
         common::free_port(),
         common::free_port(),

@@ -21,9 +21,7 @@ fn series(text: &str) -> Vec<(&str, f64)> {
 #[tokio::test]
 async fn every_counter_is_described_and_at_zero_from_the_start() {
     let env = TestEnv::new().await.unwrap();
-    hotline_kit::supervisor::migrate(&env.config, &hotline::fleet::modules())
-        .await
-        .unwrap();
+    env.migrate(&hotline::fleet::modules()).await.unwrap();
     let (grpc, http) = (common::free_port(), common::free_port());
     let mut desk = common::serve(&env, grpc, http, &[]).await;
     // The gauges of waiting tickets come with the sla module's first count.
@@ -97,9 +95,7 @@ async fn every_counter_is_described_and_at_zero_from_the_start() {
 #[tokio::test]
 async fn json_logs_carry_the_trace_and_a_dead_collector_is_logged() {
     let env = TestEnv::new().await.unwrap();
-    hotline_kit::supervisor::migrate(&env.config, &hotline::fleet::modules())
-        .await
-        .unwrap();
+    env.migrate(&hotline::fleet::modules()).await.unwrap();
     let (grpc, http) = (common::free_port(), common::free_port());
     // A collector that is not there: nothing listens on this port.
     let collector = format!("http://{}", common::free_port());

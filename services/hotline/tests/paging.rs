@@ -935,9 +935,7 @@ async fn serve(
 async fn killed_while_waiting_and_started_after_due_it_pages_once_right_after_start() {
     let (pd, pd_addr) = PagerDuty::start().await;
     let env = TestEnv::new().await.unwrap();
-    hotline_kit::supervisor::migrate(&env.config, &hotline::fleet::modules())
-        .await
-        .unwrap();
+    env.migrate(&hotline::fleet::modules()).await.unwrap();
     let (grpc, http) = (common::free_port(), common::free_port());
     let mut first = serve(&env, pd_addr, grpc, http).await;
     let agent = env.token("ana", Role::Agent);

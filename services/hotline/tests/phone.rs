@@ -433,9 +433,7 @@ async fn post_until_accepted(http: std::net::SocketAddr, form: &str) {
 #[tokio::test]
 async fn killing_the_desk_mid_flow_loses_no_call_and_doubles_none() {
     let env = TestEnv::new().await.unwrap();
-    hotline_kit::supervisor::migrate(&env.config, &hotline::fleet::modules())
-        .await
-        .unwrap();
+    env.migrate(&hotline::fleet::modules()).await.unwrap();
     let (grpc, http) = (common::free_port(), common::free_port());
     let settings = [
         ("HOTLINE_INTAKE__CTI_TOKEN", TOKEN),

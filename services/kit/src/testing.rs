@@ -4,7 +4,7 @@
 //! Redis named by `HOTLINE_DATABASE_URL`, `HOTLINE_AMQP_URL` and
 //! `HOTLINE_REDIS_URL` (defaults: the local ones).
 
-use std::net::SocketAddr;
+use std::{collections::BTreeSet, net::SocketAddr, sync::Mutex, time::Duration};
 
 use anyhow::Context;
 use chrono::Utc;
@@ -26,6 +26,10 @@ pub struct TestEnv {
     pub config: Config,
     /// The database created for this test.
     pub database: String,
+    /// The consuming services whose queues this test declared: deleted
+    /// from the shared broker when the environment is dropped, even by a
+    /// failing test (hundreds of forgotten quorum queues stall RabbitMQ).
+    consumers: Mutex<BTreeSet<String>>,
 }
 
 impl TestEnv {
@@ -54,7 +58,11 @@ impl TestEnv {
         let mut config = config;
         // Modules' own listeners bind port 0 too, so tests run side by side.
         config.set("intake", "smtp_addr", "127.0.0.1:0");
-        Ok(Self { config, database })
+        Ok(Self {
+            config,
+            database,
+            consumers: Mutex::default(),
+        })
     }
 
     /// A pool on `schema` of this test's database.
@@ -69,9 +77,23 @@ impl TestEnv {
             .issue(subject, &[role], Utc::now(), chrono::Duration::hours(1))
     }
 
+    /// Applies `modules`' migrations and declares their queues (as `hotline
+    /// migrate` does), remembering the queues to delete at the end.
+    pub async fn migrate(&self, modules: &[Module]) -> anyhow::Result<()> {
+        if let Ok(mut consumers) = self.consumers.lock() {
+            consumers.extend(
+                modules
+                    .iter()
+                    .filter(|m| !m.consumes.is_empty())
+                    .map(|m| m.name.to_owned()),
+            );
+        }
+        migrate(&self.config, modules).await
+    }
+
     /// Migrates `modules` and starts them as one process.
     pub async fn start(&self, modules: &[Module]) -> anyhow::Result<TestApp> {
-        migrate(&self.config, modules).await?;
+        self.migrate(modules).await?;
         let app = App::start(self.config.clone(), modules).await?;
         let grpc_addr = app.grpc_addr();
         let http_addr = app.http_addr();
@@ -86,28 +108,68 @@ impl TestEnv {
         })
     }
 
-    /// Deletes this test's queues and exchanges from the shared broker.
+    /// Deletes this test's queues (of `services` and of every module it
+    /// migrated) and exchanges from the shared broker now.
     pub async fn cleanup_bus(&self, services: &[&str]) -> anyhow::Result<()> {
-        use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-        let connection =
-            lapin::Connection::connect(self.config.amqp_url.expose(), Default::default()).await?;
-        let channel = connection.create_channel().await?;
-        let ns = &self.config.namespace;
-        for service in services {
-            for queue in [format!("{ns}.{service}"), format!("{ns}.{service}.dead")] {
-                channel
-                    .queue_delete(queue.into(), QueueDeleteOptions::default())
-                    .await?;
-            }
+        let mut all: BTreeSet<String> = services.iter().map(|s| (*s).to_owned()).collect();
+        if let Ok(consumers) = self.consumers.lock() {
+            all.extend(consumers.iter().cloned());
         }
-        for exchange in [format!("{ns}.events"), format!("{ns}.dead")] {
+        let all: Vec<String> = all.into_iter().collect();
+        delete_bus(self.config.amqp_url.expose(), &self.config.namespace, &all).await
+    }
+}
+
+impl Drop for TestEnv {
+    /// Deletes the test's queues and exchanges, on a thread of its own (a
+    /// drop cannot await), bounded so a broker that is away costs seconds.
+    fn drop(&mut self) {
+        let consumers: Vec<String> = self
+            .consumers
+            .lock()
+            .map(|c| c.iter().cloned().collect())
+            .unwrap_or_default();
+        if consumers.is_empty() {
+            return;
+        }
+        let url = self.config.amqp_url.expose().to_owned();
+        let ns = self.config.namespace.clone();
+        let cleaning = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), delete_bus(&url, &ns, &consumers))
+                        .await;
+            });
+        });
+        let _ = cleaning.join();
+    }
+}
+
+/// Deletes `services`' queues and the exchanges of namespace `ns`.
+async fn delete_bus(url: &str, ns: &str, services: &[String]) -> anyhow::Result<()> {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let connection = lapin::Connection::connect(url, Default::default()).await?;
+    let channel = connection.create_channel().await?;
+    for service in services {
+        for queue in [format!("{ns}.{service}"), format!("{ns}.{service}.dead")] {
             channel
-                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
                 .await?;
         }
-        connection.close(200, "done".into()).await?;
-        Ok(())
     }
+    for exchange in [format!("{ns}.events"), format!("{ns}.dead")] {
+        channel
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+            .await?;
+    }
+    connection.close(200, "done".into()).await?;
+    Ok(())
 }
 
 /// A running app in this test's environment.
