@@ -346,7 +346,8 @@ impl Poller {
                     continue;
                 };
                 let origin = format!("{name};UIDVALIDITY={validity};UID={uid}");
-                let one = tracing::info_span!(parent: &fetching, "imap.message", uid, size = raw.len());
+                let one =
+                    tracing::info_span!(parent: &fetching, "imap.message", uid, size = raw.len());
                 store::record_mail(
                     &self.pool,
                     &mail::sender(raw),

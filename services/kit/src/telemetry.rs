@@ -31,7 +31,7 @@ use opentelemetry::{
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
-    EnvFilter,
+    EnvFilter, Layer as _,
     fmt::{
         FmtContext, FormatEvent, FormatFields,
         format::{JsonFields, Writer},
@@ -42,6 +42,11 @@ use tracing_subscriber::{
 };
 
 use crate::config::{LogConfig, LogFormat};
+
+/// What becomes a span (and an event of one) in traces, whatever the log
+/// shows: Hotline's spans are at `info`; the AMQP client's chatter is not
+/// the fault's story.
+const TRACE_FILTER: &str = "info,lapin=warn";
 
 /// Keeps the tracer provider so spans are flushed at shutdown.
 pub struct Telemetry {
@@ -67,18 +72,22 @@ impl Telemetry {
             builder = builder.with_batch_exporter(exporter);
         }
         let provider = builder.build();
+        // The log's filter is the log's alone: an operator quietening the
+        // log (`warn`) keeps every span of the trace.
         let filter =
             EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&config.filter))?;
-        let otel =
-            tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name.to_owned()));
-        let registry = tracing_subscriber::registry().with(filter).with(otel);
+        let otel = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(service_name.to_owned()))
+            .with_filter(EnvFilter::try_new(TRACE_FILTER)?);
+        let registry = tracing_subscriber::registry().with(otel);
         let ansi = std::io::stderr().is_terminal();
         let installed = match config.format {
             LogFormat::Text => registry
                 .with(
                     tracing_subscriber::fmt::layer()
                         .with_writer(std::io::stderr)
-                        .with_ansi(ansi),
+                        .with_ansi(ansi)
+                        .with_filter(filter),
                 )
                 .try_init(),
             LogFormat::Json => registry
@@ -86,7 +95,8 @@ impl Telemetry {
                     tracing_subscriber::fmt::layer()
                         .event_format(WithTraceIds(tracing_subscriber::fmt::format().json()))
                         .fmt_fields(JsonFields::new())
-                        .with_writer(std::io::stderr),
+                        .with_writer(std::io::stderr)
+                        .with_filter(filter),
                 )
                 .try_init(),
         };
@@ -269,7 +279,11 @@ impl TraceContext {
     /// Makes `span` continue this trace, as a child of the span it was
     /// taken from. Call before `span` is first entered.
     pub fn adopt(&self, span: &tracing::Span) {
-        set_parent(span, self.traceparent.as_deref(), self.tracestate.as_deref());
+        set_parent(
+            span,
+            self.traceparent.as_deref(),
+            self.tracestate.as_deref(),
+        );
     }
 
     /// Links `span` to this trace: a span of another trace that concerns
@@ -425,7 +439,10 @@ fn record_grpc_status(span: &tracing::Span, headers: &http::HeaderMap) {
         let message = tonic::Status::from_header_map(headers)
             .map(|status| status.message().to_owned())
             .unwrap_or_default();
-        failed(span, format!("{:?}: {message}", tonic::Code::from_i32(code)));
+        failed(
+            span,
+            format!("{:?}: {message}", tonic::Code::from_i32(code)),
+        );
     }
 }
 
