@@ -167,6 +167,11 @@ impl Sender {
                     .unwrap_or_default();
                 metrics::histogram!("hotline_page_delivery_seconds", "channel" => delivery.channel.clone())
                     .record(latency.as_secs_f64());
+                if let Some(escalated_at) = delivery.escalated_at {
+                    let latency = (Utc::now() - escalated_at).to_std().unwrap_or_default();
+                    metrics::histogram!("hotline_page_latency_from_breach_seconds", "channel" => delivery.channel.clone())
+                        .record(latency.as_secs_f64());
+                }
                 tracing::info!(
                     delivery = delivery.id,
                     channel = %delivery.channel,

@@ -152,6 +152,8 @@ pub struct NewDelivery {
     pub destination: String,
     pub dedup_key: String,
     pub body: String,
+    /// For a trigger: when sla fired the step it pages for.
+    pub escalated_at: Option<DateTime<Utc>>,
 }
 
 /// Queues deliveries, with the trace of the current span (the event or
@@ -164,9 +166,9 @@ pub async fn queue(conn: &mut PgConnection, deliveries: &[NewDelivery]) -> sqlx:
     let trace = TraceContext::current();
     let queued = sqlx::query(
         "INSERT INTO deliveries (ticket_id, breach, step, level, action, channel, target,
-             destination, dedup_key, body, traceparent, tracestate)
-         SELECT *, $11, $12 FROM unnest($1::uuid[], $2::int[], $3::int[], $4::int[], $5::text[],
-             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
+             destination, dedup_key, body, escalated_at, traceparent, tracestate)
+         SELECT *, $12, $13 FROM unnest($1::uuid[], $2::int[], $3::int[], $4::int[], $5::text[],
+             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::timestamptz[])
          ON CONFLICT DO NOTHING",
     )
     .bind(column(deliveries, |d| d.ticket_id))
@@ -179,6 +181,7 @@ pub async fn queue(conn: &mut PgConnection, deliveries: &[NewDelivery]) -> sqlx:
     .bind(column(deliveries, |d| d.destination.clone()))
     .bind(column(deliveries, |d| d.dedup_key.clone()))
     .bind(column(deliveries, |d| d.body.clone()))
+    .bind(column(deliveries, |d| d.escalated_at))
     .bind(&trace.traceparent)
     .bind(&trace.tracestate)
     .execute(&mut *conn)
@@ -251,6 +254,8 @@ pub struct Claimed {
     pub body: String,
     pub attempts: i32,
     pub created_at: DateTime<Utc>,
+    /// For a trigger: when sla fired the step it pages for.
+    pub escalated_at: Option<DateTime<Utc>>,
     /// The breach was cleared or acknowledged: a trigger is no longer
     /// wanted.
     pub unwanted: bool,
@@ -283,6 +288,7 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<V
                ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
          WHERE d.id = due.id
          RETURNING d.id, d.action, d.channel, d.destination, d.body, d.attempts, d.created_at,
+             d.escalated_at,
              EXISTS (SELECT 1 FROM breaches b WHERE b.ticket_id = d.ticket_id
                      AND b.breach = d.breach
                      AND (b.cleared_at IS NOT NULL OR b.acknowledged_at IS NOT NULL))
