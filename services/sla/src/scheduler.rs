@@ -11,6 +11,10 @@
 //! PostgreSQL before anything else; a safety net looks in PostgreSQL for
 //! clocks the index missed; while Redis is unreachable, PostgreSQL is
 //! polled instead.
+//!
+//! Each clock fired is a span, `sla.fire`, continuing the trace of the event
+//! that armed the clock: its `sla.breached` and `sla.escalated` carry the
+//! fault's trace on to the pager.
 
 use std::{
     collections::{HashMap, HashSet},
