@@ -587,6 +587,30 @@ async fn a_receiver_answering_500_then_202_is_paged_exactly_once() {
     assert_eq!(pages[0].state, PageState::Delivered as i32);
     let statuses: Vec<i32> = pages[0].attempts.iter().map(|a| a.status).collect();
     assert_eq!(statuses, vec![500, 202]);
+    // Its latency counts the retry, from its queued row and from the breach,
+    // which came before the row.
+    let (_, metrics) = desk.app().http_get("/metrics").await.unwrap();
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    let channel = r#"{channel="pagerduty"}"#;
+    assert_eq!(
+        value(&format!(
+            "hotline_page_latency_from_breach_seconds_count{channel}"
+        )),
+        1.0
+    );
+    let from_row = value(&format!("hotline_page_delivery_seconds_sum{channel}"));
+    let from_breach = value(&format!(
+        "hotline_page_latency_from_breach_seconds_sum{channel}"
+    ));
+    assert!(
+        from_row >= 0.3 && from_breach >= from_row && from_breach < 10.0,
+        "from the row {from_row}s, from the breach {from_breach}s"
+    );
     desk.stop().await;
 }
 

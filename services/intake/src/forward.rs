@@ -198,6 +198,8 @@ pub struct Forwarded {
     pub message_id: Option<String>,
     /// It opened its ticket: its subject and sender, to acknowledge.
     opened: Option<(String, String)>,
+    /// The span it was forwarded in: its acknowledgement continues its trace.
+    span: tracing::Span,
 }
 
 impl Forwarder {
@@ -287,7 +289,10 @@ impl Forwarder {
         }
         for mail in &forwarded {
             if let (Some(number), Some((subject, from))) = (&mail.ticket, &mail.opened) {
-                self.mailer.acknowledge(conn, number, subject, from).await?;
+                self.mailer
+                    .acknowledge(conn, number, subject, from)
+                    .instrument(mail.span.clone())
+                    .await?;
             }
         }
         store::mails_forwarded(conn, &forwarded).await?;
@@ -381,6 +386,7 @@ impl Forwarder {
                     ignored: Some(why),
                     message_id: None,
                     opened: None,
+                    span: tracing::Span::current(),
                 });
             }
             MailPlan::Person {
@@ -422,6 +428,7 @@ impl Forwarder {
             ignored: None,
             message_id: inbound.message_id,
             opened: opened.then_some((inbound.subject, inbound.from)),
+            span: tracing::Span::current(),
         })
     }
 
@@ -653,6 +660,7 @@ mod tests {
             ignored: None,
             message_id: Some("m1@customer.example".into()),
             opened: None,
+            span: tracing::Span::none(),
         }];
         answer.thread_into(&forwarded);
         let MailPlan::Person { threaded, .. } = answer else {

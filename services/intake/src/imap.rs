@@ -18,7 +18,7 @@ use std::{collections::HashSet, fmt, future::Future, sync::Arc, time::Duration};
 use anyhow::Context;
 use async_imap::{Client, Session, types::Fetch};
 use futures_util::TryStreamExt;
-use hotline_kit::bus::outbox::OutboxSignal;
+use hotline_kit::{bus::outbox::OutboxSignal, telemetry};
 use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
 use sqlx::PgPool;
 use tokio::{
@@ -27,6 +27,7 @@ use tokio::{
 };
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{mail, store};
 
@@ -328,11 +329,25 @@ impl Poller {
                 continue;
             }
             let mut taken = Vec::with_capacity(wanted.len());
-            for message in fetch(session, &wanted, "(UID BODY.PEEK[])").await? {
+            // One span per fetch, and one per message within it that
+            // `intake.mail_received` carries on, as for SMTP.
+            let fetching = tracing::info_span!(
+                "imap.fetch",
+                otel.kind = "client",
+                mailbox = %name,
+                messages = wanted.len(),
+            );
+            let fetched = fetch(session, &wanted, "(UID BODY.PEEK[])")
+                .instrument(fetching.clone())
+                .await
+                .inspect_err(|error| telemetry::failed(&fetching, format_args!("{error:#}")))?;
+            for message in fetched {
                 let (Some(uid), Some(raw)) = (message.uid, message.body()) else {
                     continue;
                 };
                 let origin = format!("{name};UIDVALIDITY={validity};UID={uid}");
+                let one =
+                    tracing::info_span!(parent: &fetching, "imap.message", uid, size = raw.len());
                 store::record_mail(
                     &self.pool,
                     &mail::sender(raw),
@@ -340,7 +355,9 @@ impl Poller {
                     raw,
                     Some(&origin),
                 )
+                .instrument(one.clone())
                 .await
+                .inspect_err(|error| telemetry::failed(&one, format_args!("{error:#}")))
                 .context("storing a message")?;
                 self.relay.committed();
                 metrics::counter!("hotline_imap_messages_total").increment(1);

@@ -15,11 +15,16 @@
 //! ASCII. The relay answering 4xx or not at all
 //! is retried with doubling backoff (at most [`MAX_BACKOFF`] apart); a 5xx is
 //! final, and an internal note on the reply's ticket says so.
+//!
+//! A queued mail keeps the trace of what queued it; each attempt is a span
+//! (`smtp.relay`) in that trace. The mail itself carries no `Traceparent`
+//! header: no mail server or customer takes one, and it would tell the
+//! world the ids of our traces.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use hotline_kit::{bus::Backoff, mail, queue};
+use hotline_kit::{bus::Backoff, mail, queue, telemetry};
 use hotline_proto::{
     events::v1::CoverageNotice,
     tickets::v1::{AddArticleRequest, Article, ArticleKind, Ticket},
@@ -29,6 +34,7 @@ use lettre::{
     message::{Mailbox, header::ContentType},
 };
 use sqlx::{PgConnection, PgPool};
+use tracing::Instrument;
 
 use crate::{
     forward::Tickets,
@@ -189,11 +195,38 @@ impl queue::Queue for Sender {
         store::next_mail_due(&self.pool).await
     }
 
+    /// Sends one mail in a span of its own (`smtp.relay`), continuing the
+    /// trace that queued it.
     async fn work(&self, leased: Leased) {
-        let sent = match leased.refused {
-            Some(why) => self.refused(&leased.mail, leased.attempts, why).await,
-            None => self.attempt(&leased.mail, leased.attempts).await,
+        let span = tracing::info_span!(
+            "smtp.relay",
+            otel.kind = "client",
+            mail = %leased.mail.key,
+            kind = %leased.mail.kind,
+            attempt = leased.attempts,
+            outcome = tracing::field::Empty,
+        );
+        leased.trace.adopt(&span);
+        let sent = async {
+            match leased.refused.clone() {
+                Some(why) => self.refused(&leased.mail, leased.attempts, why).await,
+                None => self.attempt(&leased.mail, leased.attempts).await,
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        let outcome = match &sent {
+            Sent::Yes => "sent",
+            Sent::Retry(_, why) => {
+                telemetry::failed(&span, format_args!("{why}; retrying"));
+                "retry"
+            }
+            Sent::Refused(_, why) | Sent::Failed(why) => {
+                telemetry::failed(&span, why);
+                "refused"
+            }
         };
+        span.record("outcome", outcome);
         if matches!(sent, Sent::Yes) {
             metrics::counter!("hotline_mail_sent_total", "kind" => leased.mail.kind.clone())
                 .increment(1);

@@ -13,11 +13,16 @@
 //! message gets `250` only once its raw bytes are committed in PostgreSQL
 //! (with `intake.mail_received` in the same transaction); the database
 //! unavailable, `451`, so the sender retries.
+//!
+//! Each session is a span (`smtp.session`), each message a span within it
+//! (`smtp.message`) that `intake.mail_received` carries on: the root of the
+//! trace that follows the mail to its ticket, breach and page. A message
+//! refused is a failed span saying why.
 
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use hotline_kit::cache::Redis;
+use hotline_kit::{cache::Redis, telemetry};
 use sqlx::PgPool;
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader},
@@ -26,6 +31,7 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{IntakeConfig, store};
 
@@ -364,18 +370,29 @@ impl Server {
             };
             let _ = socket.set_nodelay(true);
             let (server, slots, cancel) = (self.clone(), slots.clone(), cancel.clone());
-            tokio::spawn(async move {
-                let Ok(_slot) = slots.try_acquire_owned() else {
-                    let mut socket = socket;
-                    let _ = socket
-                        .write_all(b"421 4.3.2 Too many connections; try again later\r\n")
-                        .await;
-                    return;
-                };
-                if let Err(error) = server.connection(socket, &cancel).await {
-                    tracing::debug!(%peer, %error, "SMTP session ended");
+            // The root of the trace of every message the session brings.
+            let span = tracing::info_span!(
+                "smtp.session",
+                otel.kind = "server",
+                client.address = %peer.ip(),
+                client.port = peer.port(),
+            );
+            tokio::spawn(
+                async move {
+                    let Ok(_slot) = slots.try_acquire_owned() else {
+                        telemetry::failed(&tracing::Span::current(), "too many connections");
+                        let mut socket = socket;
+                        let _ = socket
+                            .write_all(b"421 4.3.2 Too many connections; try again later\r\n")
+                            .await;
+                        return;
+                    };
+                    if let Err(error) = server.connection(socket, &cancel).await {
+                        tracing::debug!(%peer, %error, "SMTP session ended");
+                    }
                 }
-            });
+                .instrument(span),
+            );
         }
     }
 
@@ -500,6 +517,15 @@ impl Server {
                     return Ok(Ended::Closed);
                 }
                 Next::Data => {
+                    // One span per message: `intake.mail_received` carries
+                    // it, so the ticket, its breach and its page continue it.
+                    let span = tracing::info_span!(
+                        "smtp.message",
+                        recipients = envelope.to.len(),
+                        size = tracing::field::Empty,
+                        mail = tracing::field::Empty,
+                        smtp.reply_code = tracing::field::Empty,
+                    );
                     writer
                         .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
                         .await?;
@@ -507,15 +533,20 @@ impl Server {
                         config.command_timeout,
                         read_message(&mut reader, config.max_message_bytes),
                     )
+                    .instrument(span.clone())
                     .await;
                     let (from, to) = envelope.take();
                     let reply = match read {
                         Err(_) => {
+                            telemetry::failed(&span, "timed out reading the message");
                             writer.write_all(b"421 4.4.2 Timeout; closing\r\n").await?;
                             return Ok(Ended::Closed);
                         }
                         Ok(read) => match read? {
-                            None => return Ok(Ended::Closed),
+                            None => {
+                                telemetry::failed(&span, "the client left during the message");
+                                return Ok(Ended::Closed);
+                            }
                             Some(Message::TooBig) => {
                                 "552 5.3.4 Message too big for this desk".into()
                             }
@@ -527,9 +558,17 @@ impl Server {
                                 "500 5.5.6 A line of the message is longer than 998 characters"
                                     .into()
                             }
-                            Some(Message::Complete(raw)) => self.accept(&from, &to, raw).await,
+                            Some(Message::Complete(raw)) => {
+                                span.record("size", raw.len());
+                                self.accept(&from, &to, raw).instrument(span.clone()).await
+                            }
                         },
                     };
+                    let code: u16 = reply.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+                    span.record("smtp.reply_code", code);
+                    if code != 250 {
+                        telemetry::failed(&span, &reply);
+                    }
                     writer.write_all(send(vec![reply]).as_bytes()).await?;
                 }
             }
@@ -571,6 +610,7 @@ impl Server {
         match store::record_mail(&self.pool, from, to, &raw, None).await {
             Ok(id) => {
                 self.relay.committed();
+                tracing::Span::current().record("mail", id);
                 metrics::counter!("hotline_mail_accepted_total").increment(1);
                 tracing::info!(mail = id, "mail accepted");
                 format!("250 2.0.0 Queued as {id}")

@@ -9,6 +9,7 @@ use hotline_kit::{
     bus::outbox::{self, OutboxRows, envelope},
     db::column,
     phone, queue,
+    telemetry::TraceContext,
     time::timestamp,
 };
 use hotline_proto::events::v1::{self as ev, EventEnvelope, event_envelope::Payload};
@@ -71,6 +72,9 @@ pub struct Incoming {
     pub fields: Fields,
     pub at: DateTime<Utc>,
     pub blocked: bool,
+    /// The request's span (`cti.event`): the call's `intake.call_ended`
+    /// carries its trace, though the recorder writes it in its own task.
+    pub span: tracing::Span,
 }
 
 /// An event, and where its writer answers.
@@ -189,21 +193,23 @@ async fn record(
         // Only a number that matches a customer: never a raw or empty one,
         // which would match every ticket or the wrong one.
         let customer = phone::normalise(&call.customer, country_code).unwrap_or_default();
-        ended.push(envelope(
-            "intake.call_ended",
-            None,
-            one.at,
-            Payload::IntakeCallEnded(ev::CallEnded {
-                call_id: call.call_id.clone(),
-                direction: call.direction.as_str().into(),
-                outcome: outcome.into(),
-                customer,
-                agent: call.agent.clone().unwrap_or_default(),
-                cause: call.cause.clone().unwrap_or_default(),
-                started_at: Some(timestamp(call.started_at)),
-                ended_at: call.ended_at.map(timestamp),
-            }),
-        ));
+        ended.push(one.span.in_scope(|| {
+            envelope(
+                "intake.call_ended",
+                None,
+                one.at,
+                Payload::IntakeCallEnded(ev::CallEnded {
+                    call_id: call.call_id.clone(),
+                    direction: call.direction.as_str().into(),
+                    outcome: outcome.into(),
+                    customer,
+                    agent: call.agent.clone().unwrap_or_default(),
+                    cause: call.cause.clone().unwrap_or_default(),
+                    started_at: Some(timestamp(call.started_at)),
+                    ended_at: call.ended_at.map(timestamp),
+                }),
+            )
+        }));
     }
     if !calls.is_empty() {
         save_calls(&mut tx, &calls, &outcomes, &ended).await?;
@@ -487,13 +493,16 @@ pub struct Mail {
     pub automatic: bool,
 }
 
-/// Queues `mail` unless its key was queued before, and wakes the senders
-/// once this transaction commits.
+/// Queues `mail` unless its key was queued before, with the trace of the
+/// current span (its sending continues it), and wakes the senders once
+/// this transaction commits.
 pub async fn queue_mail(conn: &mut PgConnection, mail: &Mail) -> sqlx::Result<()> {
+    let trace = TraceContext::current();
     let queued = sqlx::query(
         "INSERT INTO outgoing (key, kind, ticket_number, recipient, message_id, subject, body,
-             automatic, state)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending') ON CONFLICT (key) DO NOTHING",
+             automatic, state, traceparent, tracestate)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10)
+         ON CONFLICT (key) DO NOTHING",
     )
     .bind(&mail.key)
     .bind(&mail.kind)
@@ -503,6 +512,8 @@ pub async fn queue_mail(conn: &mut PgConnection, mail: &Mail) -> sqlx::Result<()
     .bind(&mail.subject)
     .bind(&mail.body)
     .bind(mail.automatic)
+    .bind(&trace.traceparent)
+    .bind(&trace.tracestate)
     .execute(&mut *conn)
     .await?
     .rows_affected();
@@ -521,6 +532,9 @@ pub struct Leased {
     pub attempts: i32,
     /// Refused for good already: only the note on the ticket is left.
     pub refused: Option<String>,
+    /// The trace of what queued it, which its sending continues.
+    #[sqlx(flatten)]
+    pub trace: TraceContext,
 }
 
 /// Leases up to `limit` mails due now, for `lease`; a sender that dies lets
@@ -535,7 +549,7 @@ pub async fn lease_mails(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Re
                ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
          WHERE o.key = due.key
          RETURNING o.key, o.kind, o.ticket_number, o.recipient, o.message_id, o.subject, o.body,
-             o.automatic, o.attempts, o.refused",
+             o.automatic, o.attempts, o.refused, o.traceparent, o.tracestate",
     )
     .bind(limit)
     .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))

@@ -14,10 +14,11 @@ use axum::{
     routing::post,
 };
 use chrono::Utc;
-use hotline_kit::{bus::outbox::OutboxSignal, phone};
+use hotline_kit::{bus::outbox::OutboxSignal, phone, telemetry};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use crate::{
     IntakeConfig,
@@ -57,12 +58,32 @@ fn error(status: StatusCode, message: impl Into<String>) -> Reply {
     (status, Json(json!({ "error": message.into() })))
 }
 
+/// One PBX event, in a span of its own (`cti.event`): the root of the
+/// trace of the call's ticket when it is the event that ends the call.
 async fn receive(
     State(phone): State<Phone>,
     Path(token): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Reply {
+    let span = tracing::info_span!(
+        "cti.event",
+        otel.kind = "server",
+        event = tracing::field::Empty,
+        call = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let (status, reply) = receive_event(phone, token, headers, body)
+        .instrument(span.clone())
+        .await;
+    span.record("http.response.status_code", status.as_u16());
+    if !status.is_success() {
+        telemetry::failed(&span, reply.0["error"].as_str().unwrap_or("refused"));
+    }
+    (status, reply)
+}
+
+async fn receive_event(phone: Phone, token: String, headers: HeaderMap, body: Bytes) -> Reply {
     let expected = phone.config.cti_token.expose().as_bytes();
     if expected.is_empty() || !bool::from(token.as_bytes().ct_eq(expected)) {
         return error(StatusCode::UNAUTHORIZED, "unknown CTI token");
@@ -95,12 +116,16 @@ async fn receive(
             .is_some_and(|caller| phone.blocked.contains(&caller));
     let kind = event.kind;
     let call_id = event.call_id.clone();
+    let span = tracing::Span::current();
+    span.record("event", kind.as_str());
+    span.record("call", call_id.as_str());
     let (reply, recorded) = oneshot::channel();
     let incoming = store::Incoming {
         event,
         fields,
         at: Utc::now(),
         blocked,
+        span,
     };
     let recorded = match phone.recorder.send((incoming, reply)).await {
         Ok(()) => recorded

@@ -336,6 +336,7 @@ impl App {
             .trace_fn(telemetry::grpc_server_span)
             .timeout(grpc::SERVER_TIMEOUT)
             .concurrency_limit_per_connection(grpc::CONCURRENCY_PER_CONNECTION)
+            .layer(telemetry::RecordGrpcStatus)
             .layer(Authenticate::new(authority))
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(

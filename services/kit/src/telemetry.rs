@@ -2,23 +2,36 @@
 //!
 //! `tracing` everywhere; spans become OpenTelemetry spans, exported over
 //! OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. W3C trace context rides on
-//! gRPC metadata ([`grpc_server_span`], [`inject_grpc`]) and on AMQP headers
+//! gRPC metadata ([`grpc_server_span`], [`inject_grpc`]), on AMQP headers
 //! (the outbox stores it with each event; consumers restore it with
-//! [`set_parent`]), so one trace follows a fault across the fleet.
+//! [`set_parent`]) and on outgoing HTTP requests ([`inject_http`]); deferred
+//! work (a clock's arming, a queued page, a queued mail) keeps a
+//! [`TraceContext`] in its row and continues it when it runs. So one trace
+//! follows a fault across the fleet, from the SMTP session to the page.
+//! A gRPC server span is named after its operation (`tickets.CreateTicket`)
+//! and says how the call ended ([`RecordGrpcStatus`]); any span can be
+//! marked [`failed`].
 //! Metrics go to a Prometheus recorder rendered at `/metrics`.
 
-use std::{collections::HashMap, io::IsTerminal, sync::OnceLock};
+use std::{
+    collections::HashMap,
+    future::Future,
+    io::IsTerminal,
+    pin::Pin,
+    sync::OnceLock,
+    task::{Context, Poll},
+};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::{
     propagation::{Extractor, Injector, TextMapPropagator},
-    trace::TracerProvider as _,
+    trace::{Status, TracerProvider as _},
 };
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
-    EnvFilter,
+    EnvFilter, Layer as _,
     fmt::{
         FmtContext, FormatEvent, FormatFields,
         format::{JsonFields, Writer},
@@ -29,6 +42,11 @@ use tracing_subscriber::{
 };
 
 use crate::config::{LogConfig, LogFormat};
+
+/// What becomes a span (and an event of one) in traces, whatever the log
+/// shows: Hotline's spans are at `info`; the AMQP client's chatter is not
+/// the fault's story.
+const TRACE_FILTER: &str = "info,lapin=warn";
 
 /// Keeps the tracer provider so spans are flushed at shutdown.
 pub struct Telemetry {
@@ -54,18 +72,22 @@ impl Telemetry {
             builder = builder.with_batch_exporter(exporter);
         }
         let provider = builder.build();
+        // The log's filter is the log's alone: an operator quietening the
+        // log (`warn`) keeps every span of the trace.
         let filter =
             EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&config.filter))?;
-        let otel =
-            tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name.to_owned()));
-        let registry = tracing_subscriber::registry().with(filter).with(otel);
+        let otel = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(service_name.to_owned()))
+            .with_filter(EnvFilter::try_new(TRACE_FILTER)?);
+        let registry = tracing_subscriber::registry().with(otel);
         let ansi = std::io::stderr().is_terminal();
         let installed = match config.format {
             LogFormat::Text => registry
                 .with(
                     tracing_subscriber::fmt::layer()
                         .with_writer(std::io::stderr)
-                        .with_ansi(ansi),
+                        .with_ansi(ansi)
+                        .with_filter(filter),
                 )
                 .try_init(),
             LogFormat::Json => registry
@@ -73,7 +95,8 @@ impl Telemetry {
                     tracing_subscriber::fmt::layer()
                         .event_format(WithTraceIds(tracing_subscriber::fmt::format().json()))
                         .fmt_fields(JsonFields::new())
-                        .with_writer(std::io::stderr),
+                        .with_writer(std::io::stderr)
+                        .with_filter(filter),
                 )
                 .try_init(),
         };
@@ -231,7 +254,86 @@ pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>, tracestate: O
     let _ = span.set_parent(parent);
 }
 
-/// The span of one incoming gRPC call, child of the caller's trace.
+/// The W3C trace context of a span, kept with deferred work — a clock's
+/// arming, a queued page, a queued mail — so the work continues the trace
+/// that asked for it when it runs, in whatever process and however late.
+#[derive(Debug, Clone, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct TraceContext {
+    /// `traceparent`; `None` outside any trace (and for work kept before
+    /// traces were).
+    pub traceparent: Option<String>,
+    /// `tracestate`, when the trace carries one.
+    pub tracestate: Option<String>,
+}
+
+impl TraceContext {
+    /// The current span's.
+    pub fn current() -> Self {
+        let (traceparent, tracestate) = current_trace_context();
+        Self {
+            traceparent: Some(traceparent).filter(|t| !t.is_empty()),
+            tracestate: Some(tracestate).filter(|t| !t.is_empty()),
+        }
+    }
+
+    /// Makes `span` continue this trace, as a child of the span it was
+    /// taken from. Call before `span` is first entered.
+    pub fn adopt(&self, span: &tracing::Span) {
+        set_parent(
+            span,
+            self.traceparent.as_deref(),
+            self.tracestate.as_deref(),
+        );
+    }
+
+    /// Links `span` to this trace: a span of another trace that concerns
+    /// the same thing (the answer to a fault, linked to the fault's).
+    pub fn link(&self, span: &tracing::Span) {
+        if self.traceparent.is_none() {
+            return;
+        }
+        let linked = TraceContextPropagator::new().extract(&PairCarrier {
+            traceparent: self.traceparent.as_deref(),
+            tracestate: self.tracestate.as_deref(),
+        });
+        // An invalid context (a row edited by hand) links nothing.
+        span.add_link(linked.span().span_context().clone());
+    }
+}
+
+/// Marks `span` failed, saying why: what a trace viewer shows in red.
+pub fn failed(span: &tracing::Span, why: impl std::fmt::Display) {
+    span.set_status(Status::error(why.to_string()));
+}
+
+/// The name of a gRPC call's span: `tickets.CreateTicket` for
+/// `/hotline.tickets.v1.TicketService/CreateTicket`, `Service/Method` for
+/// other services (`grpc.health.v1.Health/Check`), and `grpc` for a path
+/// that names no method (whatever a client sent, it names no span).
+pub fn grpc_operation(path: &str) -> String {
+    let valid = |part: &str| {
+        !part.is_empty()
+            && part.len() <= 100
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+    };
+    let Some((service, method)) = path
+        .strip_prefix('/')
+        .and_then(|rest| rest.split_once('/'))
+        .filter(|(service, method)| valid(service) && valid(method) && !method.contains('.'))
+    else {
+        return "grpc".to_owned();
+    };
+    match service.split('.').collect::<Vec<_>>().as_slice() {
+        ["hotline", module, _version, _service] => format!("{module}.{method}"),
+        _ => format!("{service}/{method}"),
+    }
+}
+
+/// The span of one incoming gRPC call, child of the caller's trace, named
+/// after its operation ([`grpc_operation`]); [`RecordGrpcStatus`] says how
+/// it ended.
 pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
     let header = |name: &str| {
         request
@@ -239,9 +341,109 @@ pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
             .get(name)
             .and_then(|value| value.to_str().ok())
     };
-    let span = tracing::info_span!("grpc", otel.kind = "server", path = %request.uri().path());
+    let path = request.uri().path();
+    let operation = grpc_operation(path);
+    let (service, method) = path
+        .strip_prefix('/')
+        .and_then(|rest| rest.split_once('/'))
+        .filter(|_| operation != "grpc")
+        .unwrap_or(("", ""));
+    let span = tracing::info_span!(
+        "grpc",
+        otel.name = %operation,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+    );
     set_parent(&span, header("traceparent"), header("tracestate"));
     span
+}
+
+/// A tower layer for the gRPC server: records on each call's span the
+/// gRPC status it answered (`rpc.grpc.status_code`), and marks the span
+/// failed, with the status's message, for any status but `OK` — in this
+/// fleet the callers are mostly our own modules, so a refused call is a
+/// failure someone must see. A call dropped before its answer (its
+/// deadline passed, the client went away) is failed too.
+///
+/// Reads the status from the response headers, where tonic puts it for
+/// every error of a unary call; a status in the trailers of a stream is not
+/// seen (Hotline has no streaming call).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecordGrpcStatus;
+
+impl<S> tower::Layer<S> for RecordGrpcStatus {
+    type Service = RecordGrpcStatusService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RecordGrpcStatusService { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RecordGrpcStatusService<S> {
+    inner: S,
+}
+
+impl<S, Req, B> tower::Service<Req> for RecordGrpcStatusService<S>
+where
+    S: tower::Service<Req, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            // Polled inside the call's span (tonic enters it around the
+            // whole service).
+            let mut unanswered = Unanswered(Some(tracing::Span::current()));
+            let answered = call.await;
+            if let (Some(span), Ok(response)) = (unanswered.0.take(), &answered) {
+                record_grpc_status(&span, response.headers());
+            }
+            answered
+        })
+    }
+}
+
+/// Marks a call's span failed if the call is dropped before its answer.
+struct Unanswered(Option<tracing::Span>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(span) = self.0.take() {
+            failed(
+                &span,
+                "the call ended before its answer: its deadline passed or the client went away",
+            );
+        }
+    }
+}
+
+fn record_grpc_status(span: &tracing::Span, headers: &http::HeaderMap) {
+    let code = headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<i32>().ok())
+        .unwrap_or(0);
+    span.set_attribute("rpc.grpc.status_code", i64::from(code));
+    if code != 0 {
+        let message = tonic::Status::from_header_map(headers)
+            .map(|status| status.message().to_owned())
+            .unwrap_or_default();
+        failed(
+            span,
+            format!("{:?}: {message}", tonic::Code::from_i32(code)),
+        );
+    }
 }
 
 /// Adds the current trace context to an outgoing gRPC request.
@@ -254,5 +456,63 @@ pub fn inject_grpc(metadata: &mut tonic::metadata::MetadataMap) {
         if let Ok(value) = value.parse() {
             metadata.insert(key, value);
         }
+    }
+}
+
+/// Adds the current trace context (W3C `traceparent`, `tracestate`) to the
+/// headers of an outgoing HTTP request, for a peer that takes them.
+pub fn inject_http(headers: &mut http::HeaderMap) {
+    let (traceparent, tracestate) = current_trace_context();
+    for (key, value) in [("traceparent", traceparent), ("tracestate", tracestate)] {
+        if value.is_empty() {
+            continue;
+        }
+        if let Ok(value) = http::HeaderValue::from_str(&value) {
+            headers.insert(key, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grpc_span_is_named_after_its_operation_and_a_strange_path_after_nothing() {
+        assert_eq!(
+            grpc_operation("/hotline.tickets.v1.TicketService/CreateTicket"),
+            "tickets.CreateTicket"
+        );
+        assert_eq!(
+            grpc_operation("/hotline.admin.v1.DeadLetterService/ReplayDeadLetters"),
+            "admin.ReplayDeadLetters"
+        );
+        assert_eq!(
+            grpc_operation("/grpc.health.v1.Health/Check"),
+            "grpc.health.v1.Health/Check"
+        );
+        let long = format!("/{}/Call", "a".repeat(500));
+        for strange in [
+            "",
+            "/",
+            "//",
+            "/hotline.tickets.v1.TicketService/",
+            "/hotline.tickets.v1.TicketService/Create/Ticket",
+            "/hotline.tickets.v1.TicketService/Create\u{1b}]0;x",
+            "/svc/\0",
+            "/a b/c",
+            long.as_str(),
+        ] {
+            assert_eq!(grpc_operation(strange), "grpc", "{strange:?}");
+        }
+    }
+
+    #[test]
+    fn an_empty_trace_context_adopts_and_links_nothing() {
+        let kept = TraceContext::default();
+        let span = tracing::info_span!("work");
+        kept.adopt(&span);
+        kept.link(&span);
+        assert_eq!(TraceContext::current(), TraceContext::default());
     }
 }

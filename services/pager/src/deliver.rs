@@ -12,12 +12,22 @@
 //! A trigger whose breach was cleared or acknowledged is cancelled instead
 //! of sent (a retry included): never a page after the ticket was answered
 //! or someone took it.
+//!
+//! Each attempt is a span, `pager.deliver <channel>`, continuing the trace
+//! of the event that queued the delivery (for a trigger, the fault's); the
+//! request to PagerDuty or a webhook carries it in `traceparent`. A
+//! follow-up (a resolve) is in the trace of the answer that asked for it,
+//! linked to its trigger's.
 
 use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use hotline_kit::{bus::Backoff, mail, queue};
+use hotline_kit::{
+    bus::Backoff,
+    mail, queue,
+    telemetry::{self, TraceContext},
+};
 use lettre::{
     AsyncTransport, Message,
     message::{Mailbox, header::ContentType},
@@ -25,6 +35,7 @@ use lettre::{
 use sha2::Sha256;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{
     PagerConfig,
@@ -70,8 +81,28 @@ impl queue::Queue for Sender {
         store::next_due(&self.pool).await
     }
 
+    /// Sends `delivery` in a span of its own (`pager.deliver pagerduty`),
+    /// continuing the trace that queued it; a follow-up links to the trace
+    /// of the trigger it follows up.
     async fn work(&self, delivery: Claimed) {
-        self.send(delivery).await;
+        let span = tracing::info_span!(
+            "pager.deliver",
+            otel.name = %format_args!("pager.deliver {}", delivery.channel),
+            otel.kind = "client",
+            delivery = delivery.id,
+            action = %delivery.action,
+            attempt = delivery.attempts,
+            http.response.status_code = tracing::field::Empty,
+            smtp.reply_code = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        delivery.trace.adopt(&span);
+        let fault = TraceContext {
+            traceparent: delivery.fault_traceparent.clone(),
+            tracestate: None,
+        };
+        fault.link(&span);
+        self.send(delivery).instrument(span).await;
     }
 }
 
@@ -136,6 +167,11 @@ impl Sender {
                     .unwrap_or_default();
                 metrics::histogram!("hotline_page_delivery_seconds", "channel" => delivery.channel.clone())
                     .record(latency.as_secs_f64());
+                if let Some(escalated_at) = delivery.escalated_at {
+                    let latency = (Utc::now() - escalated_at).to_std().unwrap_or_default();
+                    metrics::histogram!("hotline_page_latency_from_breach_seconds", "channel" => delivery.channel.clone())
+                        .record(latency.as_secs_f64());
+                }
                 tracing::info!(
                     delivery = delivery.id,
                     channel = %delivery.channel,
@@ -144,6 +180,10 @@ impl Sender {
                 );
                 Settled::Delivered
             } else if answer.retry && delivery.attempts < self.config.max_attempts {
+                telemetry::failed(
+                    &tracing::Span::current(),
+                    format_args!("{}; retrying", answer.error.as_deref().unwrap_or("failed")),
+                );
                 let delay = Backoff::after_attempt(
                     self.config.retry_backoff,
                     MAX_BACKOFF,
@@ -151,6 +191,10 @@ impl Sender {
                 );
                 Settled::Retry(Utc::now() + delay)
             } else {
+                telemetry::failed(
+                    &tracing::Span::current(),
+                    answer.error.as_deref().unwrap_or("failed"),
+                );
                 tracing::error!(
                     delivery = delivery.id,
                     channel = %delivery.channel,
@@ -163,6 +207,25 @@ impl Sender {
             };
             (settled, answer.error, answer.status)
         };
+        let span = tracing::Span::current();
+        match (status, delivery.channel.as_str()) {
+            (0, _) => {}
+            (_, "email") => {
+                span.record("smtp.reply_code", status);
+            }
+            _ => {
+                span.record("http.response.status_code", status);
+            }
+        }
+        span.record(
+            "outcome",
+            match settled {
+                Settled::Delivered => "delivered",
+                Settled::Retry(_) => "retry",
+                Settled::Failed => "failed",
+                Settled::Cancelled => "cancelled",
+            },
+        );
         let recorded = store::settle(
             &self.pool,
             delivery.id,
@@ -190,6 +253,7 @@ impl Sender {
                 body["routing_key"] = self.config.pagerduty_routing_key.expose().into();
                 self.client
                     .post(&self.config.pagerduty_url)
+                    .headers(trace_headers())
                     .header("content-type", "application/json")
                     .body(body.to_string())
             }
@@ -197,6 +261,7 @@ impl Sender {
                 let mut request = self
                     .client
                     .post(&delivery.destination)
+                    .headers(trace_headers())
                     .header("content-type", "application/json");
                 if !self.config.webhook_secret.is_empty() {
                     request = request.header(
@@ -294,6 +359,14 @@ impl Sender {
             },
         }
     }
+}
+
+/// `traceparent` (and `tracestate`) of the current span: PagerDuty and
+/// webhook receivers that trace join the fault's trace.
+fn trace_headers() -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    telemetry::inject_http(&mut headers);
+    headers
 }
 
 fn refused(error: String) -> Answer {

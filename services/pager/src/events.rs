@@ -97,6 +97,7 @@ impl Handler {
                 destination: destination.to_owned(),
                 dedup_key: key.clone(),
                 body,
+                escalated_at: Some(at),
             };
         let mut deliveries = Vec::new();
         if !self.config.pagerduty_routing_key.is_empty() {
@@ -208,6 +209,7 @@ async fn followups(
                 destination: r.destination,
                 dedup_key: r.dedup_key,
                 body: body.to_string(),
+                escalated_at: None,
             }
         })
         .collect())

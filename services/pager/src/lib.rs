@@ -162,6 +162,12 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
         metrics::Unit::Seconds,
         "From a page's queued row to its channel's acceptance, by channel."
     );
+    metrics::describe_histogram!(
+        "hotline_page_latency_from_breach_seconds",
+        metrics::Unit::Seconds,
+        "From sla firing the step a page is for (the breach itself, for the first) to its \
+         channel's acceptance, by channel: the whole way from the clock to the pager."
+    );
     let mut config: PagerConfig = context.config.section("pager")?;
     config.secrets_from_env();
     config.validate()?;

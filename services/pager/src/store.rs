@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use hotline_kit::{db::column, queue, ticket_ref::TicketRef, time::from_timestamp};
+use hotline_kit::{
+    db::column, queue, telemetry::TraceContext, ticket_ref::TicketRef, time::from_timestamp,
+};
 use hotline_proto::events::v1 as ev;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -150,18 +152,23 @@ pub struct NewDelivery {
     pub destination: String,
     pub dedup_key: String,
     pub body: String,
+    /// For a trigger: when sla fired the step it pages for.
+    pub escalated_at: Option<DateTime<Utc>>,
 }
 
-/// Queues deliveries; one already queued (a redelivered event) is kept.
+/// Queues deliveries, with the trace of the current span (the event or
+/// call that asked for them), which their sending continues; one already
+/// queued (a redelivered event) is kept.
 pub async fn queue(conn: &mut PgConnection, deliveries: &[NewDelivery]) -> sqlx::Result<u64> {
     if deliveries.is_empty() {
         return Ok(0);
     }
+    let trace = TraceContext::current();
     let queued = sqlx::query(
         "INSERT INTO deliveries (ticket_id, breach, step, level, action, channel, target,
-             destination, dedup_key, body)
-         SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::int[], $5::text[],
-             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
+             destination, dedup_key, body, escalated_at, traceparent, tracestate)
+         SELECT *, $12, $13 FROM unnest($1::uuid[], $2::int[], $3::int[], $4::int[], $5::text[],
+             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::timestamptz[])
          ON CONFLICT DO NOTHING",
     )
     .bind(column(deliveries, |d| d.ticket_id))
@@ -174,6 +181,9 @@ pub async fn queue(conn: &mut PgConnection, deliveries: &[NewDelivery]) -> sqlx:
     .bind(column(deliveries, |d| d.destination.clone()))
     .bind(column(deliveries, |d| d.dedup_key.clone()))
     .bind(column(deliveries, |d| d.body.clone()))
+    .bind(column(deliveries, |d| d.escalated_at))
+    .bind(&trace.traceparent)
+    .bind(&trace.tracestate)
     .execute(&mut *conn)
     .await?
     .rows_affected();
@@ -244,9 +254,17 @@ pub struct Claimed {
     pub body: String,
     pub attempts: i32,
     pub created_at: DateTime<Utc>,
+    /// For a trigger: when sla fired the step it pages for.
+    pub escalated_at: Option<DateTime<Utc>>,
     /// The breach was cleared or acknowledged: a trigger is no longer
     /// wanted.
     pub unwanted: bool,
+    /// The trace of what queued it, which its sending continues.
+    #[sqlx(flatten)]
+    pub trace: TraceContext,
+    /// For a follow-up (a resolve): the `traceparent` of the trigger it
+    /// follows up, the fault's trace, which its sending links to.
+    pub fault_traceparent: Option<String>,
 }
 
 /// Leases up to `limit` deliveries due now, for `lease`; a sender that dies
@@ -270,10 +288,17 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<V
                ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
          WHERE d.id = due.id
          RETURNING d.id, d.action, d.channel, d.destination, d.body, d.attempts, d.created_at,
+             d.escalated_at,
              EXISTS (SELECT 1 FROM breaches b WHERE b.ticket_id = d.ticket_id
                      AND b.breach = d.breach
                      AND (b.cleared_at IS NOT NULL OR b.acknowledged_at IS NOT NULL))
-                 AS unwanted",
+                 AS unwanted,
+             d.traceparent, d.tracestate,
+             (SELECT t.traceparent FROM deliveries t
+              WHERE d.action <> 'trigger' AND t.ticket_id = d.ticket_id
+                AND t.breach = d.breach AND t.action = 'trigger'
+                AND t.channel = d.channel AND t.target = d.target
+              ORDER BY t.step LIMIT 1) AS fault_traceparent",
     )
     .bind(limit)
     .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))

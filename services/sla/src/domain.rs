@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use hotline_kit::telemetry::TraceContext;
 use uuid::Uuid;
 
 /// Delays between the steps of the ladder after a breach.
@@ -95,6 +96,11 @@ pub struct Clock {
     pub next_at: Option<DateTime<Utc>>,
     pub last_outcome: Option<String>,
     pub last_stopped_at: Option<DateTime<Utc>>,
+    /// The trace of the event that started the current (or last) wait: its
+    /// breach and every escalation continue that trace, and the response
+    /// that ends the wait links to it. Kept by the caller; the rules never
+    /// read it.
+    pub trace: TraceContext,
 }
 
 /// What a change to a clock tells the rest of the fleet.
@@ -142,6 +148,7 @@ impl Clock {
             next_at: None,
             last_outcome: None,
             last_stopped_at: None,
+            trace: TraceContext::default(),
         }
     }
 

@@ -10,6 +10,7 @@ use hotline_kit::{
         consumer::EventHandler,
         outbox::{self, envelope},
     },
+    telemetry::TraceContext,
     time::{from_timestamp, timestamp},
 };
 use hotline_proto::{
@@ -146,6 +147,17 @@ impl EventHandler for Handler {
         let before = clock.clone();
         let target = store::target(conn, view.priority, self.warranty).await?;
         let effects = clock.observe(&view, target, at);
+        if clock.awaiting_since != before.awaiting_since {
+            if before.awaiting_since.is_some() {
+                // The response that ends a wait links to the trace that
+                // started it (and paged, if it breached).
+                before.trace.link(&tracing::Span::current());
+            }
+            if clock.awaiting_since.is_some() {
+                // A new wait: its breach will continue this event's trace.
+                clock.trace = TraceContext::current();
+            }
+        }
         store::save(conn, &clock).await?;
         outbox::enqueue(conn, &published(&clock, &before, &effects)).await?;
         if clock.next_at != before.next_at {

@@ -11,13 +11,24 @@
 //! PostgreSQL before anything else; a safety net looks in PostgreSQL for
 //! clocks the index missed; while Redis is unreachable, PostgreSQL is
 //! polled instead.
+//!
+//! Each clock fired is a span, `sla.fire`, continuing the trace of the event
+//! that armed the clock: its `sla.breached` and `sla.escalated` carry the
+//! fault's trace on to the pager.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
-use hotline_kit::bus::{
-    Backoff,
-    outbox::{self, OutboxSignal},
+use hotline_kit::{
+    bus::{
+        Backoff,
+        outbox::{self, OutboxSignal},
+    },
+    telemetry,
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -175,11 +186,21 @@ impl Scheduler {
         let mut fired = Vec::new();
         let mut events = Vec::new();
         let mut changed = HashSet::new();
+        // One span per clock fired, continuing the trace that armed it: its
+        // events carry it on, and it ends once the step is committed.
+        let mut spans = HashMap::new();
         for clock in &mut clocks {
             let before = clock.clone();
             let Some(effects) = clock.fire(now, &self.ladder) else {
                 continue;
             };
+            let span = tracing::info_span!(
+                "sla.fire",
+                ticket = %clock.number,
+                breach = clock.breaches,
+                step = clock.step
+            );
+            clock.trace.adopt(&span);
             let scheduled = before.next_at.unwrap_or(now);
             for effect in &effects {
                 if let Effect::Escalated { level, step, at } = effect {
@@ -198,7 +219,8 @@ impl Scheduler {
                     });
                 }
             }
-            events.extend(events::published(clock, &before, &effects));
+            events.extend(span.in_scope(|| events::published(clock, &before, &effects)));
+            spans.insert(clock.ticket_id, span);
             changed.insert(clock.ticket_id);
         }
         let changed_clocks: Vec<_> = clocks
@@ -216,6 +238,9 @@ impl Scheduler {
             // Rolled back: the clocks are still due; say so to the index.
             let due: Vec<_> = clocks.iter().map(|c| (c.ticket_id, Some(now))).collect();
             self.index.set_many(&due).await;
+            for span in spans.values() {
+                telemetry::failed(span, format_args!("not committed: {error}"));
+            }
             return Err(error.into());
         }
         for step in &fired {
@@ -223,6 +248,7 @@ impl Scheduler {
                 .iter()
                 .find(|c| c.ticket_id == step.ticket_id)
                 .map_or("", |c| c.number.as_str());
+            let _in_its_trace = spans.get(&step.ticket_id).map(tracing::Span::enter);
             tracing::info!(
                 ticket = number,
                 breach = step.breach,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, TryStreamExt};
-use hotline_kit::{db::column, ticket_ref::TicketRef};
+use hotline_kit::{db::column, telemetry::TraceContext, ticket_ref::TicketRef};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -30,6 +30,8 @@ struct ClockRow {
     next_at: Option<DateTime<Utc>>,
     last_outcome: Option<String>,
     last_stopped_at: Option<DateTime<Utc>>,
+    #[sqlx(flatten)]
+    trace: TraceContext,
 }
 
 impl From<ClockRow> for Clock {
@@ -53,13 +55,14 @@ impl From<ClockRow> for Clock {
             next_at: row.next_at,
             last_outcome: row.last_outcome,
             last_stopped_at: row.last_stopped_at,
+            trace: row.trace,
         }
     }
 }
 
 const COLUMNS: &str = "ticket_id, ticket_version, number, subject, contact, channel, priority,
     awaiting_since, target_ms, due, breaches, breached_at, step, acknowledged_at,
-    acknowledged_by, next_at, last_outcome, last_stopped_at";
+    acknowledged_by, next_at, last_outcome, last_stopped_at, traceparent, tracestate";
 
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
@@ -81,8 +84,10 @@ pub async fn save(conn: &mut PgConnection, clock: &Clock) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO clocks (ticket_id, ticket_version, number, subject, contact, channel,
              priority, awaiting_since, target_ms, due, breaches, breached_at, step,
-             acknowledged_at, acknowledged_by, next_at, last_outcome, last_stopped_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+             acknowledged_at, acknowledged_by, next_at, last_outcome, last_stopped_at,
+             traceparent, tracestate)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+             $19, $20)
          ON CONFLICT (ticket_id) DO UPDATE SET
              ticket_version = EXCLUDED.ticket_version, number = EXCLUDED.number,
              subject = EXCLUDED.subject, contact = EXCLUDED.contact,
@@ -93,7 +98,8 @@ pub async fn save(conn: &mut PgConnection, clock: &Clock) -> sqlx::Result<()> {
              acknowledged_at = EXCLUDED.acknowledged_at,
              acknowledged_by = EXCLUDED.acknowledged_by, next_at = EXCLUDED.next_at,
              last_outcome = EXCLUDED.last_outcome,
-             last_stopped_at = EXCLUDED.last_stopped_at, updated_at = now()",
+             last_stopped_at = EXCLUDED.last_stopped_at, traceparent = EXCLUDED.traceparent,
+             tracestate = EXCLUDED.tracestate, updated_at = now()",
     )
     .bind(clock.ticket_id)
     .bind(clock.ticket_version)
@@ -113,6 +119,8 @@ pub async fn save(conn: &mut PgConnection, clock: &Clock) -> sqlx::Result<()> {
     .bind(clock.next_at)
     .bind(&clock.last_outcome)
     .bind(clock.last_stopped_at)
+    .bind(&clock.trace.traceparent)
+    .bind(&clock.trace.tracestate)
     .execute(conn)
     .await?;
     Ok(())

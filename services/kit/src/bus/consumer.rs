@@ -493,13 +493,18 @@ impl<H: EventHandler> Consumer<H> {
         }
     }
 
-    /// A delivery's span, a child of the trace that published it.
+    /// A delivery's span, a child of the trace that published it, named
+    /// after the event (`consume ticket.created`).
     fn span(&self, delivery: &Delivery) -> tracing::Span {
         let headers = delivery.properties.headers().as_ref();
+        let event_type = event_type_of(delivery);
         let span = tracing::info_span!(
             "consume",
+            otel.name = %format_args!("consume {event_type}"),
+            otel.kind = "consumer",
+            messaging.system = "rabbitmq",
             service = %self.service,
-            event_type = %event_type_of(delivery),
+            event_type = %event_type,
             attempt = attempt_of(delivery)
         );
         telemetry::set_parent(
@@ -521,6 +526,7 @@ impl<H: EventHandler> Consumer<H> {
                 Ok(event) => event,
                 Err(error) => {
                     let error = format!("undecodable event: {error}");
+                    telemetry::failed(&tracing::Span::current(), &error);
                     self.dead_letter(&delivery, None, &error, attempt).await;
                     return;
                 }
@@ -548,13 +554,16 @@ impl<H: EventHandler> Consumer<H> {
                 }
                 Err(error) if is_outage(&error) => {
                     // Stopping during an outage: give it back untouched.
+                    telemetry::failed(&tracing::Span::current(), format_args!("{error:#}"));
                     settle(delivery.nack(requeue()), "nack").await;
                 }
                 Err(error) if attempt >= i64::from(self.config.max_attempts) => {
+                    telemetry::failed(&tracing::Span::current(), format_args!("{error:#}"));
                     self.dead_letter(&delivery, Some(&event), &format!("{error:#}"), attempt)
                         .await;
                 }
                 Err(error) => {
+                    telemetry::failed(&tracing::Span::current(), format_args!("{error:#}"));
                     tracing::warn!(error = format!("{error:#}"), "event failed; will retry");
                     metrics::counter!("hotline_consumer_redeliveries_total", "service" => self.service.clone())
                         .increment(1);
