@@ -98,6 +98,7 @@ fn view_of(event: &EventEnvelope) -> Option<TicketView> {
         Payload::TicketClosed(e) => e.ticket.as_ref(),
         Payload::TicketReopened(e) => e.ticket.as_ref(),
         Payload::TicketPriorityChanged(e) => e.ticket.as_ref(),
+        Payload::TicketEntitled(e) => e.ticket.as_ref(),
         _ => None,
     }?;
     let awaiting_since = if ticket.awaiting_response {
