@@ -9,17 +9,33 @@
 //!   cover — PostgreSQL refuses two contracts on one asset for one day.
 //! - [`api`]: the gRPC `ContractsService`: checks callers and input, asks
 //!   the store, derives warranty and coverage at read time.
+//! - [`entitlement`]: whom a new ticket is for and what covers it, from
+//!   its contact and the serials it names.
+//! - [`events`]: `ticket.created` in, `entitlement.resolved` out, and the
+//!   facts of the store's writes (`project.*`, `asset.added`,
+//!   `contract.*`).
 //!
 //! A request flows: api (role, input) → store (one transaction; the cap
-//! checked by domain inside it) → api (warranty and coverage derived for
-//! the answer). Nothing derived is stored, so moving an acceptance date
-//! moves every date that follows from it.
+//! checked by domain inside it; the write's event in the outbox) → api
+//! (warranty and coverage derived for the answer). Nothing derived is
+//! stored, so moving an acceptance date moves every date that follows
+//! from it. A new ticket flows: consumer → entitlement (three indexed
+//! queries at most) → `entitlement.resolved` in the outbox, in the
+//! transaction that records the ticket's event as applied.
 
 pub mod api;
 pub mod domain;
+pub mod entitlement;
+pub mod events;
 pub mod store;
 
+use std::sync::Arc;
+
 use hotline_kit::{
+    bus::{
+        consumer::Consumer,
+        outbox::{OutboxSignal, Relay},
+    },
     config::text,
     grpc::MAX_MESSAGE_BYTES,
     supervisor::{Module, ModuleContext},
@@ -28,6 +44,7 @@ use hotline_proto::contracts::v1::contracts_service_server::ContractsServiceServ
 use serde::Deserialize;
 
 pub const SCHEMA: &str = "contracts";
+const CONSUMES: &[&str] = &["ticket.created"];
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -66,7 +83,7 @@ pub fn module() -> Module {
         depends_on: &[],
         schema: SCHEMA,
         migrations: &MIGRATIONS,
-        consumes: &[],
+        consumes: CONSUMES,
         init,
     }
 }
@@ -74,11 +91,37 @@ pub fn module() -> Module {
 fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
     let config = ContractsConfig::load(&context.config)?;
     let pool = context.pool(SCHEMA)?;
+    let relay_signal = OutboxSignal::default();
     context.add_grpc(
-        ContractsServiceServer::new(api::ContractsApi::new(pool, config.country_code))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        ContractsServiceServer::new(api::ContractsApi::new(
+            pool.clone(),
+            config.country_code.clone(),
+            relay_signal.clone(),
+        ))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES),
     );
+    let relay = Relay::new(
+        pool.clone(),
+        relay_signal.clone(),
+        context.publisher.clone(),
+        &context.config.bus,
+    );
+    let cancel = context.cancel.clone();
+    context.spawn("outbox-relay", async move { relay.run(cancel).await });
+    let handler = events::Handler {
+        country_code: config.country_code,
+    };
+    let consumer = Consumer::new(
+        "contracts",
+        CONSUMES,
+        pool,
+        context.subscriber.clone(),
+        handler,
+        context.config.bus.clone(),
+    )?
+    .waking(relay_signal);
+    context.spawn("consumer", Arc::new(consumer).run(context.cancel.clone()));
     Ok(())
 }
 
