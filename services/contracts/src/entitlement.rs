@@ -2,10 +2,11 @@
 //! wrote it (its contact) and the known serials its subject or first
 //! article names (ARCHITECTURE §12, `ticket.created` → `entitlement.resolved`).
 //!
-//! [`resolve`] asks the store at most three indexed questions — who holds
-//! the contact, which serials are known, and (when only the contact
-//! speaks) the assets of its branch or customer — and [`decide`] applies
-//! the rules, pure:
+//! [`resolve`] asks the store, for all the tickets waiting together, who
+//! holds their contacts and which of the serials they name are known (two
+//! indexed queries), and for each branch or customer that a contact alone
+//! speaks for, its assets (one more each); [`decide`] applies the rules,
+//! pure:
 //!
 //! - a serial the ticket names pins its asset, its project and its
 //!   customer, whether the sender is known or not;
@@ -21,6 +22,8 @@
 //!
 //! Coverage is on the day the ticket was opened, where each asset is.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, NaiveDate, Utc};
 use hotline_kit::phone;
 use uuid::Uuid;
@@ -31,6 +34,7 @@ use crate::{
 };
 
 /// What a new ticket says about whom it is from and what it is about.
+#[derive(Debug, Clone, Copy)]
 pub struct Ticket<'a> {
     /// An email address or a phone number, as the ticket has it.
     pub contact: &'a str,
@@ -115,29 +119,75 @@ pub fn contact_key(contact: &str, country_code: &str) -> Option<Key> {
     phone::normalise(contact, country_code).map(Key::Phone)
 }
 
-/// Resolves `ticket` in at most three indexed queries on `conn`.
+/// Resolves `tickets` (those waiting together) in a few indexed queries
+/// for all of them on `conn`: who holds their senders' keys, which of the
+/// serials they name are known, and the assets of each branch or customer
+/// that a sender alone speaks for (once per batch).
 pub async fn resolve(
     conn: &mut sqlx::PgConnection,
     country_code: &str,
+    tickets: &[Ticket<'_>],
+) -> Result<Vec<Resolution>, StoreError> {
+    let keys: Vec<Option<Key>> = tickets
+        .iter()
+        .map(|t| contact_key(t.contact, country_code))
+        .collect();
+    let mut distinct: Vec<Key> = keys.iter().flatten().cloned().collect();
+    distinct.sort_by(|a, b| a.value().cmp(b.value()));
+    distinct.dedup();
+    let held = store::holders_of(conn, &distinct).await?;
+    let words: Vec<Vec<String>> = tickets
+        .iter()
+        .map(|t| domain::serial_candidates(&[t.subject, t.body]))
+        .collect();
+    let mut all: Vec<String> = words.concat();
+    all.sort_unstable();
+    all.dedup();
+    let known = store::assets_by_serials(conn, &all).await?;
+    let by_serial: HashMap<String, &Asset> = known
+        .iter()
+        .map(|a| (a.serial.to_ascii_uppercase(), a))
+        .collect();
+    let mut scopes = HashMap::new();
+    let mut answers = Vec::with_capacity(tickets.len());
+    for ((ticket, key), words) in tickets.iter().zip(&keys).zip(&words) {
+        let holders: Vec<Holder> = match key {
+            Some(key) => held
+                .iter()
+                .filter(|(held, _)| held == key.value())
+                .map(|(_, holder)| holder.clone())
+                .collect(),
+            None => Vec::new(),
+        };
+        // In the order the ticket names them.
+        let named: Vec<Asset> = words
+            .iter()
+            .filter_map(|w| by_serial.get(w).map(|a| (*a).clone()))
+            .collect();
+        answers.push(answer(conn, key.as_ref(), &holders, &named, ticket, &mut scopes).await?);
+    }
+    Ok(answers)
+}
+
+/// The assets a sender alone speaks for: a branch's, or a customer's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Scope {
+    Branch(Uuid),
+    Customer(Uuid),
+}
+
+/// One ticket's answer, from who holds its sender's key and the known
+/// assets it names; a scope is read once per batch (`scopes`).
+async fn answer(
+    conn: &mut sqlx::PgConnection,
+    key: Option<&Key>,
+    holders: &[Holder],
+    named: &[Asset],
     ticket: &Ticket<'_>,
+    scopes: &mut HashMap<Scope, Vec<Asset>>,
 ) -> Result<Resolution, StoreError> {
-    let key = contact_key(ticket.contact, country_code);
-    let holders = match &key {
-        Some(key) => store::holders(conn, key).await?,
-        None => Vec::new(),
-    };
-    let words = domain::serial_candidates(&[ticket.subject, ticket.body]);
-    let mut named = store::assets_by_serials(conn, &words).await?;
-    named.sort_by_key(|a| {
-        let serial = a.serial.to_ascii_uppercase();
-        words.iter().position(|w| *w == serial)
-    });
-    let sender = match &key {
-        Some(Key::Email(address)) => address.clone(),
-        Some(Key::Phone(number)) => number.clone(),
-        None => String::new(),
-    };
-    let mut resolution = match decide(&holders, &named) {
+    let sender = key.map(|k| k.value().to_owned()).unwrap_or_default();
+    let mut resolution = match decide(holders, named) {
         Decision::Unknown => Resolution::nobody(Match::Unknown, "unknown sender".into()),
         Decision::Ambiguous(candidates) => {
             let mut customers: Vec<&str> = Vec::new();
@@ -184,18 +234,15 @@ pub async fn resolve(
             answer
         }
         Decision::Contact { holders, foreign } => {
-            let branches = {
-                let mut ids: Vec<Uuid> = holders.iter().filter_map(|h| h.branch_id).collect();
-                ids.sort_unstable();
-                ids.dedup();
-                ids
-            };
             let Some(first) = holders.first().copied() else {
                 return Err(StoreError::Invalid("a contact without its holder".into()));
             };
-            let (assets, whose) = match branches.as_slice() {
+            let mut branches: Vec<Uuid> = holders.iter().filter_map(|h| h.branch_id).collect();
+            branches.sort_unstable();
+            branches.dedup();
+            let (scope, whose) = match branches.as_slice() {
                 [branch] => (
-                    store::branch_assets(conn, *branch).await?,
+                    Scope::Branch(*branch),
                     format!(
                         "{} {}",
                         first.customer,
@@ -205,19 +252,27 @@ pub async fn resolve(
                             .unwrap_or_default()
                     ),
                 ),
-                _ => (
-                    store::customer_assets(conn, first.customer_id).await?,
-                    first.customer.clone(),
-                ),
+                _ => (Scope::Customer(first.customer_id), first.customer.clone()),
+            };
+            let assets = match scopes.get(&scope) {
+                Some(assets) => assets.clone(),
+                None => {
+                    let assets = match scope {
+                        Scope::Branch(id) => store::branch_assets(conn, id).await?,
+                        Scope::Customer(id) => store::customer_assets(conn, id).await?,
+                    };
+                    scopes.insert(scope, assets.clone());
+                    assets
+                }
             };
             let mut answer = summary(&assets, ticket.opened_at, Whose::Contact(&whose));
             answer.customer = Some((first.customer_id, first.customer.clone()));
             if answer.branch.is_none()
-                && let [branch] = branches.as_slice()
-                && let Some(holder) = holders.iter().find(|h| h.branch_id == Some(*branch))
+                && let Scope::Branch(branch) = scope
+                && let Some(holder) = holders.iter().find(|h| h.branch_id == Some(branch))
             {
                 answer.branch = Some((
-                    *branch,
+                    branch,
                     holder.branch.clone().unwrap_or_default(),
                     holder.region.clone().unwrap_or_default(),
                 ));

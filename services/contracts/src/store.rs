@@ -4,11 +4,10 @@
 //! `NUMERIC(14,2)` and converts exactly (`price * 100`, `cents / 100`).
 
 use chrono::NaiveDate;
-use sqlx::{PgConnection, PgPool, postgres::PgDatabaseError};
-use uuid::Uuid;
-
 use hotline_kit::bus::outbox;
 use hotline_proto::events::v1::EventEnvelope;
+use sqlx::{PgConnection, PgPool, postgres::PgDatabaseError};
+use uuid::Uuid;
 
 use crate::{
     domain::{self, Amount, Term},
@@ -219,6 +218,7 @@ impl From<AssetRow> for Asset {
         asset
     }
 }
+
 const CONTRACT: &str = "SELECT k.id, k.customer_id, c.name AS customer, k.starts_on, k.ends_on,
         (k.fee * 100)::bigint AS fee_cents, k.currency,
         COALESCE(array_agg(a.serial ORDER BY a.serial) FILTER (WHERE a.id IS NOT NULL), '{}')
@@ -1015,36 +1015,78 @@ pub enum Key {
     Phone(String),
 }
 
+impl Key {
+    /// The address or number itself.
+    pub fn value(&self) -> &str {
+        match self {
+            Key::Email(value) | Key::Phone(value) => value,
+        }
+    }
+}
+
+/// A holder, and the key it holds.
+#[derive(sqlx::FromRow)]
+struct Held {
+    key: String,
+    #[sqlx(flatten)]
+    holder: Holder,
+}
+
+/// The most holders one lookup returns: a key is a contact's (unique), or
+/// shared by a few branches and customers.
+const MAX_HOLDERS: i64 = 1000;
+
+/// Who holds each of `keys`, with the key each holds (addresses and
+/// numbers never look alike): one statement for all of them, each part a
+/// probe of a unique or partial index.
+pub async fn holders_of(conn: &mut PgConnection, keys: &[Key]) -> Result<Vec<(String, Holder)>> {
+    let (mut emails, mut phones) = (Vec::new(), Vec::new());
+    for key in keys {
+        match key {
+            Key::Email(email) => emails.push(email.as_str()),
+            Key::Phone(phone) => phones.push(phone.as_str()),
+        }
+    }
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let held: Vec<Held> = sqlx::query_as(
+        "SELECT k.email AS key, k.customer_id, c.name AS customer, 'contact' AS kind,
+                k.id AS contact_id, k.branch_id, k.name, b.name AS branch, b.region
+           FROM contacts k JOIN customers c ON c.id = k.customer_id
+           LEFT JOIN branches b ON b.id = k.branch_id
+          WHERE k.email = ANY($1)
+         UNION ALL
+         SELECT b.notice_email, b.customer_id, c.name, 'branch', NULL, b.id, b.name, b.name,
+                b.region
+           FROM branches b JOIN customers c ON c.id = b.customer_id
+          WHERE b.notice_email = ANY($1)
+         UNION ALL
+         SELECT c.email, c.id, c.name, 'customer', NULL, NULL, c.name, NULL, NULL
+           FROM customers c WHERE c.email = ANY($1)
+         UNION ALL
+         SELECT k.phone, k.customer_id, c.name, 'contact', k.id, k.branch_id, k.name, b.name,
+                b.region
+           FROM contacts k JOIN customers c ON c.id = k.customer_id
+           LEFT JOIN branches b ON b.id = k.branch_id
+          WHERE k.phone = ANY($2)
+         UNION ALL
+         SELECT c.phone, c.id, c.name, 'customer', NULL, NULL, c.name, NULL, NULL
+           FROM customers c WHERE c.phone = ANY($2)
+         LIMIT $3",
+    )
+    .bind(&emails)
+    .bind(&phones)
+    .bind(MAX_HOLDERS)
+    .fetch_all(conn)
+    .await?;
+    Ok(held.into_iter().map(|h| (h.key, h.holder)).collect())
+}
+
+/// Who holds `key`.
 pub async fn holders(conn: &mut PgConnection, key: &Key) -> Result<Vec<Holder>> {
-    let query = match key {
-        Key::Email(_) => {
-            "SELECT k.customer_id, c.name AS customer, 'contact' AS kind, k.id AS contact_id,
-                    k.branch_id, k.name, b.name AS branch, b.region
-               FROM contacts k JOIN customers c ON c.id = k.customer_id
-               LEFT JOIN branches b ON b.id = k.branch_id
-              WHERE k.email = $1
-             UNION ALL
-             SELECT b.customer_id, c.name, 'branch', NULL, b.id, b.name, b.name, b.region
-               FROM branches b JOIN customers c ON c.id = b.customer_id WHERE b.notice_email = $1
-             UNION ALL
-             SELECT c.id, c.name, 'customer', NULL, NULL, c.name, NULL, NULL
-               FROM customers c WHERE c.email = $1
-             LIMIT 50"
-        }
-        Key::Phone(_) => {
-            "SELECT k.customer_id, c.name AS customer, 'contact' AS kind, k.id AS contact_id,
-                    k.branch_id, k.name, b.name AS branch, b.region
-               FROM contacts k JOIN customers c ON c.id = k.customer_id
-               LEFT JOIN branches b ON b.id = k.branch_id
-              WHERE k.phone = $1
-             UNION ALL
-             SELECT c.id, c.name, 'customer', NULL, NULL, c.name, NULL, NULL
-               FROM customers c WHERE c.phone = $1
-             LIMIT 50"
-        }
-    };
-    let (Key::Email(value) | Key::Phone(value)) = key;
-    Ok(sqlx::query_as(query).bind(value).fetch_all(conn).await?)
+    let held = holders_of(conn, std::slice::from_ref(key)).await?;
+    Ok(held.into_iter().map(|(_, holder)| holder).collect())
 }
 
 pub async fn holders_of_email(pool: &PgPool, email: &str) -> Result<Vec<Holder>> {
@@ -1056,12 +1098,13 @@ pub async fn holders_of_phone(pool: &PgPool, phone: &str) -> Result<Vec<Holder>>
 }
 
 /// The assets whose serials are among `serials` (upper-case), with their
-/// terms: one probe of the serial index for all of them.
+/// terms: one probe of the serial index for all of them (each names one
+/// asset at most, so there are no more than `serials`).
 pub async fn assets_by_serials(conn: &mut PgConnection, serials: &[String]) -> Result<Vec<Asset>> {
     if serials.is_empty() {
         return Ok(Vec::new());
     }
-    assets(conn, "upper(a.serial) = ANY($1)", serials, true).await
+    assets(conn, "upper(a.serial) = ANY($1)", serials, false).await
 }
 
 /// A branch's assets (at most [`MAX_ASSETS`]), with their terms.
