@@ -5,6 +5,7 @@
 use chrono::{NaiveDate, Utc};
 use hotline_kit::{
     auth::{Role, authorize},
+    bus::outbox::OutboxSignal,
     input::line,
     phone,
 };
@@ -45,11 +46,23 @@ pub struct ContractsApi {
     pool: PgPool,
     /// For contacts' national numbers; see `ContractsConfig`.
     country_code: String,
+    /// Woken after each write: its events are in the outbox.
+    relay: OutboxSignal,
 }
 
 impl ContractsApi {
-    pub fn new(pool: PgPool, country_code: String) -> Self {
-        Self { pool, country_code }
+    pub fn new(pool: PgPool, country_code: String, relay: OutboxSignal) -> Self {
+        Self {
+            pool,
+            country_code,
+            relay,
+        }
+    }
+
+    /// `written`, once its events are committed: the relay publishes them now.
+    fn committed<T>(&self, written: T) -> T {
+        self.relay.committed();
+        written
     }
 
     /// A phone number in E.164, by the rule intake matches callers with.
@@ -77,17 +90,29 @@ fn status(error: StoreError) -> Status {
         StoreError::Clash(why) => Status::already_exists(why),
         StoreError::Invalid(why) => Status::invalid_argument(why),
         StoreError::Refused(why) => Status::failed_precondition(why),
-        StoreError::Database(error) => {
-            tracing::error!(error = format!("{error:#}"), "contracts store failed");
-            if matches!(
-                error,
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-            ) {
-                Status::unavailable("the contracts store is unavailable; retry shortly")
-            } else {
-                Status::internal("the contracts store failed; nothing was changed")
-            }
-        }
+        StoreError::Database(error) => failed(transient(&error), &error),
+        StoreError::Outbox(error) => failed(
+            error.downcast_ref::<sqlx::Error>().is_some_and(transient),
+            &error,
+        ),
+    }
+}
+
+/// Trouble that passes: the caller should retry.
+fn transient(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+    )
+}
+
+/// A store failure as the caller sees it, logged with its whole chain.
+fn failed(transient: bool, error: &dyn std::fmt::Display) -> Status {
+    tracing::error!(error = format!("{error:#}"), "contracts store failed");
+    if transient {
+        Status::unavailable("the contracts store is unavailable; retry shortly")
+    } else {
+        Status::internal("the contracts store failed; nothing was changed")
     }
 }
 
@@ -568,7 +593,8 @@ impl ContractsService for ContractsApi {
         };
         let added = store::add_project(&self.pool, &customer, new)
             .await
-            .map_err(status)?;
+            .map_err(status)
+            .map(|written| self.committed(written))?;
         Ok(Response::new(project(&added)))
     }
 
@@ -582,7 +608,8 @@ impl ContractsService for ContractsApi {
         let on = date(&request.accepted_on, "acceptance date")?;
         let accepted = store::accept_project(&self.pool, &reference, on)
             .await
-            .map_err(status)?;
+            .map_err(status)
+            .map(|written| self.committed(written))?;
         Ok(Response::new(project(&accepted)))
     }
 
@@ -608,7 +635,10 @@ impl ContractsService for ContractsApi {
             currency: domain::currency(&request.currency).map_err(invalid)?,
             firmware: line(&request.firmware, "firmware", MAX_SHORT_CHARS)?.unwrap_or_default(),
         };
-        let added = store::add_asset(&self.pool, new).await.map_err(status)?;
+        let added = store::add_asset(&self.pool, new)
+            .await
+            .map_err(status)
+            .map(|written| self.committed(written))?;
         Ok(Response::new(asset(&added, None).0))
     }
 
@@ -659,7 +689,8 @@ impl ContractsService for ContractsApi {
         }
         let created = store::create_contract(&self.pool, new)
             .await
-            .map_err(status)?;
+            .map_err(status)
+            .map(|written| self.committed(written))?;
         Ok(Response::new(contract(&created)))
     }
 
@@ -681,7 +712,8 @@ impl ContractsService for ContractsApi {
         }
         let changed = store::change_coverage(&self.pool, &id, &add, &remove)
             .await
-            .map_err(status)?;
+            .map_err(status)
+            .map(|written| self.committed(written))?;
         Ok(Response::new(contract(&changed)))
     }
 

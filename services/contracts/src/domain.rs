@@ -433,6 +433,66 @@ pub fn renewal_quotes(ends: &[(NaiveDate, Amount, &str)]) -> Vec<Quote> {
         .collect()
 }
 
+/// How much of a ticket's text is read for serials, and how many words of
+/// it are looked up: a huge or hostile body costs one bounded probe.
+pub const MAX_SCANNED_BYTES: usize = 64 * 1024;
+pub const MAX_SERIAL_CANDIDATES: usize = 100;
+/// A serial candidate's length: the shortest worth a probe, and the
+/// longest serial the installed base accepts.
+const SERIAL_CHARS: std::ops::RangeInclusive<usize> = 3..=100;
+
+/// The words of `texts` (a subject, a body) that could be serials,
+/// upper-cased, each once, in the order they are written: runs of ASCII
+/// letters, digits, `-`, `_` and `.` (those three not at either end, so
+/// `CAM-1.` at the end of a sentence is `CAM-1`), 3 to 100 characters,
+/// with at least one digit (a serial has one; plain words do not).
+/// Everything else separates words: spaces, `/`, `:`, `#`, `,`, brackets,
+/// any non-ASCII letter. At most [`MAX_SCANNED_BYTES`] of the texts
+/// together are read (a word cut by that limit is dropped) and at most
+/// [`MAX_SERIAL_CANDIDATES`] words kept.
+pub fn serial_candidates(texts: &[&str]) -> Vec<String> {
+    let word_byte = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    let mut budget = MAX_SCANNED_BYTES;
+    let mut found: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for text in texts {
+        let bytes = text.as_bytes();
+        let read = bytes.len().min(budget);
+        budget -= read;
+        let cut = read < bytes.len();
+        let mut words = bytes[..read].split(|b| !word_byte(*b)).peekable();
+        while let Some(word) = words.next() {
+            if cut && words.peek().is_none() {
+                // The limit may have cut this word short: never look up a part.
+                break;
+            }
+            let word = word
+                .iter()
+                .position(|b| b.is_ascii_alphanumeric())
+                .map_or(&[][..], |start| &word[start..]);
+            let word = word
+                .iter()
+                .rposition(|b| b.is_ascii_alphanumeric())
+                .map_or(&[][..], |end| &word[..=end]);
+            if !SERIAL_CHARS.contains(&word.len()) || !word.iter().any(u8::is_ascii_digit) {
+                continue;
+            }
+            // ASCII only: upper-cased as PostgreSQL's upper() does.
+            let upper = String::from_utf8_lossy(word).to_ascii_uppercase();
+            if seen.insert(upper.clone()) {
+                found.push(upper);
+                if found.len() == MAX_SERIAL_CANDIDATES {
+                    return found;
+                }
+            }
+        }
+        if budget == 0 {
+            break;
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -824,5 +884,42 @@ mod tests {
                 Ok(RENEWAL_MONTHS)
             );
         }
+    }
+
+    #[test]
+    fn serial_candidates_are_words_with_a_digit_in_the_order_written() {
+        let found = serial_candidates(&[
+            "Re: CAM-1 offline",
+            "Hello, the recorder nvr-1. (S/N: 7F3A9C) and CAM-1 again; v5.7.3 — Kamera-7 ünd X9",
+        ]);
+        assert_eq!(found, ["CAM-1", "NVR-1", "7F3A9C", "V5.7.3", "KAMERA-7"]);
+        assert!(serial_candidates(&["no serial here, only words"]).is_empty());
+        assert!(
+            serial_candidates(&["A1 9 --- ... _-_"]).is_empty(),
+            "too short"
+        );
+        let long = format!("X1{}", "Y".repeat(99));
+        assert!(
+            serial_candidates(&[&long]).is_empty(),
+            "longer than a serial"
+        );
+        assert_eq!(serial_candidates(&["a/b CAM-2/NVR-3"]), ["CAM-2", "NVR-3"]);
+        assert_eq!(serial_candidates(&["\0CAM-4\u{1b}[2J"]), ["CAM-4"]);
+    }
+
+    #[test]
+    fn a_huge_or_hostile_body_is_read_only_so_far() {
+        let words: String = (0..10_000).map(|i| format!("SN{i} ")).collect();
+        let found = serial_candidates(&[&words]);
+        assert_eq!(found.len(), MAX_SERIAL_CANDIDATES);
+        assert_eq!(found[0], "SN0");
+        // A serial past the limit is not read; one cut by it is not guessed.
+        let padded = format!("{}CAM-12345", " ".repeat(MAX_SCANNED_BYTES - 5));
+        assert!(serial_candidates(&[&padded]).is_empty());
+        let after = format!("{} CAM-9", "x".repeat(MAX_SCANNED_BYTES));
+        assert!(serial_candidates(&["CAM-8", &after]).contains(&"CAM-8".to_owned()));
+        assert_eq!(serial_candidates(&["CAM-8", &after]).len(), 1);
+        let nul = "CAM\u{0}1 CAM-\u{0}-2 \u{202e}CAM-3";
+        assert_eq!(serial_candidates(&[nul]), ["CAM-3"]);
     }
 }

@@ -12,21 +12,34 @@
 //! - [`notices`]: the scan that tells a branch ahead of its assets'
 //!   warranty or contract end, with a renewal quote under the cap: a
 //!   `contracts.notice` event that intake mails through its relay.
+//! - [`entitlement`]: whom a new ticket is for and what covers it, from
+//!   its contact and the serials it names.
+//! - [`events`]: `ticket.created` in, `entitlement.resolved` out, and the
+//!   facts of the store's writes (`project.*`, `asset.added`,
+//!   `contract.*`).
 //!
 //! A request flows: api (role, input) → store (one transaction; the cap
-//! checked by domain inside it) → api (warranty and coverage derived for
-//! the answer). Nothing derived is stored, so moving an acceptance date
-//! moves every date that follows from it.
+//! checked by domain inside it; the write's event in the outbox) → api
+//! (warranty and coverage derived for the answer). Nothing derived is
+//! stored, so moving an acceptance date moves every date that follows
+//! from it. A new ticket flows: consumer → entitlement (three indexed
+//! queries at most) → `entitlement.resolved` in the outbox, in the
+//! transaction that records the ticket's event as applied.
 
 pub mod api;
 pub mod domain;
+pub mod entitlement;
+pub mod events;
 pub mod notices;
 pub mod store;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use hotline_kit::{
-    bus::outbox::{OutboxSignal, Relay},
+    bus::{
+        consumer::Consumer,
+        outbox::{OutboxSignal, Relay},
+    },
     config::{duration, text},
     grpc::MAX_MESSAGE_BYTES,
     supervisor::{Module, ModuleContext},
@@ -35,6 +48,7 @@ use hotline_proto::contracts::v1::contracts_service_server::ContractsServiceServ
 use serde::Deserialize;
 
 pub const SCHEMA: &str = "contracts";
+const CONSUMES: &[&str] = &["ticket.created"];
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -110,7 +124,7 @@ pub fn module() -> Module {
         depends_on: &[],
         schema: SCHEMA,
         migrations: &MIGRATIONS,
-        consumes: &[],
+        consumes: CONSUMES,
         init,
     }
 }
@@ -123,6 +137,7 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
         ContractsServiceServer::new(api::ContractsApi::new(
             pool.clone(),
             config.country_code.clone(),
+            relay_signal.clone(),
         ))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES),
@@ -137,13 +152,26 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
     let cancel = context.cancel.clone();
     context.spawn("outbox-relay", async move { relay.run(cancel).await });
     let notices = notices::Notices {
-        pool,
-        relay: relay_signal,
+        pool: pool.clone(),
+        relay: relay_signal.clone(),
         ahead_days: config.notice_ahead_days(),
         every: config.notice_every,
     };
     let cancel = context.cancel.clone();
     context.spawn("notices", async move { notices.run(cancel).await });
+    let handler = events::Handler {
+        country_code: config.country_code,
+    };
+    let consumer = Consumer::new(
+        "contracts",
+        CONSUMES,
+        pool,
+        context.subscriber.clone(),
+        handler,
+        context.config.bus.clone(),
+    )?
+    .waking(relay_signal);
+    context.spawn("consumer", Arc::new(consumer).run(context.cancel.clone()));
     Ok(())
 }
 

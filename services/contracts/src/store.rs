@@ -3,14 +3,18 @@
 //! Amounts cross this boundary as cents (`Amount`): PostgreSQL keeps
 //! `NUMERIC(14,2)` and converts exactly (`price * 100`, `cents / 100`).
 
-use std::collections::HashMap;
 
 use chrono::NaiveDate;
 use hotline_kit::db;
+use hotline_kit::bus::outbox;
+use hotline_proto::events::v1::EventEnvelope;
 use sqlx::{PgConnection, PgPool, postgres::PgDatabaseError};
 use uuid::Uuid;
 
-use crate::domain::{self, Amount, Term};
+use crate::{
+    domain::{self, Amount, Term},
+    events,
+};
 
 /// Why the store did not do what was asked; the api maps each to a status.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +34,17 @@ pub enum StoreError {
     Refused(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// The write's events could not be written with it: nothing was.
+    #[error(transparent)]
+    Outbox(anyhow::Error),
+}
+
+/// Writes `events` in the write's transaction (the outbox): they are
+/// published if and only if the write commits.
+async fn publish(conn: &mut PgConnection, events: &[EventEnvelope]) -> Result<()> {
+    outbox::enqueue(conn, events)
+        .await
+        .map_err(StoreError::Outbox)
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -116,6 +131,9 @@ pub struct Asset {
     pub customer_id: Uuid,
     pub customer: String,
     pub branch_id: Uuid,
+    /// Its project's branch's name and region, for answers that name them.
+    pub branch: String,
+    pub region: String,
     /// The product price in cents, in `currency`: the base of the 5% cap.
     pub price_cents: i64,
     pub currency: String,
@@ -153,14 +171,56 @@ const CONTACT: &str = "SELECT id, customer_id, branch_id, name, email, phone FRO
 const PROJECT: &str = "SELECT p.id, p.customer_id, c.name AS customer, p.branch_id, p.name,
         p.lat, p.lng, p.time_zone, p.accepted_on, p.warranty_months
     FROM projects p JOIN customers c ON c.id = p.customer_id";
+/// Assets with their model, project, branch and customer, and the terms
+/// of the contracts covering each (oldest first) as three arrays: one
+/// query, however many assets.
 const ASSET: &str = "SELECT a.id, a.serial, m.name AS model, m.family, a.project_id,
         p.name AS project, p.customer_id, c.name AS customer, p.branch_id,
+        b.name AS branch, b.region,
         (a.price * 100)::bigint AS price_cents, a.currency, a.firmware,
-        p.accepted_on, p.warranty_months, p.time_zone
+        p.accepted_on, p.warranty_months, p.time_zone,
+        t.term_contracts, t.term_starts, t.term_ends
     FROM assets a
     JOIN models m ON m.id = a.model_id
     JOIN projects p ON p.id = a.project_id
-    JOIN customers c ON c.id = p.customer_id";
+    JOIN branches b ON b.id = p.branch_id
+    JOIN customers c ON c.id = p.customer_id
+    CROSS JOIN LATERAL (
+        SELECT COALESCE(array_agg(k.id ORDER BY k.starts_on), '{}') AS term_contracts,
+               COALESCE(array_agg(k.starts_on ORDER BY k.starts_on), '{}') AS term_starts,
+               COALESCE(array_agg(k.ends_on ORDER BY k.starts_on), '{}') AS term_ends
+        FROM contract_assets ca JOIN contracts k ON k.id = ca.contract_id
+        WHERE ca.asset_id = a.id
+    ) t";
+
+/// A row of [`ASSET`]: the asset, and its terms still as arrays.
+#[derive(sqlx::FromRow)]
+struct AssetRow {
+    #[sqlx(flatten)]
+    asset: Asset,
+    term_contracts: Vec<Uuid>,
+    term_starts: Vec<NaiveDate>,
+    term_ends: Vec<NaiveDate>,
+}
+
+impl From<AssetRow> for Asset {
+    fn from(row: AssetRow) -> Self {
+        let mut asset = row.asset;
+        asset.terms = row
+            .term_contracts
+            .into_iter()
+            .zip(row.term_starts)
+            .zip(row.term_ends)
+            .map(|((contract, start), end)| Term {
+                contract,
+                start,
+                end,
+            })
+            .collect();
+        asset
+    }
+}
+
 const CONTRACT: &str = "SELECT k.id, k.customer_id, c.name AS customer, k.starts_on, k.ends_on,
         (k.fee * 100)::bigint AS fee_cents, k.currency,
         COALESCE(array_agg(a.serial ORDER BY a.serial) FILTER (WHERE a.id IS NOT NULL), '{}')
@@ -403,6 +463,7 @@ pub async fn add_project(pool: &PgPool, customer: &str, new: NewProject) -> Resu
         )
     })?;
     let project = project_by_id(&mut tx, id).await?;
+    publish(&mut tx, &[events::project_added(&project, &branch)]).await?;
     tx.commit().await?;
     Ok(project)
 }
@@ -462,13 +523,21 @@ pub async fn project(
 
 pub async fn accept_project(pool: &PgPool, reference: &str, on: NaiveDate) -> Result<Project> {
     let mut tx = pool.begin().await?;
-    let project = self::project(&mut tx, None, reference).await?;
+    let found = self::project(&mut tx, None, reference).await?;
+    // Locked, so two moves of one project each announce what they moved from.
+    let before: Project = sqlx::query_as(&format!("{PROJECT} WHERE p.id = $1 FOR UPDATE OF p"))
+        .bind(found.id)
+        .fetch_one(&mut *tx)
+        .await?;
     sqlx::query("UPDATE projects SET accepted_on = $2 WHERE id = $1")
-        .bind(project.id)
+        .bind(before.id)
         .bind(on)
         .execute(&mut *tx)
         .await?;
-    let project = project_by_id(&mut tx, project.id).await?;
+    let project = project_by_id(&mut tx, before.id).await?;
+    if project.accepted_on != before.accepted_on {
+        publish(&mut tx, &[events::project_accepted(&before, &project)]).await?;
+    }
     tx.commit().await?;
     Ok(project)
 }
@@ -542,14 +611,19 @@ pub async fn add_asset(pool: &PgPool, new: NewAsset) -> Result<Asset> {
             )],
         )
     })?;
-    let asset = assets(&mut tx, "a.id = $1", id, true).await?.pop();
+    let asset = assets(&mut tx, "a.id = $1", id, true)
+        .await?
+        .pop()
+        .ok_or_else(|| StoreError::NotFound("the asset vanished".into()))?;
+    publish(&mut tx, &[events::asset_added(&asset)]).await?;
     tx.commit().await?;
-    asset.ok_or_else(|| StoreError::NotFound("the asset vanished".into()))
+    Ok(asset)
 }
 
-/// Assets matching `filter` (SQL over `a`, `p`, `c` with `$1` bound to
-/// `value`), with their contract terms; at most [`MAX_ASSETS`] when they
-/// are for showing (`listed`), all when a contract is computed over them.
+/// Assets matching `filter` (SQL over `a`, `p`, `b`, `c` with `$1` bound
+/// to `value`), with their contract terms, in one query; at most
+/// [`MAX_ASSETS`] when they are for showing (`listed`), all when a contract
+/// is computed over them.
 async fn assets<T>(
     conn: &mut PgConnection,
     filter: &str,
@@ -564,32 +638,13 @@ where
     } else {
         "ALL".to_owned()
     };
-    let mut assets: Vec<Asset> = sqlx::query_as(&format!(
+    let rows: Vec<AssetRow> = sqlx::query_as(&format!(
         "{ASSET} WHERE {filter} ORDER BY p.name, a.serial LIMIT {limit}"
     ))
     .bind(value)
     .fetch_all(&mut *conn)
     .await?;
-    let ids: Vec<Uuid> = assets.iter().map(|a| a.id).collect();
-    let terms: Vec<(Uuid, Uuid, NaiveDate, NaiveDate)> = sqlx::query_as(
-        "SELECT ca.asset_id, k.id, k.starts_on, k.ends_on
-         FROM contract_assets ca JOIN contracts k ON k.id = ca.contract_id
-         WHERE ca.asset_id = ANY($1) ORDER BY k.starts_on",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    let at: HashMap<Uuid, usize> = assets.iter().enumerate().map(|(i, a)| (a.id, i)).collect();
-    for (asset_id, contract, start, end) in terms {
-        if let Some(&i) = at.get(&asset_id) {
-            assets[i].terms.push(Term {
-                contract,
-                start,
-                end,
-            });
-        }
-    }
-    Ok(assets)
+    Ok(rows.into_iter().map(Asset::from).collect())
 }
 
 pub async fn asset(pool: &PgPool, serial: &str) -> Result<Option<Asset>> {
@@ -602,13 +657,11 @@ pub async fn asset(pool: &PgPool, serial: &str) -> Result<Option<Asset>> {
 }
 
 pub async fn assets_of_branch(pool: &PgPool, branch: Uuid) -> Result<Vec<Asset>> {
-    let mut conn = pool.acquire().await?;
-    assets(&mut conn, "p.branch_id = $1", branch, true).await
+    branch_assets(&mut *pool.acquire().await?, branch).await
 }
 
 pub async fn assets_of_customer(pool: &PgPool, customer: Uuid) -> Result<Vec<Asset>> {
-    let mut conn = pool.acquire().await?;
-    assets(&mut conn, "p.customer_id = $1", customer, true).await
+    customer_assets(&mut *pool.acquire().await?, customer).await
 }
 
 pub struct CustomerDetail {
@@ -827,6 +880,7 @@ pub async fn create_contract(pool: &PgPool, new: NewContract) -> Result<Contract
         ));
     }
     let contract = contract_by_id(&mut tx, id).await?;
+    publish(&mut tx, &[events::contract_created(&contract)]).await?;
     tx.commit().await?;
     Ok(contract)
 }
@@ -910,13 +964,33 @@ pub async fn change_coverage(
         ));
     }
     let contract = contract_by_id(&mut tx, id).await?;
+    let covers =
+        |list: &[String], serial: &String| list.iter().any(|s| s.eq_ignore_ascii_case(serial));
+    let added: Vec<String> = contract
+        .serials
+        .iter()
+        .filter(|s| !covers(&current.serials, s))
+        .cloned()
+        .collect();
+    let removed: Vec<String> = current
+        .serials
+        .iter()
+        .filter(|s| !covers(&contract.serials, s))
+        .cloned()
+        .collect();
+    if !added.is_empty() || !removed.is_empty() {
+        publish(
+            &mut tx,
+            &[events::coverage_changed(&contract, added, removed)],
+        )
+        .await?;
+    }
     tx.commit().await?;
     Ok(contract)
 }
 
-/// Who holds an email address or a phone number, most specific first
-/// within each customer: a contact, a branch's notice address, the
-/// customer's own.
+/// Who holds an email address or a phone number: a contact, a branch's
+/// notice address, a customer's own (the caller ranks them).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Holder {
     pub customer_id: Uuid,
@@ -924,40 +998,125 @@ pub struct Holder {
     /// `contact`, `branch` or `customer`.
     pub kind: String,
     pub contact_id: Option<Uuid>,
+    /// The contact's branch, or the branch itself.
     pub branch_id: Option<Uuid>,
-    /// The contact's or branch's name.
+    /// The contact's or branch's name (the customer's for a customer).
     pub name: String,
+    /// The branch's name and region, when there is a branch.
+    pub branch: Option<String>,
+    pub region: Option<String>,
+}
+
+/// What a holder is looked up by: both are stored normalised, so each is
+/// an index probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    /// Lower-case.
+    Email(String),
+    /// E.164.
+    Phone(String),
+}
+
+impl Key {
+    /// The address or number itself.
+    pub fn value(&self) -> &str {
+        match self {
+            Key::Email(value) | Key::Phone(value) => value,
+        }
+    }
+}
+
+/// A holder, and the key it holds.
+#[derive(sqlx::FromRow)]
+struct Held {
+    key: String,
+    #[sqlx(flatten)]
+    holder: Holder,
+}
+
+/// The most holders one lookup returns: a key is a contact's (unique), or
+/// shared by a few branches and customers.
+const MAX_HOLDERS: i64 = 1000;
+
+/// Who holds each of `keys`, with the key each holds (addresses and
+/// numbers never look alike): one statement for all of them, each part a
+/// probe of a unique or partial index.
+pub async fn holders_of(conn: &mut PgConnection, keys: &[Key]) -> Result<Vec<(String, Holder)>> {
+    let (mut emails, mut phones) = (Vec::new(), Vec::new());
+    for key in keys {
+        match key {
+            Key::Email(email) => emails.push(email.as_str()),
+            Key::Phone(phone) => phones.push(phone.as_str()),
+        }
+    }
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let held: Vec<Held> = sqlx::query_as(
+        "SELECT k.email AS key, k.customer_id, c.name AS customer, 'contact' AS kind,
+                k.id AS contact_id, k.branch_id, k.name, b.name AS branch, b.region
+           FROM contacts k JOIN customers c ON c.id = k.customer_id
+           LEFT JOIN branches b ON b.id = k.branch_id
+          WHERE k.email = ANY($1)
+         UNION ALL
+         SELECT b.notice_email, b.customer_id, c.name, 'branch', NULL, b.id, b.name, b.name,
+                b.region
+           FROM branches b JOIN customers c ON c.id = b.customer_id
+          WHERE b.notice_email = ANY($1)
+         UNION ALL
+         SELECT c.email, c.id, c.name, 'customer', NULL, NULL, c.name, NULL, NULL
+           FROM customers c WHERE c.email = ANY($1)
+         UNION ALL
+         SELECT k.phone, k.customer_id, c.name, 'contact', k.id, k.branch_id, k.name, b.name,
+                b.region
+           FROM contacts k JOIN customers c ON c.id = k.customer_id
+           LEFT JOIN branches b ON b.id = k.branch_id
+          WHERE k.phone = ANY($2)
+         UNION ALL
+         SELECT c.phone, c.id, c.name, 'customer', NULL, NULL, c.name, NULL, NULL
+           FROM customers c WHERE c.phone = ANY($2)
+         LIMIT $3",
+    )
+    .bind(&emails)
+    .bind(&phones)
+    .bind(MAX_HOLDERS)
+    .fetch_all(conn)
+    .await?;
+    Ok(held.into_iter().map(|h| (h.key, h.holder)).collect())
+}
+
+/// Who holds `key`.
+pub async fn holders(conn: &mut PgConnection, key: &Key) -> Result<Vec<Holder>> {
+    let held = holders_of(conn, std::slice::from_ref(key)).await?;
+    Ok(held.into_iter().map(|(_, holder)| holder).collect())
 }
 
 pub async fn holders_of_email(pool: &PgPool, email: &str) -> Result<Vec<Holder>> {
-    Ok(sqlx::query_as(
-        "SELECT k.customer_id, c.name AS customer, 'contact' AS kind, k.id AS contact_id,
-                k.branch_id, k.name
-           FROM contacts k JOIN customers c ON c.id = k.customer_id WHERE k.email = $1
-         UNION ALL
-         SELECT b.customer_id, c.name, 'branch', NULL, b.id, b.name
-           FROM branches b JOIN customers c ON c.id = b.customer_id WHERE b.notice_email = $1
-         UNION ALL
-         SELECT c.id, c.name, 'customer', NULL, NULL, c.name FROM customers c WHERE c.email = $1
-         LIMIT 50",
-    )
-    .bind(email)
-    .fetch_all(pool)
-    .await?)
+    holders(&mut *pool.acquire().await?, &Key::Email(email.to_owned())).await
 }
 
 pub async fn holders_of_phone(pool: &PgPool, phone: &str) -> Result<Vec<Holder>> {
-    Ok(sqlx::query_as(
-        "SELECT k.customer_id, c.name AS customer, 'contact' AS kind, k.id AS contact_id,
-                k.branch_id, k.name
-           FROM contacts k JOIN customers c ON c.id = k.customer_id WHERE k.phone = $1
-         UNION ALL
-         SELECT c.id, c.name, 'customer', NULL, NULL, c.name FROM customers c WHERE c.phone = $1
-         LIMIT 50",
-    )
-    .bind(phone)
-    .fetch_all(pool)
-    .await?)
+    holders(&mut *pool.acquire().await?, &Key::Phone(phone.to_owned())).await
+}
+
+/// The assets whose serials are among `serials` (upper-case), with their
+/// terms: one probe of the serial index for all of them (each names one
+/// asset at most, so there are no more than `serials`).
+pub async fn assets_by_serials(conn: &mut PgConnection, serials: &[String]) -> Result<Vec<Asset>> {
+    if serials.is_empty() {
+        return Ok(Vec::new());
+    }
+    assets(conn, "upper(a.serial) = ANY($1)", serials, false).await
+}
+
+/// A branch's assets (at most [`MAX_ASSETS`]), with their terms.
+pub async fn branch_assets(conn: &mut PgConnection, branch: Uuid) -> Result<Vec<Asset>> {
+    assets(conn, "p.branch_id = $1", branch, true).await
+}
+
+/// A customer's assets (at most [`MAX_ASSETS`]), with their terms.
+pub async fn customer_assets(conn: &mut PgConnection, customer: Uuid) -> Result<Vec<Asset>> {
+    assets(conn, "p.customer_id = $1", customer, true).await
 }
 
 pub async fn customer_by_id(pool: &PgPool, id: Uuid) -> Result<Customer> {

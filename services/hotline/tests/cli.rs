@@ -802,8 +802,18 @@ async fn an_admin_lists_and_replays_dead_letters_from_the_shell() {
     let admin = shell.env.token("root", hotline_kit::auth::Role::Admin);
     let poison = publish_poison(&shell.env).await;
 
-    let letters = shell.await_dead_letters(&admin, &[], 1).await;
-    assert_eq!(letters.len(), 1, "only sla consumes it: {letters:?}");
+    // sla and contracts consume it: each gives up on it on its own.
+    let both = shell.await_dead_letters(&admin, &[], 2).await;
+    let mut services: Vec<&str> = both
+        .iter()
+        .map(|l| l["service"].as_str().unwrap())
+        .collect();
+    services.sort_unstable();
+    assert_eq!(services, ["contracts", "sla"], "{both:?}");
+    let letters = shell
+        .await_dead_letters(&admin, &["--service", "sla"], 1)
+        .await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
     let letter = &letters[0];
     assert_eq!(letter["service"], "sla");
     assert_eq!(letter["event_id"], poison.id.as_str());
@@ -841,7 +851,9 @@ async fn an_admin_lists_and_replays_dead_letters_from_the_shell() {
     assert_eq!(replayed["replayed"][0]["event_id"], poison.id.as_str());
     assert!(replayed["replayed"][0]["replayed_at"].is_string());
     // Nothing fixed the cause: sla alone gets it again, and gives up afresh.
-    let again = shell.await_dead_letters(&admin, &[], 1).await;
+    let again = shell
+        .await_dead_letters(&admin, &["--service", "sla"], 1)
+        .await;
     assert_eq!(again.len(), 1, "{again:?}");
     assert_eq!(again[0]["service"], "sla");
     assert_eq!(again[0]["event_id"], poison.id.as_str());
@@ -876,7 +888,10 @@ async fn an_admin_lists_and_replays_dead_letters_from_the_shell() {
     assert_eq!(twice["already_replayed"][0]["id"], letter["id"]);
 
     let all = shell
-        .json(&admin, &["deadletters", "replay", "--all"])
+        .json(
+            &admin,
+            &["deadletters", "replay", "--all", "--service", "sla"],
+        )
         .await;
     assert_eq!(all["replayed"].as_array().unwrap().len(), 1);
     assert_eq!(all["replayed"][0]["id"], again[0]["id"]);
@@ -1084,5 +1099,156 @@ async fn a_manager_records_the_installed_base_and_an_agent_finds_the_caller() {
         )
         .await;
     assert_eq!(expiring, serde_json::json!([]), "it ended long ago");
+    shell.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_sees_whom_a_ticket_is_for_and_lists_a_customers_tickets() {
+    let shell = Shell::start().await;
+    let manager = shell.env.token("mia", hotline_kit::auth::Role::Manager);
+    let accepted = (chrono::Utc::now().date_naive() - chrono::Months::new(1)).to_string();
+    let steps: [&[&str]; 5] = [
+        &["customers", "add", "--name", "Acme"],
+        &[
+            "branches",
+            "add",
+            "--customer",
+            "Acme",
+            "--name",
+            "Berlin",
+            "--email",
+            "berlin@acme.example",
+            "--timezone",
+            "Europe/Berlin",
+        ],
+        &[
+            "contacts",
+            "add",
+            "--customer",
+            "Acme",
+            "--branch",
+            "Berlin",
+            "--name",
+            "Ann Lee",
+            "--email",
+            "ann@acme.example",
+        ],
+        &[
+            "projects",
+            "add",
+            "--customer",
+            "Acme",
+            "--branch",
+            "Berlin",
+            "--name",
+            "HQ",
+            "--accepted",
+            &accepted,
+        ],
+        &[
+            "assets",
+            "add",
+            "--project",
+            "HQ",
+            "--model",
+            "DS-2CD2143",
+            "--family",
+            "camera",
+            "--serial",
+            "CAM-1",
+            "--price",
+            "6000",
+            "--currency",
+            "EUR",
+        ],
+    ];
+    for step in steps {
+        shell.json(&manager, step).await;
+    }
+    let agent = shell.env.token("ada", hotline_kit::auth::Role::Agent);
+    let mut numbers = Vec::new();
+    for (contact, subject) in [
+        ("ann@acme.example", "No picture"),
+        ("stranger@nowhere.example", "Help please"),
+    ] {
+        let created = shell
+            .json(
+                &agent,
+                &[
+                    "tickets",
+                    "create",
+                    "--subject",
+                    subject,
+                    "--body",
+                    "Since 02:00",
+                    "--contact",
+                    contact,
+                ],
+            )
+            .await;
+        numbers.push(created["number"].as_str().unwrap().to_owned());
+    }
+    // The entitlement arrives as the tickets' next version.
+    let shown = |number: String| {
+        let shell = &shell;
+        let agent = agent.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                let shown = shell.json(&agent, &["tickets", "show", &number]).await;
+                if !shown["coverage"].is_null() {
+                    return shown;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{shown}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let ann = shown(numbers[0].clone()).await;
+    assert_eq!(ann["customer"]["name"], "Acme");
+    assert!(ann["customer"]["id"].is_string());
+    assert_eq!(ann["project"]["name"], "HQ");
+    assert_eq!(ann["asset"], "CAM-1", "the contact's only asset");
+    assert_eq!(ann["coverage"], "warranty");
+    assert!(ann["covered_until"].is_string());
+    assert_eq!(ann["version"], 2);
+    let stranger = shown(numbers[1].clone()).await;
+    assert_eq!(stranger["customer"], Value::Null);
+    assert_eq!(stranger["project"], Value::Null);
+    assert_eq!(stranger["coverage"], "none");
+    assert_eq!(stranger["coverage_reason"], "unknown sender");
+
+    let text = shell.run(&agent, &["tickets", "show", &numbers[0]]).await;
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("customer Acme, project HQ, asset CAM-1\ncoverage warranty until "),
+        "{text}"
+    );
+    let text = shell.run(&agent, &["tickets", "show", &numbers[1]]).await;
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("customer -, project -, asset -\ncoverage none: unknown sender"),
+        "{text}"
+    );
+
+    let by_name = shell
+        .json(&agent, &["tickets", "list", "--customer", "acme"])
+        .await;
+    let listed: Vec<&str> = by_name
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["number"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [numbers[0].as_str()]);
+    let id = ann["customer"]["id"].as_str().unwrap();
+    let by_id = shell
+        .json(&agent, &["tickets", "list", "--customer", id])
+        .await;
+    assert_eq!(by_id, by_name);
+    let nobody = shell
+        .json(&agent, &["tickets", "list", "--customer", "Globex"])
+        .await;
+    assert_eq!(nobody, serde_json::json!([]));
     shell.stop().await;
 }

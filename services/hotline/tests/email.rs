@@ -15,23 +15,6 @@ use serde_json::Value;
 
 mod common;
 
-/// Sends stdin's message with smtplib; prints `{"code": N, "message": M}`.
-const SEND: &str = r#"
-import json, smtplib, sys
-host, port, sender, rcpt = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-message = sys.stdin.buffer.read()
-try:
-    with smtplib.SMTP(host, port, timeout=10) as smtp:
-        smtp.ehlo("mx.customer.example")
-        smtp.sendmail(sender, [rcpt], message)
-    print(json.dumps({"code": 250, "message": "ok"}))
-except smtplib.SMTPRecipientsRefused as refused:
-    code, text = list(refused.recipients.values())[0]
-    print(json.dumps({"code": code, "message": text.decode()}))
-except smtplib.SMTPResponseException as refused:
-    print(json.dumps({"code": refused.smtp_code, "message": refused.smtp_error.decode()}))
-"#;
-
 struct Desk {
     env: TestEnv,
     app: TestApp,
@@ -56,34 +39,7 @@ impl Desk {
 
     /// Sends `message` from `sender` to `rcpt`; the server's final code.
     async fn send(&self, sender: &str, rcpt: &str, message: &str) -> (u16, String) {
-        use tokio::io::AsyncWriteExt;
-        let mut child = tokio::process::Command::new("python3")
-            .args([
-                "-c",
-                SEND,
-                "127.0.0.1",
-                &self.smtp.port().to_string(),
-                sender,
-                rcpt,
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(message.as_bytes()).await.unwrap();
-        drop(stdin);
-        let output = child.wait_with_output().await.unwrap();
-        let reply: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
-            panic!(
-                "smtplib printed {}",
-                String::from_utf8_lossy(&output.stdout)
-            )
-        });
-        (
-            u16::try_from(reply["code"].as_u64().unwrap()).unwrap(),
-            reply["message"].as_str().unwrap_or_default().to_owned(),
-        )
+        common::send_mail(self.smtp, sender, rcpt, message).await
     }
 
     fn tickets(

@@ -55,19 +55,7 @@ impl Desk {
     }
 
     async fn post(&self, token: &str, args: &[&str]) -> (u16, Value) {
-        let url = self.app.http_url(&format!("/api/v1/cti/{token}"));
-        let output = tokio::process::Command::new("curl")
-            .args(["-s", "-w", "\n%{http_code}", "-X", "POST", &url])
-            .args(args)
-            .output()
-            .await
-            .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout).to_string();
-        let (body, code) = text.rsplit_once('\n').unwrap();
-        (
-            code.trim().parse().unwrap(),
-            serde_json::from_str(body).unwrap_or(Value::Null),
-        )
+        common::post(&self.app.http_url(&format!("/api/v1/cti/{token}")), args).await
     }
 
     /// A whole call: `events` are `(event, extra fields)`.

@@ -122,6 +122,12 @@ fn view_of(event: &EventEnvelope) -> Option<TicketView> {
     })
 }
 
+/// Ticket events that change nothing a clock reads (awaiting, priority,
+/// subject, contact): acknowledged without touching the clock. A ticket's
+/// entitlement (`contracts`' answer, recorded by `tickets`) is one: it
+/// comes with every ticket, and the clock runs on the same.
+const CHANGES_NO_CLOCK: &[&str] = &["ticket.entitled"];
+
 /// Applies ticket events and acknowledgements to clocks.
 pub struct Handler {
     pub index: Arc<DueIndex>,
@@ -131,6 +137,9 @@ pub struct Handler {
 
 impl EventHandler for Handler {
     async fn handle(&self, conn: &mut PgConnection, event: &EventEnvelope) -> anyhow::Result<()> {
+        if CHANGES_NO_CLOCK.contains(&event.r#type.as_str()) {
+            return Ok(());
+        }
         let ticket_id = Uuid::parse_str(&event.ticket_id).context("event without a ticket id")?;
         let at = event
             .occurred_at
@@ -167,9 +176,10 @@ impl EventHandler for Handler {
     }
 
     /// Acknowledgements are not ticket facts: each one counts, whatever the
-    /// ticket's version.
+    /// ticket's version. Events that change no clock are not kept as the
+    /// ticket's version either: the next one that does is applied.
     fn ordered(&self, event: &EventEnvelope) -> bool {
-        !event.r#type.starts_with("page.")
+        !event.r#type.starts_with("page.") && !CHANGES_NO_CLOCK.contains(&event.r#type.as_str())
     }
 
     /// A clock follows the ticket's snapshot, whatever the event's type.

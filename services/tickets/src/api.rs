@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use hotline_kit::{
     auth::{Caller, Role, authorize},
-    input::{field, refuse_nul},
+    input::{field, line, refuse_nul},
 };
 use hotline_proto::tickets::v1::{self as pb, ticket_service_server::TicketService};
 use tonic::{Request, Response, Status};
@@ -14,7 +14,9 @@ use tonic::{Request, Response, Status};
 use crate::{
     convert,
     domain::{self, ArticleKind, Channel, Priority, Refusal, TicketKey},
-    store::{Command, Filter, NewArticle, NewAttachment, NewTicket, Store, StoreError},
+    store::{
+        Command, CustomerFilter, Filter, NewArticle, NewAttachment, NewTicket, Store, StoreError,
+    },
 };
 
 /// Roles that read tickets: everyone at the desk and the bridges.
@@ -288,6 +290,12 @@ impl TicketService for TicketApi {
             assignee: field(&request.assignee, "assignee", MAX_FIELD_CHARS)?,
             channel: convert::channel_from(request.channel).map_err(invalid)?,
             contact: field(&request.contact, "contact", MAX_FIELD_CHARS)?,
+            customer: line(&request.customer, "customer", MAX_FIELD_CHARS)?.map(|customer| {
+                match uuid::Uuid::parse_str(&customer) {
+                    Ok(id) => CustomerFilter::Id(id),
+                    Err(_) => CustomerFilter::Name(customer),
+                }
+            }),
             text: field(&request.text, "text", MAX_SUBJECT_CHARS)?,
             before_number,
             limit: i64::from(page_size),

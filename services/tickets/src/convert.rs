@@ -5,7 +5,10 @@ use hotline_kit::time::timestamp;
 use hotline_proto::tickets::v1 as pb;
 
 use crate::{
-    domain::{self, ArticleKind, CallDirection, CallOutcome, Channel, Priority, Refusal, Status},
+    domain::{
+        self, ArticleKind, CallDirection, CallOutcome, Channel, Coverage, Entitlement, Priority,
+        Refusal, Status,
+    },
     store::{Article, Attachment, Ticket},
 };
 
@@ -24,7 +27,51 @@ pub fn ticket(ticket: &Ticket) -> pb::Ticket {
         created_at: Some(timestamp(ticket.created_at)),
         updated_at: Some(timestamp(ticket.updated_at)),
         version: ticket.version,
+        entitlement: ticket.entitlement.as_ref().map(entitlement),
     }
+}
+
+pub fn entitlement(entitlement: &Entitlement) -> pb::Entitlement {
+    let (customer_id, customer) = named(entitlement.customer.as_ref());
+    let (project_id, project) = named(entitlement.project.as_ref());
+    pb::Entitlement {
+        customer_id,
+        customer,
+        project_id,
+        project,
+        asset: entitlement.asset.clone().unwrap_or_default(),
+        coverage: coverage(entitlement.coverage) as i32,
+        covered_until: entitlement
+            .covered_until
+            .map(|d| d.to_string())
+            .unwrap_or_default(),
+        reason: entitlement.reason.clone(),
+    }
+}
+
+/// An id and a name as two strings, empty when unknown.
+fn named(value: Option<&(uuid::Uuid, String)>) -> (String, String) {
+    value
+        .map(|(id, name)| (id.to_string(), name.clone()))
+        .unwrap_or_default()
+}
+
+pub fn coverage(coverage: Coverage) -> pb::Coverage {
+    match coverage {
+        Coverage::None => pb::Coverage::None,
+        Coverage::Warranty => pb::Coverage::Warranty,
+        Coverage::Contract => pb::Coverage::Contract,
+    }
+}
+
+/// `None` when unspecified.
+pub fn coverage_from(value: i32) -> Result<Option<Coverage>, Refusal> {
+    Ok(match known(value, "coverage")? {
+        pb::Coverage::Unspecified => None,
+        pb::Coverage::None => Some(Coverage::None),
+        pb::Coverage::Warranty => Some(Coverage::Warranty),
+        pb::Coverage::Contract => Some(Coverage::Contract),
+    })
 }
 
 pub fn article(article: &Article) -> pb::Article {

@@ -348,6 +348,32 @@ pub fn reopen(state: &TicketState) -> Result<Change, Refusal> {
     }
 }
 
+/// What promise covers the ticket's asset, as `contracts` told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coverage {
+    None,
+    Warranty,
+    Contract,
+}
+
+/// Whom a ticket is for and what covers it: `contracts`' answer to its
+/// `ticket.created`, recorded on the ticket as it came. Tickets does not
+/// judge it; it keeps the latest answer (by when it was resolved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entitlement {
+    /// Id and name; `None` for an unknown sender or an ambiguous one.
+    pub customer: Option<(uuid::Uuid, String)>,
+    /// Set when the assets concerned are in one project.
+    pub project: Option<(uuid::Uuid, String)>,
+    /// The serial of the asset concerned, when there is one.
+    pub asset: Option<String>,
+    pub coverage: Coverage,
+    /// The last day covered; `None` for no coverage.
+    pub covered_until: Option<chrono::NaiveDate>,
+    /// Why, in words, for the agent.
+    pub reason: String,
+}
+
 /// Human ticket numbers: `HL-10001`.
 pub const NUMBER_PREFIX: &str = "HL-";
 
@@ -425,6 +451,7 @@ text_enum!(Priority { Low => "low", Normal => "normal", High => "high", Urgent =
 text_enum!(Channel { Email => "email", Phone => "phone", Web => "web", Api => "api", Onsite => "onsite" });
 text_enum!(CallDirection { Inbound => "in", Outbound => "out" });
 text_enum!(CallOutcome { Answered => "answered", Missed => "missed", Voicemail => "voicemail" });
+text_enum!(Coverage { None => "none", Warranty => "warranty", Contract => "contract" });
 
 #[cfg(test)]
 mod tests {

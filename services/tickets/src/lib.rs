@@ -3,11 +3,14 @@
 //! - [`domain`]: the state machine and the awaiting-response rule, pure.
 //! - [`store`]: SQL; each command locks the ticket, applies the rule, and
 //!   writes the new state with its events (outbox) in one transaction.
-//! - [`events`]: the `ticket.*` events a change produces.
+//! - [`events`]: the `ticket.*` events a change produces, and
+//!   `entitlement.resolved` from `contracts` recorded on its ticket.
 //! - [`api`]: `hotline.tickets.v1.TicketService` over gRPC, with role checks.
 //! - [`convert`]: domain ↔ wire types.
 //!
-//! The module publishes through the kit's outbox relay and consumes nothing.
+//! The module publishes through the kit's outbox relay. It consumes one
+//! event, `entitlement.resolved`: whom a new ticket is for and what covers
+//! it becomes a new version of the ticket (`ticket.entitled`).
 
 pub mod api;
 pub mod convert;
@@ -18,7 +21,10 @@ pub mod store;
 use std::sync::Arc;
 
 use hotline_kit::{
-    bus::outbox::{OutboxSignal, Relay},
+    bus::{
+        consumer::Consumer,
+        outbox::{OutboxSignal, Relay},
+    },
     grpc::MAX_MESSAGE_BYTES,
     supervisor::{Module, ModuleContext},
     telemetry::counter_from_zero,
@@ -26,6 +32,7 @@ use hotline_kit::{
 use hotline_proto::tickets::v1::ticket_service_server::TicketServiceServer;
 
 pub const SCHEMA: &str = "tickets";
+const CONSUMES: &[&str] = &["entitlement.resolved"];
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -35,7 +42,7 @@ pub fn module() -> Module {
         depends_on: &[],
         schema: SCHEMA,
         migrations: &MIGRATIONS,
-        consumes: &[],
+        consumes: CONSUMES,
         init,
     }
 }
@@ -64,12 +71,22 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
     );
     let relay = Relay::new(
         "tickets",
-        pool,
-        signal,
+        pool.clone(),
+        signal.clone(),
         context.publisher.clone(),
         &context.config.bus,
     );
     let cancel = context.cancel.clone();
     context.spawn("outbox-relay", async move { relay.run(cancel).await });
+    let consumer = Consumer::new(
+        "tickets",
+        CONSUMES,
+        pool,
+        context.subscriber.clone(),
+        events::Entitlements,
+        context.config.bus.clone(),
+    )?
+    .waking(signal);
+    context.spawn("consumer", Arc::new(consumer).run(context.cancel.clone()));
     Ok(())
 }

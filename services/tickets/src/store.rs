@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 use crate::{
     domain::{
-        self, ArticleKind, CallDirection, CallOutcome, Change, Channel, Priority, Refusal, Status,
-        TicketKey, TicketState,
+        self, ArticleKind, CallDirection, CallOutcome, Change, Channel, Entitlement, Priority,
+        Refusal, Status, TicketKey, TicketState,
     },
     events,
 };
@@ -38,6 +38,8 @@ pub struct Ticket {
     pub awaiting_since: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// `None` until `contracts` has resolved it.
+    pub entitlement: Option<Entitlement>,
 }
 
 impl Ticket {
@@ -139,10 +141,19 @@ pub struct Filter {
     pub assignee: Option<String>,
     pub channel: Option<Channel>,
     pub contact: Option<String>,
+    pub customer: Option<CustomerFilter>,
     pub text: Option<String>,
     /// Only tickets numbered below this (the cursor).
     pub before_number: Option<i64>,
     pub limit: i64,
+}
+
+/// A customer as `tickets list --customer` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CustomerFilter {
+    Id(Uuid),
+    /// The whole name, compared case-blind (customer names are unique so).
+    Name(String),
 }
 
 #[derive(sqlx::FromRow)]
@@ -159,12 +170,31 @@ struct TicketRow {
     awaiting_since: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    customer_id: Option<Uuid>,
+    customer_name: Option<String>,
+    project_id: Option<Uuid>,
+    project_name: Option<String>,
+    asset_serial: Option<String>,
+    coverage: Option<String>,
+    covered_until: Option<chrono::NaiveDate>,
+    entitlement_reason: Option<String>,
 }
 
 impl TryFrom<TicketRow> for Ticket {
     type Error = anyhow::Error;
 
     fn try_from(row: TicketRow) -> anyhow::Result<Self> {
+        let entitlement = match row.coverage {
+            None => None,
+            Some(coverage) => Some(Entitlement {
+                customer: row.customer_id.zip(row.customer_name),
+                project: row.project_id.zip(row.project_name),
+                asset: row.asset_serial,
+                coverage: coverage.parse().map_err(anyhow::Error::msg)?,
+                covered_until: row.covered_until,
+                reason: row.entitlement_reason.unwrap_or_default(),
+            }),
+        };
         Ok(Ticket {
             id: row.id,
             number: row.number,
@@ -178,6 +208,7 @@ impl TryFrom<TicketRow> for Ticket {
             awaiting_since: row.awaiting_since,
             created_at: row.created_at,
             updated_at: row.updated_at,
+            entitlement,
         })
     }
 }
@@ -230,7 +261,8 @@ const ARTICLE_COLUMNS: &str =
     "id, ticket_id, kind, body, author, call_direction, call_outcome, call_id, created_at, html";
 
 const TICKET_COLUMNS: &str = "id, number, version, status, priority, channel, subject, contact, \
-     assignee, awaiting_since, created_at, updated_at";
+     assignee, awaiting_since, created_at, updated_at, customer_id, customer_name, project_id, \
+     project_name, asset_serial, coverage, covered_until, entitlement_reason";
 
 fn kind_columns(kind: ArticleKind) -> (&'static str, Option<CallDirection>, Option<CallOutcome>) {
     match kind {
@@ -335,6 +367,7 @@ impl Store {
             awaiting_since: state.awaiting_since,
             created_at: now,
             updated_at: now,
+            entitlement: None,
         };
         let files = new.first.attachments;
         let article = Article {
@@ -473,6 +506,18 @@ impl Store {
         if let Some(contact) = &filter.contact {
             query.push(" AND contact = ").push_bind(contact.clone());
         }
+        match &filter.customer {
+            Some(CustomerFilter::Id(id)) => {
+                query.push(" AND customer_id = ").push_bind(*id);
+            }
+            Some(CustomerFilter::Name(name)) => {
+                query
+                    .push(" AND lower(customer_name) = lower(")
+                    .push_bind(name.clone())
+                    .push(")");
+            }
+            None => {}
+        }
         if let Some(text) = &filter.text {
             let escaped = text
                 .replace('\\', "\\\\")
@@ -585,6 +630,91 @@ impl Store {
         }
         Ok((after, article))
     }
+}
+
+/// What `contracts` resolved for one ticket, and when.
+pub struct Resolved {
+    pub ticket_id: Uuid,
+    pub entitlement: Entitlement,
+    pub resolved_at: DateTime<Utc>,
+    /// The resolution's span: the ticket's `ticket.entitled` carries its trace.
+    pub span: tracing::Span,
+}
+
+/// Records each resolution on its ticket as a new version, with its
+/// `ticket.entitled`, in the caller's transaction and in one statement for
+/// all of them. A ticket that already records the same answer, or one
+/// resolved later, is left as it is (no version, no event); of two
+/// resolutions of one ticket, the later counts. Returns the tickets changed.
+pub async fn entitle(
+    conn: &mut PgConnection,
+    resolved: &[Resolved],
+) -> Result<Vec<Ticket>, StoreError> {
+    let mut latest: Vec<&Resolved> = Vec::with_capacity(resolved.len());
+    for one in resolved {
+        match latest.iter_mut().find(|r| r.ticket_id == one.ticket_id) {
+            Some(kept) if kept.resolved_at <= one.resolved_at => *kept = one,
+            Some(_) => {}
+            None => latest.push(one),
+        }
+    }
+    if latest.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = stored_precision(Utc::now());
+    let entitlements: Vec<&Entitlement> = latest.iter().map(|r| &r.entitlement).collect();
+    let rows: Vec<TicketRow> = sqlx::query_as(&format!(
+        "UPDATE tickets SET customer_id = r.r_customer_id, customer_name = r.r_customer_name,
+                project_id = r.r_project_id, project_name = r.r_project_name,
+                asset_serial = r.r_asset, coverage = r.r_coverage,
+                covered_until = r.r_covered_until, entitlement_reason = r.r_reason,
+                entitled_at = r.r_at, version = version + 1, updated_at = $11
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[],
+                     $7::text[], $8::date[], $9::text[], $10::timestamptz[])
+             AS r(r_ticket, r_customer_id, r_customer_name, r_project_id, r_project_name,
+                  r_asset, r_coverage, r_covered_until, r_reason, r_at)
+         WHERE id = r.r_ticket
+           AND (entitled_at IS NULL OR entitled_at <= r.r_at)
+           AND (customer_id, customer_name, project_id, project_name, asset_serial, coverage,
+                covered_until, entitlement_reason)
+               IS DISTINCT FROM (r.r_customer_id, r.r_customer_name, r.r_project_id,
+                r.r_project_name, r.r_asset, r.r_coverage, r.r_covered_until, r.r_reason)
+         RETURNING {TICKET_COLUMNS}"
+    ))
+    .bind(column(&latest, |r| r.ticket_id))
+    .bind(column(&entitlements, |e| e.customer.as_ref().map(|c| c.0)))
+    .bind(column(&entitlements, |e| {
+        e.customer.as_ref().map(|c| c.1.as_str())
+    }))
+    .bind(column(&entitlements, |e| e.project.as_ref().map(|p| p.0)))
+    .bind(column(&entitlements, |e| {
+        e.project.as_ref().map(|p| p.1.as_str())
+    }))
+    .bind(column(&entitlements, |e| e.asset.as_deref()))
+    .bind(column(&entitlements, |e| e.coverage.as_str()))
+    .bind(column(&entitlements, |e| e.covered_until))
+    .bind(column(&entitlements, |e| e.reason.as_str()))
+    .bind(column(&latest, |r| r.resolved_at))
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    let changed = rows
+        .into_iter()
+        .map(Ticket::try_from)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let events: Vec<EventEnvelope> = changed
+        .iter()
+        .map(|ticket| {
+            let span = latest
+                .iter()
+                .find(|r| r.ticket_id == ticket.id)
+                .map(|r| r.span.clone())
+                .unwrap_or_else(tracing::Span::current);
+            span.in_scope(|| events::entitled(ticket, now))
+        })
+        .collect();
+    outbox::enqueue(conn, &events).await?;
+    Ok(changed)
 }
 
 /// Writes new tickets in batches: whatever is waiting when the writer is

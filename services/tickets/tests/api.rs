@@ -35,7 +35,7 @@ impl Desk {
 
     async fn stop(self) {
         self.app.stop().await.unwrap();
-        self.env.cleanup_bus(&[]).await.unwrap();
+        self.env.cleanup_bus(&["tickets"]).await.unwrap();
     }
 }
 

@@ -46,6 +46,9 @@ pub enum TicketsCommand {
         /// Only tickets assigned to this agent.
         #[arg(long)]
         assignee: Option<String>,
+        /// Only tickets of this customer: its id, or its whole name (any case).
+        #[arg(long)]
+        customer: Option<String>,
         /// Text in the subject.
         #[arg(long)]
         text: Option<String>,
@@ -169,6 +172,7 @@ pub async fn run(command: TicketsCommand, output: &Output) -> Result<(), Failure
             awaiting,
             status,
             assignee,
+            customer,
             text,
             limit,
         } => {
@@ -181,6 +185,7 @@ pub async fn run(command: TicketsCommand, output: &Output) -> Result<(), Failure
                     .collect(),
                 awaiting_response: awaiting,
                 assignee: assignee.unwrap_or_default(),
+                customer: customer.unwrap_or_default(),
                 text: text.unwrap_or_default(),
                 ..Default::default()
             };
@@ -268,6 +273,7 @@ pub async fn run(command: TicketsCommand, output: &Output) -> Result<(), Failure
                 if !ticket.contact.is_empty() {
                     lines.push(format!("contact {}", line(&ticket.contact)));
                 }
+                lines.extend(entitlement_lines(ticket.entitlement.as_ref()));
                 if let Some(since) = time(ticket.awaiting_since.as_ref()) {
                     lines.push(format!("awaiting a response since {since}"));
                 }
@@ -498,7 +504,58 @@ pub(super) fn optional(value: &str) -> Value {
     }
 }
 
+/// Whom the ticket is for and what covers it, for `tickets show`.
+fn entitlement_lines(entitlement: Option<&pb::Entitlement>) -> Vec<String> {
+    let Some(e) = entitlement else {
+        return vec!["customer not resolved yet".into()];
+    };
+    let or_dash = |value: &str| {
+        if value.is_empty() {
+            "-".to_owned()
+        } else {
+            line(value).into_owned()
+        }
+    };
+    let until = if e.covered_until.is_empty() {
+        String::new()
+    } else {
+        format!(" until {}", line(&e.covered_until))
+    };
+    vec![
+        format!(
+            "customer {}, project {}, asset {}",
+            or_dash(&e.customer),
+            or_dash(&e.project),
+            or_dash(&e.asset)
+        ),
+        format!(
+            "coverage {}{until}: {}",
+            coverage_name(e.coverage),
+            line(&e.reason)
+        ),
+    ]
+}
+
+fn coverage_name(value: i32) -> &'static str {
+    match convert::coverage_from(value) {
+        Ok(Some(coverage)) => coverage.as_str(),
+        _ => "unknown",
+    }
+}
+
+/// An id and a name as `{"id", "name"}`, or null when unknown.
+fn named(id: &str, name: &str) -> Value {
+    if id.is_empty() {
+        Value::Null
+    } else {
+        json!({"id": id, "name": name})
+    }
+}
+
 pub fn ticket_json(ticket: &pb::Ticket) -> Value {
+    let entitlement = ticket.entitlement.as_ref();
+    let field =
+        |f: fn(&pb::Entitlement) -> &str| entitlement.map_or(Value::Null, |e| optional(f(e)));
     json!({
         "id": ticket.id,
         "number": ticket.number,
@@ -513,6 +570,13 @@ pub fn ticket_json(ticket: &pb::Ticket) -> Value {
         "created_at": time(ticket.created_at.as_ref()),
         "updated_at": time(ticket.updated_at.as_ref()),
         "version": ticket.version,
+        // Null until `contracts` has resolved the ticket's entitlement.
+        "customer": entitlement.map_or(Value::Null, |e| named(&e.customer_id, &e.customer)),
+        "project": entitlement.map_or(Value::Null, |e| named(&e.project_id, &e.project)),
+        "asset": field(|e| &e.asset),
+        "coverage": entitlement.map_or(Value::Null, |e| json!(coverage_name(e.coverage))),
+        "covered_until": field(|e| &e.covered_until),
+        "coverage_reason": field(|e| &e.reason),
     })
 }
 

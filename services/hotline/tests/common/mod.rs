@@ -7,6 +7,7 @@ use std::{
 };
 
 use hotline_kit::testing::TestEnv;
+use serde_json::Value;
 
 /// A free loopback port (bound, read, released).
 #[allow(dead_code)] // each test binary uses a part of this module
@@ -224,4 +225,73 @@ pub async fn tickets_of(
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Sends `message` from `sender` to `rcpt` through the SMTP server at
+/// `smtp`, as a customer's mail server would (Python's smtplib); the
+/// server's final code and text.
+#[allow(dead_code)] // each test binary uses a part of this module
+pub async fn send_mail(smtp: SocketAddr, sender: &str, rcpt: &str, message: &str) -> (u16, String) {
+    use tokio::io::AsyncWriteExt;
+    /// Sends stdin's message with smtplib; prints `{"code": N, "message": M}`.
+    const SEND: &str = r#"
+import json, smtplib, sys
+host, port, sender, rcpt = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+message = sys.stdin.buffer.read()
+try:
+    with smtplib.SMTP(host, port, timeout=10) as smtp:
+        smtp.ehlo("mx.customer.example")
+        smtp.sendmail(sender, [rcpt], message)
+    print(json.dumps({"code": 250, "message": "ok"}))
+except smtplib.SMTPRecipientsRefused as refused:
+    code, text = list(refused.recipients.values())[0]
+    print(json.dumps({"code": code, "message": text.decode()}))
+except smtplib.SMTPResponseException as refused:
+    print(json.dumps({"code": refused.smtp_code, "message": refused.smtp_error.decode()}))
+"#;
+    let mut child = tokio::process::Command::new("python3")
+        .args([
+            "-c",
+            SEND,
+            "127.0.0.1",
+            &smtp.port().to_string(),
+            sender,
+            rcpt,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(message.as_bytes()).await.unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().await.unwrap();
+    let reply: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
+        panic!(
+            "smtplib printed {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    (
+        u16::try_from(reply["code"].as_u64().unwrap()).unwrap(),
+        reply["message"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// `curl -X POST url args...`, as a PBX posts its events: the status and
+/// the JSON body (null when it is none).
+#[allow(dead_code)] // each test binary uses a part of this module
+pub async fn post(url: &str, args: &[&str]) -> (u16, Value) {
+    let output = tokio::process::Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "-X", "POST", url])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (
+        code.trim().parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
 }
