@@ -9,6 +9,11 @@
 //!   cover — PostgreSQL refuses two contracts on one asset for one day.
 //! - [`api`]: the gRPC `ContractsService`: checks callers and input, asks
 //!   the store, derives warranty and coverage at read time.
+//! - [`import`] (with [`csv`]): a CSV file of the installed base read as it
+//!   arrives, every row checked by the api's rules, the file held together
+//!   (a serial once, one set of values per branch, project, contact);
+//!   [`store::import`] stages it with `COPY` and merges it set-based, all
+//!   or nothing.
 //!
 //! A request flows: api (role, input) → store (one transaction; the cap
 //! checked by domain inside it) → api (warranty and coverage derived for
@@ -16,7 +21,9 @@
 //! moves every date that follows from it.
 
 pub mod api;
+pub mod csv;
 pub mod domain;
+pub mod import;
 pub mod store;
 
 use hotline_kit::{
@@ -74,6 +81,7 @@ pub fn module() -> Module {
 fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
     let config = ContractsConfig::load(&context.config)?;
     let pool = context.pool(SCHEMA)?;
+    context.allow_long_call(api::IMPORT_METHOD, api::IMPORT_LIMIT);
     context.add_grpc(
         ContractsServiceServer::new(api::ContractsApi::new(pool, config.country_code))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -9,6 +9,8 @@ use uuid::Uuid;
 
 use crate::domain::{self, Amount, Term};
 
+pub mod import;
+
 /// Why the store did not do what was asked; the api maps each to a status.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
