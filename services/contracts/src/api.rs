@@ -531,6 +531,7 @@ impl ContractsApi {
         &self,
         mut pieces: tonic::Streaming<pb::ImportChunk>,
     ) -> Result<pb::ImportSummary, Status> {
+        let started = std::time::Instant::now();
         let mut tx = self
             .pool
             .begin()
@@ -578,6 +579,8 @@ impl ContractsApi {
             .await
             .map_err(|e| status(StoreError::Database(e)))?;
         let rows = file.rows();
+        // How long the upload, the checks and the staging took, before the merge.
+        let read_s = started.elapsed().as_secs_f64();
         let (base, mut faults) = file.into_parts();
         let written = store::import::merge(&mut tx, &base, &mut faults)
             .await
@@ -590,6 +593,8 @@ impl ContractsApi {
                 tracing::info!(
                     rows,
                     bytes,
+                    read_s,
+                    total_s = started.elapsed().as_secs_f64(),
                     assets_created = written.assets.created,
                     assets_updated = written.assets.updated,
                     "installed base imported"
@@ -603,6 +608,8 @@ impl ContractsApi {
                 tracing::info!(
                     rows,
                     bytes,
+                    read_s,
+                    total_s = started.elapsed().as_secs_f64(),
                     faults = faults.count(),
                     "installed base refused"
                 );

@@ -234,6 +234,44 @@ struct File {
     staged: Vec<StagedAsset>,
     /// A fault of the whole file: no more is read.
     refused: Option<Status>,
+    /// The costlier checks of the previous row, reused when a row repeats
+    /// its values (a customer's rows usually come together).
+    last: LastChecked,
+}
+
+#[derive(Default)]
+struct LastChecked {
+    branch_email: Last<String>,
+    time_zone: Last<String>,
+    contact_email: Last<Option<String>>,
+    contact_phone: Last<Option<String>>,
+}
+
+/// A column's previous raw value and what checking it gave.
+#[derive(Default)]
+struct Last<T> {
+    raw: String,
+    checked: Option<Result<T, String>>,
+}
+
+impl<T: Clone> Last<T> {
+    /// `check(raw)`, or its answer for the same raw value just before.
+    fn check(
+        &mut self,
+        raw: &str,
+        check: impl FnOnce(&str) -> Result<T, Status>,
+    ) -> Result<T, Status> {
+        match &self.checked {
+            Some(checked) if self.raw == raw => checked.clone().map_err(Status::invalid_argument),
+            _ => {
+                let checked = check(raw);
+                self.raw.clear();
+                self.raw.push_str(raw);
+                self.checked = Some(checked.clone().map_err(|s| s.message().to_owned()));
+                checked
+            }
+        }
+    }
 }
 
 impl Import {
@@ -251,6 +289,7 @@ impl Import {
                 base: Base::default(),
                 staged: Vec::new(),
                 refused: None,
+                last: LastChecked::default(),
             },
         }
     }
@@ -374,7 +413,7 @@ impl File {
 
     /// Every field of a row checked by the rules of the single-item calls;
     /// every fault of the row, not only the first.
-    fn check(&self, fields: &[&str; COLUMNS.len()]) -> Result<Row, Vec<String>> {
+    fn check(&mut self, fields: &[&str; COLUMNS.len()]) -> Result<Row, Vec<String>> {
         let mut whys = Vec::new();
         let [
             customer,
@@ -396,27 +435,31 @@ impl File {
             currency,
             firmware,
         ] = *fields;
+        let country_code = &self.country_code;
+        let last = &mut self.last;
         let mut ok = Checked(&mut whys);
         let customer = ok.of(api::required(customer, "customer", MAX_NAME_CHARS));
         let branch = ok.of(api::required(branch, "branch", MAX_NAME_CHARS));
-        let notice_email = ok.of(api::email(branch_email, "branch_email").and_then(|e| {
-            e.ok_or_else(|| {
+        let notice_email = ok.of(last.branch_email.check(branch_email, |raw| {
+            api::email(raw, "branch_email")?.ok_or_else(|| {
                 Status::invalid_argument("give the branch_email: the branch's notices go there")
             })
         }));
-        let time_zone = ok.of(api::time_zone(branch_timezone, "branch_timezone"));
+        let time_zone = ok.of(last.time_zone.check(branch_timezone, |raw| {
+            api::time_zone(raw, "branch_timezone")
+        }));
         let region = ok.of(hotline_kit::input::line(region, "region", MAX_SHORT_CHARS));
         let contact_name = ok.of(hotline_kit::input::line(
             contact_name,
             "contact_name",
             MAX_NAME_CHARS,
         ));
-        let contact_email = ok.of(api::email(contact_email, "contact_email"));
-        let contact_phone = ok.of(api::phone_number(
-            contact_phone,
-            "contact_phone",
-            &self.country_code,
-        ));
+        let contact_email = ok.of(last
+            .contact_email
+            .check(contact_email, |raw| api::email(raw, "contact_email")));
+        let contact_phone = ok.of(last.contact_phone.check(contact_phone, |raw| {
+            api::phone_number(raw, "contact_phone", country_code)
+        }));
         let project = ok.of(api::required(project, "project", MAX_NAME_CHARS));
         let accepted_on = ok.of(api::date(accepted_on, "accepted_on"));
         let lat = ok.of(coordinate(lat, "lat"));
@@ -626,13 +669,11 @@ fn texts<'r>(
     Ok(texts)
 }
 
-/// `here` and `there` differ: the message naming both lines.
-fn differs(whys: &mut Vec<String>, what: &str, column: &str, here: &str, there: &str, line: u64) {
-    if here != there {
-        whys.push(format!(
-            "{what} has {column} {here:?} here but {there:?} on line {line}: give it the same values on every row"
-        ));
-    }
+/// The message for a value that differs from an earlier row's.
+fn differs(what: &str, column: &str, here: &str, there: &str, line: u64) -> String {
+    format!(
+        "{what} has {column} {here:?} here but {there:?} on line {line}: give it the same values on every row"
+    )
 }
 
 /// A location as the file writes it: `lat,lng`, or empty.
@@ -659,33 +700,20 @@ impl Base {
         let customer_name = customer.map_or(row.customer.as_str(), |c| &self.customers[c].name);
         let branch_key = |c: usize| (c, row.branch.to_lowercase());
         let branch = customer.and_then(|c| self.branch_keys.get(&branch_key(c)).copied());
+        // Messages are worded only when something differs: most rows
+        // repeat what earlier rows said.
         if let Some(b) = branch {
             let known = &self.branches[b];
-            let what = format!("branch {:?} of {customer_name:?}", known.name);
-            differs(
-                &mut whys,
-                &what,
-                "branch_email",
-                &row.notice_email,
-                &known.notice_email,
-                known.line,
-            );
-            differs(
-                &mut whys,
-                &what,
-                "branch_timezone",
-                &row.time_zone,
-                &known.time_zone,
-                known.line,
-            );
-            differs(
-                &mut whys,
-                &what,
-                "region",
-                &row.region,
-                &known.region,
-                known.line,
-            );
+            let what = || format!("branch {:?} of {customer_name:?}", known.name);
+            for (column, here, there) in [
+                ("branch_email", &row.notice_email, &known.notice_email),
+                ("branch_timezone", &row.time_zone, &known.time_zone),
+                ("region", &row.region, &known.region),
+            ] {
+                if here != there {
+                    whys.push(differs(&what(), column, here, there, known.line));
+                }
+            }
         }
         let project = customer.and_then(|c| {
             self.project_keys
@@ -694,30 +722,24 @@ impl Base {
         });
         if let Some(p) = project {
             let known = &self.projects[p];
-            let what = format!("project {:?} of {customer_name:?}", known.name);
-            let known_branch = &self.branches[known.branch].name;
+            let what = || format!("project {:?} of {customer_name:?}", known.name);
             if branch != Some(known.branch) {
                 whys.push(format!(
-                    "{what} is at branch {:?} here but {known_branch:?} on line {}: a project is at one branch",
-                    row.branch, known.line
+                    "{} is at branch {:?} here but {:?} on line {}: a project is at one branch",
+                    what(),
+                    row.branch,
+                    self.branches[known.branch].name,
+                    known.line
                 ));
             }
-            differs(
-                &mut whys,
-                &what,
-                "accepted_on",
-                &row.accepted_on.to_string(),
-                &known.accepted_on.to_string(),
-                known.line,
-            );
-            differs(
-                &mut whys,
-                &what,
-                "lat,lng",
-                &place(row.location),
-                &place(known.location),
-                known.line,
-            );
+            if row.accepted_on != known.accepted_on {
+                let (here, there) = (row.accepted_on.to_string(), known.accepted_on.to_string());
+                whys.push(differs(&what(), "accepted_on", &here, &there, known.line));
+            }
+            if row.location != known.location {
+                let (here, there) = (place(row.location), place(known.location));
+                whys.push(differs(&what(), "lat,lng", &here, &there, known.line));
+            }
         }
         let contact = match &row.contact {
             Some((name, email, phone)) => {
@@ -725,24 +747,22 @@ impl Base {
                     .and_then(|c| self.contact_keys.get(&(c, name.to_lowercase())).copied());
                 if let Some(k) = known {
                     let known = &self.contacts[k];
-                    let what = format!("contact {:?} of {customer_name:?}", known.name);
+                    let what = || format!("contact {:?} of {customer_name:?}", known.name);
                     let text = |v: &Option<String>| v.clone().unwrap_or_default();
-                    differs(
-                        &mut whys,
-                        &what,
-                        "contact_email",
-                        &text(email),
-                        &text(&known.email),
-                        known.line,
-                    );
-                    differs(
-                        &mut whys,
-                        &what,
-                        "contact_phone",
-                        &text(phone),
-                        &text(&known.phone),
-                        known.line,
-                    );
+                    for (column, here, there) in [
+                        ("contact_email", email, &known.email),
+                        ("contact_phone", phone, &known.phone),
+                    ] {
+                        if here != there {
+                            whys.push(differs(
+                                &what(),
+                                column,
+                                &text(here),
+                                &text(there),
+                                known.line,
+                            ));
+                        }
+                    }
                 }
                 for (column, value, holders) in [
                     ("contact_email", email, &self.emails),
@@ -767,15 +787,9 @@ impl Base {
         let model = self.model_keys.get(&row.model.to_lowercase()).copied();
         if let (Some(m), Some(family)) = (model, &row.family) {
             let known = &self.models[m];
-            if let Some(known_family) = &known.family {
-                differs(
-                    &mut whys,
-                    &format!("model {:?}", known.name),
-                    "family",
-                    family,
-                    known_family,
-                    known.line,
-                );
+            if let Some(known_family) = known.family.as_ref().filter(|f| *f != family) {
+                let what = format!("model {:?}", known.name);
+                whys.push(differs(&what, "family", family, known_family, known.line));
             }
         }
         if !whys.is_empty() {
@@ -878,5 +892,104 @@ impl Base {
             currency: row.currency,
             firmware: row.firmware,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROW: &str = "Acme,Berlin,berlin@acme.example,Europe/Berlin,north,Ann Lee,ann@acme.example,+49301234567,HQ,2024-01-15,52.52,13.405,DS-2CD2143,camera,CAM-1,6000,EUR,5.7.3";
+
+    /// Imports `text` whole: the base, the faults as (line, reason), and
+    /// the staged serials.
+    fn read(text: &str) -> (Base, Vec<(u64, String)>, Vec<String>) {
+        let mut import = Import::new("49");
+        import.feed(text.as_bytes()).unwrap();
+        import.finish().unwrap();
+        let serials = import.take_staged().into_iter().map(|a| a.serial).collect();
+        let (base, faults) = import.into_parts();
+        (base, faults.listed(), serials)
+    }
+
+    #[test]
+    fn columns_are_found_by_name_in_any_order_and_letter_case() {
+        let header = header();
+        let mut names: Vec<&str> = header.split(',').collect();
+        names.reverse();
+        let fields: Vec<&str> = ROW.split(',').rev().collect();
+        let file = format!(
+            " {} \n{}\n",
+            names.join(" , ").to_uppercase(),
+            fields.join(",")
+        );
+        let (base, faults, serials) = read(&file);
+        assert!(faults.is_empty(), "{faults:?}");
+        assert_eq!(serials, ["CAM-1"]);
+        assert_eq!(base.customers[0].name, "Acme");
+        assert_eq!(base.contacts[0].phone.as_deref(), Some("+49301234567"));
+    }
+
+    #[test]
+    fn a_header_that_does_not_name_each_column_once_refuses_the_file() {
+        let mut import = Import::new("");
+        let refused = import
+            .feed(format!("{},notes,serial\n", header()).as_bytes())
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(
+            refused.message().starts_with(
+                "line 1: the header has column serial appears 2 times; unknown columns \"notes\""
+            ),
+            "{refused:?}"
+        );
+        assert!(import.feed(ROW.as_bytes()).is_err(), "nothing more is read");
+    }
+
+    #[test]
+    fn rows_must_agree_on_what_they_share_and_a_contact_of_two_branches_is_the_customers() {
+        let other_branch = ROW
+            .replace("Berlin,berlin@", "Potsdam,potsdam@")
+            .replace("HQ,", "Lobby,")
+            .replace("CAM-1", "CAM-2");
+        let moved = ROW
+            .replace("HQ,2024-01-15", "HQ,2024-02-01")
+            .replace("CAM-1", "CAM-3");
+        let shared = ROW
+            .replace("Ann Lee,", "Bob Ray,")
+            .replace("+49301234567", "")
+            .replace("CAM-1", "CAM-4");
+        let file = format!("{}\n{ROW}\n{other_branch}\n{moved}\n{shared}\n", header());
+        let (base, faults, serials) = read(&file);
+        assert_eq!(serials, ["CAM-1", "CAM-2"]);
+        assert_eq!(base.contacts.len(), 1);
+        assert_eq!(base.contacts[0].branch, ContactBranch::Several);
+        assert_eq!(
+            faults,
+            [
+                (
+                    4,
+                    "project \"HQ\" of \"Acme\" has accepted_on \"2024-02-01\" here but \"2024-01-15\" on line 2: give it the same values on every row".to_owned()
+                ),
+                (
+                    5,
+                    "contact_email \"ann@acme.example\" is also \"Ann Lee\"'s of \"Acme\" on line 2: it belongs to one contact".to_owned()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_value_repeated_after_a_fault_is_refused_again() {
+        let bad = ROW.replace("ann@acme.example", "ann@");
+        let file = format!("{}\n{bad}\n{}\n", header(), bad.replace("CAM-1", "CAM-2"));
+        let (_, faults, serials) = read(&file);
+        assert!(serials.is_empty());
+        assert_eq!(faults.len(), 2, "{faults:?}");
+        assert!(
+            faults
+                .iter()
+                .all(|(_, why)| why.contains("is not an email address"))
+        );
     }
 }

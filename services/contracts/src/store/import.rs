@@ -8,10 +8,12 @@
 //! 2. [`assets_copy`] and [`encode_assets`]: the asset rows, streamed in
 //!    while the file is still arriving.
 //! 3. [`merge`]: the customers, branches, contacts, projects and models
-//!    staged; each matched with the stored one by name (ids found or new);
-//!    faults against what is stored listed by line; then, when the file has
-//!    no fault at all, the writes, and the 5% cap of every contract whose
-//!    assets changed price checked again.
+//!    copied in, each matched with its stored twin by name in one
+//!    `CREATE TABLE … AS` join (its id found, or the new one); the faults
+//!    against what is stored listed by line; then, when the file has no
+//!    fault at all, the writes — the assets classified (new, changed,
+//!    unchanged) and the new ones inserted by one statement — and the 5%
+//!    cap of every contract whose assets changed price checked again.
 //!
 //! The caller commits only when [`merge`] answers with what was written.
 
@@ -61,42 +63,40 @@ pub async fn prepare(tx: &mut PgConnection) -> Result<()> {
     }
     // The joins below match up to millions of rows: let them hash in memory
     // (one import at a time, and only for this transaction).
-    sqlx::query("SET LOCAL work_mem = '256MB'")
-        .execute(&mut *tx)
-        .await?;
     tx.execute(
-        "CREATE TEMP TABLE staged_customers (
-             ix integer PRIMARY KEY, line bigint NOT NULL, name text NOT NULL,
-             id uuid NOT NULL, found boolean NOT NULL DEFAULT false
+        "SET LOCAL work_mem = '256MB';
+         CREATE TEMP TABLE raw_customers (
+             ix integer NOT NULL, line bigint NOT NULL, name text NOT NULL, new_id uuid NOT NULL
          ) ON COMMIT DROP;
-         CREATE TEMP TABLE staged_models (
-             ix integer PRIMARY KEY, line bigint NOT NULL, name text NOT NULL, family text,
-             id uuid NOT NULL, found boolean NOT NULL DEFAULT false, stored_family text
+         CREATE TEMP TABLE raw_models (
+             ix integer NOT NULL, line bigint NOT NULL, name text NOT NULL, family text,
+             new_id uuid NOT NULL
          ) ON COMMIT DROP;
-         CREATE TEMP TABLE staged_branches (
-             ix integer PRIMARY KEY, line bigint NOT NULL, customer integer NOT NULL,
+         CREATE TEMP TABLE raw_branches (
+             ix integer NOT NULL, line bigint NOT NULL, customer integer NOT NULL,
              name text NOT NULL, notice_email text NOT NULL, time_zone text NOT NULL,
-             region text NOT NULL,
-             id uuid NOT NULL, found boolean NOT NULL DEFAULT false,
-             changed boolean NOT NULL DEFAULT false
+             region text NOT NULL, new_id uuid NOT NULL
          ) ON COMMIT DROP;
-         CREATE TEMP TABLE staged_contacts (
-             ix integer PRIMARY KEY, line bigint NOT NULL, customer integer NOT NULL,
-             branch integer, name text NOT NULL, email text, phone text,
-             id uuid NOT NULL, found boolean NOT NULL DEFAULT false,
-             changed boolean NOT NULL DEFAULT false
+         CREATE TEMP TABLE raw_contacts (
+             ix integer NOT NULL, line bigint NOT NULL, customer integer NOT NULL,
+             branch integer, name text NOT NULL, email text, phone text, new_id uuid NOT NULL
          ) ON COMMIT DROP;
-         CREATE TEMP TABLE staged_projects (
-             ix integer PRIMARY KEY, line bigint NOT NULL, customer integer NOT NULL,
+         CREATE TEMP TABLE raw_projects (
+             ix integer NOT NULL, line bigint NOT NULL, customer integer NOT NULL,
              branch integer NOT NULL, name text NOT NULL, accepted_on date NOT NULL,
-             lat double precision, lng double precision,
-             id uuid NOT NULL, found boolean NOT NULL DEFAULT false,
-             changed boolean NOT NULL DEFAULT false, stored_branch uuid
+             lat double precision, lng double precision, new_id uuid NOT NULL
          ) ON COMMIT DROP;
          CREATE TEMP TABLE staged_assets (
              line bigint NOT NULL, id uuid NOT NULL, serial text NOT NULL,
              project integer NOT NULL, model integer NOT NULL, price numeric(14, 2) NOT NULL,
              currency text NOT NULL, firmware text NOT NULL
+         ) ON COMMIT DROP;
+         -- Stored assets the file changes, with their row's line.
+         CREATE TEMP TABLE asset_changes (
+             line bigint NOT NULL, id uuid NOT NULL, serial text NOT NULL,
+             stored_project uuid NOT NULL, project_id uuid NOT NULL, model_id uuid NOT NULL,
+             price numeric(14, 2) NOT NULL, currency text NOT NULL, firmware text NOT NULL,
+             repriced boolean NOT NULL
          ) ON COMMIT DROP;",
     )
     .await?;
@@ -200,8 +200,10 @@ async fn copy(tx: &mut PgConnection, table: &str, data: Vec<u8>) -> Result<()> {
     Ok(())
 }
 
-/// Stages the file's customers, branches, contacts, projects and models
-/// (each with a new id, used when it is new).
+/// Copies the file's customers, branches, contacts, projects and models
+/// in (each with a new id, used when it is new), then matches each with
+/// its stored twin by name: `staged_*` hold the id to use, whether it was
+/// `found`, whether the file `changed` its values, and the parents' ids.
 async fn stage(tx: &mut PgConnection, base: &Base) -> Result<()> {
     let id = || Cell::Id(Uuid::now_v7());
     let customers = encoded(&base.customers, |ix, c| {
@@ -212,7 +214,7 @@ async fn stage(tx: &mut PgConnection, base: &Base) -> Result<()> {
             id(),
         ]
     });
-    copy(tx, "staged_customers (ix, line, name, id)", customers).await?;
+    copy(tx, "raw_customers", customers).await?;
     let models = encoded(&base.models, |ix, m| {
         vec![
             Cell::Number(ix as u64),
@@ -222,7 +224,7 @@ async fn stage(tx: &mut PgConnection, base: &Base) -> Result<()> {
             id(),
         ]
     });
-    copy(tx, "staged_models (ix, line, name, family, id)", models).await?;
+    copy(tx, "raw_models", models).await?;
     let branches = encoded(&base.branches, |ix, b| {
         vec![
             Cell::Number(ix as u64),
@@ -235,12 +237,7 @@ async fn stage(tx: &mut PgConnection, base: &Base) -> Result<()> {
             id(),
         ]
     });
-    copy(
-        tx,
-        "staged_branches (ix, line, customer, name, notice_email, time_zone, region, id)",
-        branches,
-    )
-    .await?;
+    copy(tx, "raw_branches", branches).await?;
     let contacts = encoded(&base.contacts, |ix, k| {
         vec![
             Cell::Number(ix as u64),
@@ -256,12 +253,7 @@ async fn stage(tx: &mut PgConnection, base: &Base) -> Result<()> {
             id(),
         ]
     });
-    copy(
-        tx,
-        "staged_contacts (ix, line, customer, branch, name, email, phone, id)",
-        contacts,
-    )
-    .await?;
+    copy(tx, "raw_contacts", contacts).await?;
     let projects = encoded(&base.projects, |ix, p| {
         let (lat, lng) = match p.location {
             Some((lat, lng)) => (Cell::Float(lat), Cell::Float(lng)),
@@ -279,17 +271,54 @@ async fn stage(tx: &mut PgConnection, base: &Base) -> Result<()> {
             id(),
         ]
     });
-    copy(
-        tx,
-        "staged_projects (ix, line, customer, branch, name, accepted_on, lat, lng, id)",
-        projects,
-    )
-    .await?;
+    copy(tx, "raw_projects", projects).await?;
     // Temporary tables are never analysed on their own: without counts the
-    // planner would guess and loop where it should hash.
+    // planner would guess, and loop where it should hash.
     tx.execute(
-        "ANALYZE staged_customers, staged_models, staged_branches, staged_contacts,
-                 staged_projects, staged_assets",
+        "ANALYZE raw_customers, raw_models, raw_branches, raw_contacts, raw_projects,
+                 staged_assets;
+         CREATE TEMP TABLE staged_customers ON COMMIT DROP AS
+         SELECT r.ix, r.line, r.name, COALESCE(c.id, r.new_id) AS id, c.id IS NOT NULL AS found
+           FROM raw_customers r LEFT JOIN customers c ON lower(c.name) = lower(r.name);
+         CREATE TEMP TABLE staged_models ON COMMIT DROP AS
+         SELECT r.ix, r.line, r.name, r.family, COALESCE(m.id, r.new_id) AS id,
+                m.id IS NOT NULL AS found, m.family AS stored_family
+           FROM raw_models r LEFT JOIN models m ON lower(m.name) = lower(r.name);
+         ANALYZE staged_customers, staged_models;
+         CREATE TEMP TABLE staged_branches ON COMMIT DROP AS
+         SELECT r.ix, r.line, r.name, r.notice_email, r.time_zone, r.region,
+                c.id AS customer_id, COALESCE(b.id, r.new_id) AS id, b.id IS NOT NULL AS found,
+                b.id IS NOT NULL AND (b.notice_email, b.time_zone, b.region)
+                    IS DISTINCT FROM (r.notice_email, r.time_zone, r.region) AS changed
+           FROM raw_branches r
+           JOIN staged_customers c ON c.ix = r.customer
+           LEFT JOIN branches b ON b.customer_id = c.id AND lower(b.name) = lower(r.name);
+         ANALYZE staged_branches;
+         CREATE TEMP TABLE staged_projects ON COMMIT DROP AS
+         SELECT r.ix, r.line, r.name, r.accepted_on, r.lat, r.lng,
+                c.id AS customer_id, c.name AS customer, b.id AS branch_id, b.name AS branch,
+                b.time_zone, COALESCE(p.id, r.new_id) AS id, p.id IS NOT NULL AS found,
+                p.branch_id AS stored_branch,
+                p.id IS NOT NULL AND (p.accepted_on, p.lat, p.lng)
+                    IS DISTINCT FROM (r.accepted_on, r.lat, r.lng) AS changed
+           FROM raw_projects r
+           JOIN staged_customers c ON c.ix = r.customer
+           JOIN staged_branches b ON b.ix = r.branch
+           LEFT JOIN projects p ON p.customer_id = c.id AND lower(p.name) = lower(r.name);
+         -- A customer may hold two contacts of one name: refused below,
+         -- one row each here all the same.
+         CREATE TEMP TABLE staged_contacts ON COMMIT DROP AS
+         SELECT DISTINCT ON (r.ix) r.ix, r.line, r.name, r.email, r.phone,
+                c.id AS customer_id, b.id AS branch_id, COALESCE(k.id, r.new_id) AS id,
+                k.id IS NOT NULL AS found,
+                k.id IS NOT NULL AND (k.email, k.phone, k.branch_id)
+                    IS DISTINCT FROM (r.email, r.phone, b.id) AS changed
+           FROM raw_contacts r
+           JOIN staged_customers c ON c.ix = r.customer
+           LEFT JOIN staged_branches b ON b.ix = r.branch
+           LEFT JOIN contacts k ON k.customer_id = c.id AND lower(k.name) = lower(r.name)
+          ORDER BY r.ix, k.id;
+         ANALYZE staged_projects, staged_contacts;",
     )
     .await?;
     Ok(())
@@ -333,37 +362,43 @@ pub async fn merge(
     faults: &mut Faults,
 ) -> Result<Option<Written>> {
     stage(tx, base).await?;
-    resolve(tx, faults).await?;
+    refused_by_stored(tx, faults).await?;
+    if !faults.is_empty() {
+        // Nothing will be written: only find the serials stored elsewhere.
+        tx.execute(
+            "INSERT INTO asset_changes
+             SELECT s.line, a.id, s.serial, a.project_id, p.id, m.id, s.price, s.currency,
+                    s.firmware, false
+               FROM staged_assets s
+               JOIN assets a ON upper(a.serial) = upper(s.serial)
+               JOIN staged_projects p ON p.ix = s.project
+               JOIN staged_models m ON m.ix = s.model
+              WHERE a.project_id <> p.id",
+        )
+        .await?;
+        moved_serials(tx, faults).await?;
+        return Ok(None);
+    }
+    let mut written = write_entities(tx).await?;
+    written.assets = merge_assets(tx).await?;
+    moved_serials(tx, faults).await?;
     if !faults.is_empty() {
         return Ok(None);
     }
-    let written = write(tx).await?;
+    tx.execute(
+        "UPDATE assets a
+            SET model_id = ch.model_id, price = ch.price, currency = ch.currency,
+                firmware = ch.firmware
+           FROM asset_changes ch WHERE a.id = ch.id",
+    )
+    .await?;
     check_caps(tx, faults).await?;
     Ok(faults.is_empty().then_some(written))
 }
 
-/// Finds each staged record's stored twin by name (its id then replaces
-/// the new one) and lists what the stored base refuses.
-async fn resolve(tx: &mut PgConnection, faults: &mut Faults) -> Result<()> {
-    tx.execute(
-        "UPDATE staged_customers s SET id = c.id, found = true
-           FROM customers c WHERE lower(c.name) = lower(s.name);
-         UPDATE staged_models s SET id = m.id, found = true, stored_family = m.family
-           FROM models m WHERE lower(m.name) = lower(s.name);
-         UPDATE staged_branches s SET id = b.id, found = true,
-                changed = (b.notice_email, b.time_zone, b.region)
-                    IS DISTINCT FROM (s.notice_email, s.time_zone, s.region)
-           FROM staged_customers c, branches b
-          WHERE c.ix = s.customer AND c.found
-            AND b.customer_id = c.id AND lower(b.name) = lower(s.name);
-         UPDATE staged_projects s SET id = p.id, found = true, stored_branch = p.branch_id,
-                changed = (p.accepted_on, p.lat, p.lng) IS DISTINCT FROM (s.accepted_on, s.lat, s.lng)
-           FROM staged_customers c, projects p
-          WHERE c.ix = s.customer AND c.found
-            AND p.customer_id = c.id AND lower(p.name) = lower(s.name);",
-    )
-    .await?;
-
+/// Lists what the stored base refuses of the staged customers, branches,
+/// contacts, projects and models.
+async fn refused_by_stored(tx: &mut PgConnection, faults: &mut Faults) -> Result<()> {
     let rows = fault_rows(
         tx,
         "SELECT line, name, family, stored_family, count(*) OVER () AS total
@@ -385,13 +420,10 @@ async fn resolve(tx: &mut PgConnection, faults: &mut Faults) -> Result<()> {
     })?;
     let rows = fault_rows(
         tx,
-        "SELECT s.line, s.name, c.name AS customer, stored.name AS stored_branch,
-                b.name AS branch, count(*) OVER () AS total
-           FROM staged_projects s
-           JOIN staged_customers c ON c.ix = s.customer
-           JOIN staged_branches b ON b.ix = s.branch
-           JOIN branches stored ON stored.id = s.stored_branch
-          WHERE s.found AND s.stored_branch <> b.id",
+        "SELECT s.line, s.name, s.customer, stored.name AS stored_branch, s.branch,
+                count(*) OVER () AS total
+           FROM staged_projects s JOIN branches stored ON stored.id = s.stored_branch
+          WHERE s.found AND s.stored_branch <> s.branch_id",
     )
     .await?;
     add_faults(&rows, faults, |row| {
@@ -405,11 +437,11 @@ async fn resolve(tx: &mut PgConnection, faults: &mut Faults) -> Result<()> {
     })?;
     let rows = fault_rows(
         tx,
-        "SELECT s.line, s.name, c.name AS customer, count(*) OVER () AS total
-           FROM staged_contacts s
-           JOIN staged_customers c ON c.ix = s.customer AND c.found
-           JOIN contacts k ON k.customer_id = c.id AND lower(k.name) = lower(s.name)
-          GROUP BY s.ix, s.line, s.name, c.name HAVING count(*) > 1",
+        "SELECT r.line, r.name, c.name AS customer, count(*) OVER () AS total
+           FROM raw_contacts r
+           JOIN staged_customers c ON c.ix = r.customer AND c.found
+           JOIN contacts k ON k.customer_id = c.id AND lower(k.name) = lower(r.name)
+          GROUP BY r.ix, r.line, r.name, c.name HAVING count(*) > 1",
     )
     .await?;
     add_faults(&rows, faults, |row| {
@@ -419,16 +451,6 @@ async fn resolve(tx: &mut PgConnection, faults: &mut Faults) -> Result<()> {
             row.try_get::<String, _>("name")?,
         ))
     })?;
-    sqlx::query(
-        "UPDATE staged_contacts s SET id = k.id, found = true,
-                changed = (k.email, k.phone, k.branch_id) IS DISTINCT FROM
-                    (s.email, s.phone, (SELECT b.id FROM staged_branches b WHERE b.ix = s.branch))
-           FROM staged_customers c, contacts k
-          WHERE c.ix = s.customer AND c.found
-            AND k.customer_id = c.id AND lower(k.name) = lower(s.name)",
-    )
-    .execute(&mut *tx)
-    .await?;
     for key in ["email", "phone"] {
         let rows = fault_rows(
             tx,
@@ -450,22 +472,11 @@ async fn resolve(tx: &mut PgConnection, faults: &mut Faults) -> Result<()> {
             ))
         })?;
     }
+    Ok(())
+}
 
-    // Assets: only those the file changes are kept, with their row's line.
-    sqlx::query(
-        "CREATE TEMP TABLE asset_changes ON COMMIT DROP AS
-         SELECT s.line, a.id, s.serial, a.project_id AS stored_project, p.id AS project_id,
-                m.id AS model_id, s.price, s.currency, s.firmware,
-                (a.price, a.currency) IS DISTINCT FROM (s.price, s.currency) AS repriced
-           FROM staged_assets s
-           JOIN assets a ON upper(a.serial) = upper(s.serial)
-           JOIN staged_projects p ON p.ix = s.project
-           JOIN staged_models m ON m.ix = s.model
-          WHERE (a.project_id, a.model_id, a.price, a.currency, a.firmware)
-                IS DISTINCT FROM (p.id, m.id, s.price, s.currency, s.firmware)",
-    )
-    .execute(&mut *tx)
-    .await?;
+/// Lists the serials of `asset_changes` stored in another project.
+async fn moved_serials(tx: &mut PgConnection, faults: &mut Faults) -> Result<()> {
     let rows = fault_rows(
         tx,
         "SELECT ch.line, ch.serial, c.name AS customer, p.name AS project,
@@ -483,8 +494,7 @@ async fn resolve(tx: &mut PgConnection, faults: &mut Faults) -> Result<()> {
             row.try_get::<String, _>("project")?,
             row.try_get::<String, _>("customer")?,
         ))
-    })?;
-    Ok(())
+    })
 }
 
 /// `(created, updated, unchanged)` of one kind: `found` and `changed`
@@ -505,13 +515,17 @@ async fn counted(tx: &mut PgConnection, table: &str, changes: bool) -> Result<Co
     })
 }
 
-/// The writes, parents first; the file has no fault.
-async fn write(tx: &mut PgConnection) -> Result<Written> {
-    let customers = counted(tx, "staged_customers", false).await?;
-    let models = counted(tx, "staged_models", false).await?;
-    let branches = counted(tx, "staged_branches", true).await?;
-    let contacts = counted(tx, "staged_contacts", true).await?;
-    let projects = counted(tx, "staged_projects", true).await?;
+/// The customers, models, branches, projects and contacts written, parents
+/// first; the file has no fault.
+async fn write_entities(tx: &mut PgConnection) -> Result<Written> {
+    let written = Written {
+        customers: counted(tx, "staged_customers", false).await?,
+        models: counted(tx, "staged_models", false).await?,
+        branches: counted(tx, "staged_branches", true).await?,
+        contacts: counted(tx, "staged_contacts", true).await?,
+        projects: counted(tx, "staged_projects", true).await?,
+        assets: Counts::default(),
+    };
     tx.execute(
         "INSERT INTO customers (id, name) SELECT id, name FROM staged_customers WHERE NOT found;
          INSERT INTO models (id, name, family)
@@ -520,65 +534,88 @@ async fn write(tx: &mut PgConnection) -> Result<Written> {
             SET notice_email = s.notice_email, time_zone = s.time_zone, region = s.region
            FROM staged_branches s WHERE s.changed AND b.id = s.id;
          INSERT INTO branches (id, customer_id, name, time_zone, region, notice_email)
-              SELECT s.id, c.id, s.name, s.time_zone, s.region, s.notice_email
-                FROM staged_branches s JOIN staged_customers c ON c.ix = s.customer
-               WHERE NOT s.found;
+              SELECT id, customer_id, name, time_zone, region, notice_email
+                FROM staged_branches WHERE NOT found;
          UPDATE projects p SET accepted_on = s.accepted_on, lat = s.lat, lng = s.lng
            FROM staged_projects s WHERE s.changed AND p.id = s.id;
          INSERT INTO projects (id, customer_id, branch_id, name, lat, lng, time_zone,
                                accepted_on, warranty_months)
-              SELECT s.id, c.id, b.id, s.name, s.lat, s.lng, b.time_zone, s.accepted_on, 12
-                FROM staged_projects s
-                JOIN staged_customers c ON c.ix = s.customer
-                JOIN staged_branches b ON b.ix = s.branch
-               WHERE NOT s.found;
-         UPDATE contacts k SET email = s.email, phone = s.phone, branch_id = b.id
-           FROM staged_contacts s LEFT JOIN staged_branches b ON b.ix = s.branch
-          WHERE s.changed AND k.id = s.id;
+              SELECT id, customer_id, branch_id, name, lat, lng, time_zone, accepted_on, 12
+                FROM staged_projects WHERE NOT found;
+         UPDATE contacts k SET email = s.email, phone = s.phone, branch_id = s.branch_id
+           FROM staged_contacts s WHERE s.changed AND k.id = s.id;
          INSERT INTO contacts (id, customer_id, branch_id, name, email, phone)
-              SELECT s.id, c.id, b.id, s.name, s.email, s.phone
-                FROM staged_contacts s
-                JOIN staged_customers c ON c.ix = s.customer
-                LEFT JOIN staged_branches b ON b.ix = s.branch
-               WHERE NOT s.found;
-         UPDATE assets a
-            SET model_id = ch.model_id, price = ch.price, currency = ch.currency,
-                firmware = ch.firmware
-           FROM asset_changes ch WHERE a.id = ch.id;",
+              SELECT id, customer_id, branch_id, name, email, phone
+                FROM staged_contacts WHERE NOT found;",
     )
-    .await?;
-    let updated: i64 = sqlx::query_scalar("SELECT count(*) FROM asset_changes")
-        .fetch_one(&mut *tx)
-        .await?;
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM staged_assets")
-        .fetch_one(&mut *tx)
-        .await?;
-    // A serial already stored is left to the updates above: DO NOTHING
-    // neither locks nor rewrites it, so a re-import writes nothing.
-    let created = sqlx::query(
-        "INSERT INTO assets (id, project_id, model_id, serial, price, currency, firmware)
-         SELECT s.id, p.id, m.id, s.serial, s.price, s.currency, s.firmware
-           FROM staged_assets s
-           JOIN staged_projects p ON p.ix = s.project
-           JOIN staged_models m ON m.ix = s.model
-         ON CONFLICT ((upper(serial))) DO NOTHING",
+    .await
+    .map_err(changed_meanwhile)?;
+    Ok(written)
+}
+
+/// One pass over the staged assets: each matched with the stored asset of
+/// its serial; the new ones inserted, those the file changes kept in
+/// `asset_changes`. A stored asset is neither locked nor rewritten here, so
+/// a re-import writes nothing.
+async fn merge_assets(tx: &mut PgConnection) -> Result<Counts> {
+    let (rows, new, created, changed): (i64, i64, i64, i64) = sqlx::query_as(
+        "WITH matched AS (
+             SELECT s.line, s.id AS new_id, s.serial, p.id AS project_id, m.id AS model_id,
+                    s.price, s.currency, s.firmware, a.id AS stored_id,
+                    a.project_id AS stored_project,
+                    (a.price, a.currency) IS DISTINCT FROM (s.price, s.currency) AS repriced,
+                    (a.project_id, a.model_id, a.price, a.currency, a.firmware)
+                        IS DISTINCT FROM (p.id, m.id, s.price, s.currency, s.firmware) AS changed
+               FROM staged_assets s
+               JOIN staged_projects p ON p.ix = s.project
+               JOIN staged_models m ON m.ix = s.model
+               LEFT JOIN assets a ON upper(a.serial) = upper(s.serial)
+         ), fresh AS (
+             INSERT INTO assets (id, project_id, model_id, serial, price, currency, firmware)
+             SELECT new_id, project_id, model_id, serial, price, currency, firmware
+               FROM matched WHERE stored_id IS NULL
+             ON CONFLICT ((upper(serial))) DO NOTHING
+             RETURNING 1
+         ), kept AS (
+             INSERT INTO asset_changes
+             SELECT line, stored_id, serial, stored_project, project_id, model_id, price,
+                    currency, firmware, repriced
+               FROM matched WHERE stored_id IS NOT NULL AND changed
+             RETURNING 1
+         )
+         SELECT (SELECT count(*) FROM matched), (SELECT count(*) FROM matched WHERE stored_id IS NULL),
+                (SELECT count(*) FROM fresh), (SELECT count(*) FROM kept)",
     )
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    let assets = Counts {
-        created,
-        updated: updated as u64,
-        unchanged: (rows as u64).saturating_sub(created + updated as u64),
-    };
-    Ok(Written {
-        customers,
-        branches,
-        contacts,
-        projects,
-        models,
-        assets,
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(changed_meanwhile)?;
+    if created != new {
+        // A serial added by someone else since the join read the assets.
+        return Err(StoreError::Refused(format!(
+            "{CHANGED_MEANWHILE} (serials)"
+        )));
+    }
+    let (rows, new, changed) = (rows as u64, new as u64, changed as u64);
+    Ok(Counts {
+        created: new,
+        updated: changed,
+        unchanged: rows - new - changed,
     })
+}
+
+const CHANGED_MEANWHILE: &str = "a name, email, phone or serial of the file was recorded by someone else while it was imported: nothing was written; import the file again";
+
+/// A write that collided with a change made while the file was imported
+/// (a unique key taken meanwhile): the file is fine, the moment was not.
+fn changed_meanwhile(error: sqlx::Error) -> StoreError {
+    let taken = error
+        .as_database_error()
+        .filter(|e| e.code().as_deref() == Some("23505"))
+        .map(|e| e.constraint().unwrap_or_default().to_owned());
+    match taken {
+        Some(key) => StoreError::Refused(format!("{CHANGED_MEANWHILE} ({key})")),
+        None => StoreError::Database(error),
+    }
 }
 
 /// P6 again for every contract covering an asset whose price or currency
