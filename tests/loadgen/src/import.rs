@@ -89,7 +89,9 @@ pub fn generate(customers: u64, assets: u64, run: &str, seed: u64) -> Vec<u8> {
             }
         }
         for a in 0..own {
-            let (b, project, accepted, lat, lng) = &projects[(a as usize) % projects.len()];
+            // A site's devices are listed together, as in a spreadsheet.
+            let at = (a * projects.len() as u64 / own) as usize;
+            let (b, project, accepted, lat, lng) = &projects[at];
             let k = b % contacts;
             let (model, family) = MODELS[rng.random_range(0..MODELS.len())];
             let cents = rng.random_range(10_000..900_000u64);
