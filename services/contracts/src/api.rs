@@ -2,6 +2,8 @@
 //! each field, asks the store, and derives warranty and coverage for the
 //! answer (on the asked day, else today in the project's time zone).
 
+use std::time::Duration;
+
 use chrono::{NaiveDate, Utc};
 use hotline_kit::{
     auth::{Role, authorize},
@@ -18,6 +20,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::{self, Amount, Coverage},
+    import::{Faults, Import},
     store::{self, StoreError},
 };
 
@@ -32,14 +35,32 @@ const READERS: &[Role] = &[
 /// manager's decision.
 const WRITERS: &[Role] = &[Role::Manager];
 
-const MAX_NAME_CHARS: usize = 200;
+pub(crate) const MAX_NAME_CHARS: usize = 200;
 const MAX_ADDRESS_CHARS: usize = 500;
-const MAX_SHORT_CHARS: usize = 100;
-const MAX_EMAIL_CHARS: usize = 254;
-const MAX_PHONE_CHARS: usize = 40;
+/// Serials, models, families, regions, time zones, firmware versions.
+pub(crate) const MAX_SHORT_CHARS: usize = 100;
+pub(crate) const MAX_EMAIL_CHARS: usize = 254;
+pub(crate) const MAX_PHONE_CHARS: usize = 40;
+/// Dates (`YYYY-MM-DD`), amounts and coordinates, with room for spaces.
+pub(crate) const MAX_NUMBER_CHARS: usize = 30;
+/// Why a contact needs an email or a phone.
+pub(crate) const UNREACHABLE_CONTACT: &str =
+    "give the contact an email or a phone: that is how a caller is recognised";
 /// Serials and projects one contract request may name.
 const MAX_COVERED: usize = 10_000;
 const DEFAULT_LIMIT: u32 = 100;
+/// The import's method: it may take longer than other calls.
+pub const IMPORT_METHOD: &str = "/hotline.contracts.v1.ContractsService/ImportInstalledBase";
+/// How long an import may take, upload included: a million assets take
+/// about a minute on a small machine.
+pub const IMPORT_LIMIT: Duration = Duration::from_secs(600);
+/// How long an upload may pause between two pieces before the import is
+/// given up (its transaction holds the import lock).
+const IMPORT_PAUSE: Duration = Duration::from_secs(60);
+/// The largest file imported at once.
+const MAX_IMPORT_BYTES: u64 = 1 << 30;
+/// Staged rows go to PostgreSQL in pieces of about this size.
+const COPY_PIECE: usize = 1 << 20;
 const MAX_LIMIT: u32 = 500;
 
 pub struct ContractsApi {
@@ -65,22 +86,31 @@ impl ContractsApi {
         written
     }
 
-    /// A phone number in E.164, by the rule intake matches callers with.
     fn phone(&self, value: &str, name: &str) -> Result<Option<String>, Status> {
-        let Some(raw) = line(value, name, MAX_PHONE_CHARS)? else {
-            return Ok(None);
-        };
-        match phone::normalise(&raw, &self.country_code) {
-            Some(e164) => Ok(Some(e164)),
-            None => Err(Status::invalid_argument(format!(
-                "{name} {raw:?} is not a phone number: write it in international form, like +49 30 1234567{}",
-                if self.country_code.is_empty() {
-                    " (no contracts.country_code is set to place a national number)"
-                } else {
-                    ""
-                }
-            ))),
-        }
+        phone_number(value, name, &self.country_code)
+    }
+}
+
+/// A phone number in E.164, by the rule intake matches callers with;
+/// national numbers get `country_code`.
+pub(crate) fn phone_number(
+    value: &str,
+    name: &str,
+    country_code: &str,
+) -> Result<Option<String>, Status> {
+    let Some(raw) = line(value, name, MAX_PHONE_CHARS)? else {
+        return Ok(None);
+    };
+    match phone::normalise(&raw, country_code) {
+        Some(e164) => Ok(Some(e164)),
+        None => Err(Status::invalid_argument(format!(
+            "{name} {raw:?} is not a phone number: write it in international form, like +49 30 1234567{}",
+            if country_code.is_empty() {
+                " (no contracts.country_code is set to place a national number)"
+            } else {
+                ""
+            }
+        ))),
     }
 }
 
@@ -121,19 +151,63 @@ fn invalid(why: String) -> Status {
 }
 
 /// A required one-line field.
-fn required(value: &str, name: &str, max: usize) -> Result<String, Status> {
+pub(crate) fn required(value: &str, name: &str, max: usize) -> Result<String, Status> {
     line(value, name, max)?.ok_or_else(|| Status::invalid_argument(format!("give the {name}")))
 }
 
-fn email(value: &str, name: &str) -> Result<Option<String>, Status> {
+pub(crate) fn email(value: &str, name: &str) -> Result<Option<String>, Status> {
     line(value, name, MAX_EMAIL_CHARS)?
         .map(|e| domain::email(&e).map_err(|why| invalid(format!("{name}: {why}"))))
         .transpose()
 }
 
-fn date(value: &str, name: &str) -> Result<NaiveDate, Status> {
+pub(crate) fn date(value: &str, name: &str) -> Result<NaiveDate, Status> {
     let value = required(value, name, 20)?;
     domain::date(&value, name).map_err(invalid)
+}
+
+/// An amount (a price, a fee) that `NUMERIC(14,2)` holds.
+pub(crate) fn amount(value: &str, name: &str) -> Result<Amount, Status> {
+    let amount: Amount = required(value, name, MAX_NUMBER_CHARS)?
+        .parse()
+        .map_err(|why| invalid(format!("{name}: {why}")))?;
+    if !amount.fits_column() {
+        return Err(Status::invalid_argument(format!("{name} is too large")));
+    }
+    Ok(amount)
+}
+
+/// A required IANA time zone, by its canonical name.
+pub(crate) fn time_zone(value: &str, name: &str) -> Result<String, Status> {
+    let value = required(value, name, MAX_SHORT_CHARS)?;
+    Ok(domain::time_zone(&value)
+        .map_err(invalid)?
+        .name()
+        .to_owned())
+}
+
+/// A site's location: both coordinates or neither, on the globe.
+pub(crate) fn location(lat: Option<f64>, lng: Option<f64>) -> Result<Option<(f64, f64)>, Status> {
+    match (lat, lng) {
+        (None, None) => Ok(None),
+        (Some(lat), Some(lng))
+            if (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lng) =>
+        {
+            Ok(Some((lat, lng)))
+        }
+        (Some(_), Some(_)) => Err(Status::invalid_argument(
+            "lat must be between -90 and 90 and lng between -180 and 180",
+        )),
+        _ => Err(Status::invalid_argument(
+            "give both lat and lng, or neither",
+        )),
+    }
+}
+
+/// A model's family (`camera`, `nvr`, ...), lower-cased as the catalogue
+/// keeps it.
+pub(crate) fn family(value: &str, name: &str) -> Result<Option<String>, Status> {
+    Ok(line(value, name, MAX_SHORT_CHARS)?.map(|f| f.to_lowercase()))
 }
 
 /// The asked day, when there is one.
@@ -438,8 +512,140 @@ impl ContractsApi {
     }
 }
 
+fn counts(counts: store::import::Counts) -> Option<pb::ImportCounts> {
+    Some(pb::ImportCounts {
+        created: counts.created,
+        updated: counts.updated,
+        unchanged: counts.unchanged,
+    })
+}
+
+/// The answer to an import: what was written, or (with faults) nothing.
+fn summary(rows: u64, written: store::import::Written, faults: Faults) -> pb::ImportSummary {
+    let error_count = faults.count();
+    pb::ImportSummary {
+        rows,
+        customers: counts(written.customers),
+        branches: counts(written.branches),
+        contacts: counts(written.contacts),
+        projects: counts(written.projects),
+        models: counts(written.models),
+        assets: counts(written.assets),
+        errors: faults
+            .listed()
+            .into_iter()
+            .map(|(line, reason)| pb::ImportError { line, reason })
+            .collect(),
+        error_count,
+    }
+}
+
+impl ContractsApi {
+    /// Reads the file as it arrives, checking each row and streaming the
+    /// assets into staging, then merges it; commits only a file without a
+    /// fault.
+    async fn import(
+        &self,
+        mut pieces: tonic::Streaming<pb::ImportChunk>,
+    ) -> Result<pb::ImportSummary, Status> {
+        let started = std::time::Instant::now();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| status(StoreError::Database(e)))?;
+        store::import::prepare(&mut tx).await.map_err(status)?;
+        let mut file = Import::new(&self.country_code);
+        let mut copy = store::import::assets_copy(&mut tx).await.map_err(status)?;
+        let mut encoded = Vec::with_capacity(2 * COPY_PIECE);
+        let mut bytes = 0;
+        loop {
+            let piece = match tokio::time::timeout(IMPORT_PAUSE, pieces.message()).await {
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(format!(
+                        "the upload paused for more than {}s: nothing was written; send the file again",
+                        IMPORT_PAUSE.as_secs()
+                    )));
+                }
+                Ok(next) => match next? {
+                    Some(piece) => piece,
+                    None => break,
+                },
+            };
+            bytes += piece.data.len() as u64;
+            if bytes > MAX_IMPORT_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "the file is larger than {} MiB: import it in several files",
+                    MAX_IMPORT_BYTES >> 20
+                )));
+            }
+            file.feed(&piece.data)?;
+            store::import::encode_assets(&file.take_staged(), &mut encoded);
+            if encoded.len() >= COPY_PIECE {
+                copy.send(std::mem::take(&mut encoded))
+                    .await
+                    .map_err(|e| status(StoreError::Database(e)))?;
+            }
+        }
+        file.finish()?;
+        store::import::encode_assets(&file.take_staged(), &mut encoded);
+        copy.send(encoded)
+            .await
+            .map_err(|e| status(StoreError::Database(e)))?;
+        copy.finish()
+            .await
+            .map_err(|e| status(StoreError::Database(e)))?;
+        let rows = file.rows();
+        // How long the upload, the checks and the staging took, before the merge.
+        let read_s = started.elapsed().as_secs_f64();
+        let (base, mut faults) = file.into_parts();
+        let written = store::import::merge(&mut tx, &base, &mut faults)
+            .await
+            .map_err(status)?;
+        match written {
+            Some(written) if faults.is_empty() => {
+                tx.commit()
+                    .await
+                    .map_err(|e| status(StoreError::Database(e)))?;
+                tracing::info!(
+                    rows,
+                    bytes,
+                    read_s,
+                    total_s = started.elapsed().as_secs_f64(),
+                    assets_created = written.assets.created,
+                    assets_updated = written.assets.updated,
+                    "installed base imported"
+                );
+                Ok(summary(rows, written, faults))
+            }
+            _ => {
+                tx.rollback()
+                    .await
+                    .map_err(|e| status(StoreError::Database(e)))?;
+                tracing::info!(
+                    rows,
+                    bytes,
+                    read_s,
+                    total_s = started.elapsed().as_secs_f64(),
+                    faults = faults.count(),
+                    "installed base refused"
+                );
+                Ok(summary(rows, store::import::Written::default(), faults))
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl ContractsService for ContractsApi {
+    async fn import_installed_base(
+        &self,
+        request: Request<tonic::Streaming<pb::ImportChunk>>,
+    ) -> Result<Response<pb::ImportSummary>, Status> {
+        authorize(&request, WRITERS)?;
+        Ok(Response::new(self.import(request.into_inner()).await?))
+    }
+
     async fn create_customer(
         &self,
         request: Request<pb::CreateCustomerRequest>,
@@ -501,14 +707,10 @@ impl ContractsService for ContractsApi {
         authorize(&request, WRITERS)?;
         let request = request.get_ref();
         let customer = required(&request.customer, "customer", MAX_NAME_CHARS)?;
-        let time_zone = required(&request.time_zone, "time zone", MAX_SHORT_CHARS)?;
         let new = store::NewBranch {
             name: required(&request.name, "name", MAX_NAME_CHARS)?,
             address: line(&request.address, "address", MAX_ADDRESS_CHARS)?.unwrap_or_default(),
-            time_zone: domain::time_zone(&time_zone)
-                .map_err(invalid)?
-                .name()
-                .to_owned(),
+            time_zone: time_zone(&request.time_zone, "time zone")?,
             region: line(&request.region, "region", MAX_SHORT_CHARS)?.unwrap_or_default(),
             notice_email: email(&request.notice_email, "notice email")?.ok_or_else(|| {
                 Status::invalid_argument("give the notice email: the branch's notices go there")
@@ -534,9 +736,7 @@ impl ContractsService for ContractsApi {
             phone: self.phone(&request.phone, "phone")?,
         };
         if new.email.is_none() && new.phone.is_none() {
-            return Err(Status::invalid_argument(
-                "give the contact an email or a phone: that is how a caller is recognised",
-            ));
+            return Err(Status::invalid_argument(UNREACHABLE_CONTACT));
         }
         let added = store::add_contact(&self.pool, &customer, new)
             .await
@@ -551,24 +751,7 @@ impl ContractsService for ContractsApi {
         authorize(&request, WRITERS)?;
         let request = request.get_ref();
         let customer = required(&request.customer, "customer", MAX_NAME_CHARS)?;
-        let location = match (request.lat, request.lng) {
-            (None, None) => None,
-            (Some(lat), Some(lng))
-                if (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lng) =>
-            {
-                Some((lat, lng))
-            }
-            (Some(_), Some(_)) => {
-                return Err(Status::invalid_argument(
-                    "lat must be between -90 and 90 and lng between -180 and 180",
-                ));
-            }
-            _ => {
-                return Err(Status::invalid_argument(
-                    "give both lat and lng, or neither",
-                ));
-            }
-        };
+        let location = location(request.lat, request.lng)?;
         let warranty_months = match request.warranty_months {
             0 => domain::DEFAULT_WARRANTY_MONTHS as i32,
             n if (1..=domain::MAX_TERM_MONTHS as i32).contains(&n) => n,
@@ -619,13 +802,8 @@ impl ContractsService for ContractsApi {
     ) -> Result<Response<pb::Asset>, Status> {
         authorize(&request, WRITERS)?;
         let request = request.get_ref();
-        let price: Amount = required(&request.price, "price", 30)?
-            .parse()
-            .map_err(|why| invalid(format!("price: {why}")))?;
-        if !price.fits_column() {
-            return Err(Status::invalid_argument("price is too large"));
-        }
-        let family = line(&request.family, "family", MAX_SHORT_CHARS)?.map(|f| f.to_lowercase());
+        let price = amount(&request.price, "price")?;
+        let family = family(&request.family, "family")?;
         let new = store::NewAsset {
             project: required(&request.project, "project", MAX_NAME_CHARS)?,
             model: required(&request.model, "model", MAX_SHORT_CHARS)?,
@@ -666,12 +844,7 @@ impl ContractsService for ContractsApi {
         let start = date(&request.start, "start")?;
         let end = date(&request.end, "end")?;
         let term_months = domain::term_months(start, end).map_err(invalid)?;
-        let fee: Amount = required(&request.fee, "fee", 30)?
-            .parse()
-            .map_err(|why| invalid(format!("fee: {why}")))?;
-        if !fee.fits_column() {
-            return Err(Status::invalid_argument("fee is too large"));
-        }
+        let fee = amount(&request.fee, "fee")?;
         let new = store::NewContract {
             customer: required(&request.customer, "customer", MAX_NAME_CHARS)?,
             projects: references(&request.projects, "projects", MAX_NAME_CHARS)?,

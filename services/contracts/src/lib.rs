@@ -17,6 +17,11 @@
 //! - [`events`]: `ticket.created` in, `entitlement.resolved` out, and the
 //!   facts of the store's writes (`project.*`, `asset.added`,
 //!   `contract.*`).
+//! - [`import`] (with [`csv`]): a CSV file of the installed base read as it
+//!   arrives, every row checked by the api's rules, the file held together
+//!   (a serial once, one set of values per branch, project, contact);
+//!   [`store::import`] stages it with `COPY` and merges it set-based, all
+//!   or nothing.
 //!
 //! A request flows: api (role, input) → store (one transaction; the cap
 //! checked by domain inside it; the write's event in the outbox) → api
@@ -27,9 +32,11 @@
 //! transaction that records the ticket's event as applied.
 
 pub mod api;
+pub mod csv;
 pub mod domain;
 pub mod entitlement;
 pub mod events;
+pub mod import;
 pub mod notices;
 pub mod store;
 
@@ -133,6 +140,7 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
     let config = ContractsConfig::load(&context.config)?;
     let pool = context.pool(SCHEMA)?;
     let relay_signal = OutboxSignal::default();
+    context.allow_long_call(api::IMPORT_METHOD, api::IMPORT_LIMIT);
     context.add_grpc(
         ContractsServiceServer::new(api::ContractsApi::new(
             pool.clone(),

@@ -3,10 +3,9 @@
 //! Amounts cross this boundary as cents (`Amount`): PostgreSQL keeps
 //! `NUMERIC(14,2)` and converts exactly (`price * 100`, `cents / 100`).
 
-
 use chrono::NaiveDate;
-use hotline_kit::db;
 use hotline_kit::bus::outbox;
+use hotline_kit::db;
 use hotline_proto::events::v1::EventEnvelope;
 use sqlx::{PgConnection, PgPool, postgres::PgDatabaseError};
 use uuid::Uuid;
@@ -15,6 +14,8 @@ use crate::{
     domain::{self, Amount, Term},
     events,
 };
+
+pub mod import;
 
 /// Why the store did not do what was asked; the api maps each to a status.
 #[derive(Debug, thiserror::Error)]

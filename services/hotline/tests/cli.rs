@@ -1252,3 +1252,134 @@ async fn an_agent_sees_whom_a_ticket_is_for_and_lists_a_customers_tickets() {
     assert_eq!(nobody, serde_json::json!([]));
     shell.stop().await;
 }
+
+/// A file in the temporary directory, removed when dropped.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(contents: &[u8]) -> Self {
+        let path = std::env::temp_dir().join(format!("hotline-{}.csv", uuid::Uuid::new_v4()));
+        std::fs::write(&path, contents).unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn a_manager_imports_the_installed_base_from_a_csv_file_once() {
+    let shell = Shell::start().await;
+    let manager = shell.env.token("mia", hotline_kit::auth::Role::Manager);
+    let agent = shell.env.token("ada", hotline_kit::auth::Role::Agent);
+    let base = TempFile::new(
+        "customer,branch,branch_email,branch_timezone,region,contact_name,contact_email,contact_phone,project,accepted_on,lat,lng,model,family,serial,price,currency,firmware\n\
+         Acme,Berlin,berlin@acme.example,Europe/Berlin,north,Ann Lee,ann@acme.example,+49 30 1234567,HQ,2024-01-15,52.52,13.405,DS-2CD2143,camera,CAM-1,6000,EUR,5.7.3\n\
+         Acme,Berlin,berlin@acme.example,Europe/Berlin,north,Ann Lee,ann@acme.example,+49 30 1234567,HQ,2024-01-15,52.52,13.405,DS-7608,nvr,NVR-1,4000.00,EUR,4.1\n"
+            .as_bytes(),
+    );
+    let args = ["import", "installed-base", "--file", base.path()];
+
+    let refused = shell.run(&agent, &args).await;
+    assert!(!refused.status.success(), "agents read, managers import");
+
+    let imported = shell.json(&manager, &args).await;
+    assert_eq!(imported["rows"], 2);
+    assert_eq!(imported["changed"], true);
+    assert_eq!(
+        imported["assets"],
+        serde_json::json!({"created": 2, "updated": 0, "unchanged": 0})
+    );
+    assert_eq!(imported["customers"]["created"], 1);
+    let caller = shell
+        .json(
+            &agent,
+            &[
+                "entitlement",
+                "--phone",
+                "0049 30 1234567",
+                "--on",
+                "2024-06-01",
+            ],
+        )
+        .await;
+    assert_eq!(caller["customer"]["name"], "Acme", "{caller}");
+    assert_eq!(caller["coverage"], "warranty");
+
+    let again = shell.run(&manager, &args).await;
+    assert!(again.status.success());
+    let said = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        said.contains("all 2 rows are recorded already; nothing changed"),
+        "{said}"
+    );
+    assert!(
+        said.contains("assets: 0 created, 0 updated, 2 unchanged"),
+        "{said}"
+    );
+
+    // A refused file: every fault by line, on stderr or in the JSON error;
+    // exit non-zero, nothing written.
+    let bad = TempFile::new(
+        "customer,branch,branch_email,branch_timezone,region,contact_name,contact_email,contact_phone,project,accepted_on,lat,lng,model,family,serial,price,currency,firmware\n\
+         Globex,Main,main@globex.example,Europe/Berlin,,,,,Plant,2024-01-01,,,DS-7608,,CAM-1,100,EUR,\n\
+         Globex,Main,main@globex.example,Europe/Berlin,,,,,Plant,2024-01-01,,,DS-7608,,G-1,12\x1b[2J,EUR,\n"
+            .as_bytes(),
+    );
+    let bad_args = ["import", "installed-base", "--file", bad.path()];
+    let human = shell.run(&manager, &bad_args).await;
+    assert!(!human.status.success());
+    let told = String::from_utf8_lossy(&human.stderr);
+    assert!(
+        told.contains("was refused, nothing was written: 2 faults"),
+        "{told}"
+    );
+    assert!(
+        told.contains("line 2: serial \"CAM-1\" is already recorded in project \"HQ\" of \"Acme\""),
+        "{told}"
+    );
+    assert!(told.contains("line 3: price"), "{told}");
+    assert!(!told.contains('\x1b'), "escaped, never obeyed: {told}");
+    let mut json_args = bad_args.to_vec();
+    json_args.push("--json");
+    let json = shell.run(&manager, &json_args).await;
+    assert!(!json.status.success());
+    let error: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(error["code"], "InvalidArgument");
+    assert_eq!(error["error_count"], 2);
+    assert_eq!(error["errors"][0]["line"], 2);
+    assert_eq!(error["errors"][1]["line"], 3);
+    let listed = shell.json(&agent, &["customers", "list"]).await;
+    assert_eq!(listed.as_array().unwrap().len(), 1, "no Globex: {listed}");
+
+    let missing = shell
+        .run(
+            &manager,
+            &[
+                "import",
+                "installed-base",
+                "--file",
+                "/nonexistent/base.csv",
+                "--json",
+            ],
+        )
+        .await;
+    assert!(!missing.status.success());
+    let error: Value = serde_json::from_slice(&missing.stdout).unwrap();
+    assert_eq!(error["code"], "InvalidArgument");
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot read /nonexistent/base.csv"),
+        "{error}"
+    );
+    shell.stop().await;
+}

@@ -79,6 +79,8 @@ pub struct ModuleContext {
     /// The pools the module asked for, by schema: the dead-letter service
     /// answers through the one on the module's own schema.
     pools: Vec<(String, PgPool)>,
+    /// gRPC methods allowed longer than `grpc::SERVER_TIMEOUT`, with their limits.
+    long_calls: Vec<(&'static str, Duration)>,
 }
 
 impl ModuleContext {
@@ -112,6 +114,13 @@ impl ModuleContext {
     {
         self.health.push(S::NAME);
         self.routes.add_service(service);
+    }
+
+    /// Lets calls to one gRPC method (`/package.Service/Method`) run up to
+    /// `limit` instead of `grpc::SERVER_TIMEOUT`: a client streaming a
+    /// large file.
+    pub fn allow_long_call(&mut self, method: &'static str, limit: Duration) {
+        self.long_calls.push((method, limit));
     }
 
     /// Serves `router` on the process's HTTP port.
@@ -281,6 +290,7 @@ impl App {
         let mut tasks = JoinSet::new();
         let mut served = Vec::new();
         let mut consumers = Vec::new();
+        let mut long_calls = Vec::new();
         for module in start_order(modules)? {
             let mut context = ModuleContext {
                 config: config.clone(),
@@ -296,6 +306,7 @@ impl App {
                 readiness,
                 module: module.name,
                 pools: Vec::new(),
+                long_calls: Vec::new(),
             };
             (module.init)(&mut context)
                 .with_context(|| format!("starting module {}", module.name))?;
@@ -314,6 +325,7 @@ impl App {
                 tasks.spawn(async move { (name, task.await) });
             }
             served.extend(context.health);
+            long_calls.extend(context.long_calls);
             routes = context.routes;
             http = context.http;
             readiness = context.readiness;
@@ -334,9 +346,9 @@ impl App {
         routes.add_service(health_service).add_service(reflection);
         let grpc_server = Server::builder()
             .trace_fn(telemetry::grpc_server_span)
-            .timeout(grpc::SERVER_TIMEOUT)
             .concurrency_limit_per_connection(grpc::CONCURRENCY_PER_CONNECTION)
             .layer(telemetry::RecordGrpcStatus)
+            .layer(grpc::Deadlines::new(long_calls))
             .layer(Authenticate::new(authority))
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(

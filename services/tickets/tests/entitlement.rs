@@ -248,7 +248,10 @@ async fn tickets_are_listed_by_customer_id_or_whole_name() {
     assert_eq!(desk.list(&acme.0.to_string()).await, newest_first);
     assert_eq!(desk.list("acme").await, newest_first, "any case");
     assert_eq!(desk.list("  ACME ").await, newest_first);
-    assert_eq!(desk.list("globex gmbh").await, std::slice::from_ref(&other.number));
+    assert_eq!(
+        desk.list("globex gmbh").await,
+        std::slice::from_ref(&other.number)
+    );
     assert!(desk.list("Acm").await.is_empty(), "the whole name");
     assert!(desk.list(&Uuid::now_v7().to_string()).await.is_empty());
     let all = desk.list("").await;

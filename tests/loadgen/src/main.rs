@@ -8,13 +8,15 @@
 //! the request to that event.
 //!
 //! `clocks`, `burst` and `restart` load the response clocks (see
-//! [`clocks`]).
+//! [`clocks`]). `import` imports a generated installed base, then the same
+//! file again (see [`import`]).
 //!
 //! The fleet is found like the CLI finds it (`HOTLINE_SERVER`,
 //! `HOTLINE_TOKEN`); the broker and namespace come from the fleet's own
 //! configuration variables (`HOTLINE_AMQP_URL`, `HOTLINE_NAMESPACE`).
 
 mod clocks;
+mod import;
 mod mail;
 mod phone;
 
@@ -97,6 +99,23 @@ enum Scenario {
         #[arg(long, default_value = "20s", value_parser = parse_duration)]
         duration: Duration,
     },
+    /// Generates an installed base of CUSTOMERS customers and ASSETS
+    /// assets as a CSV, imports it through the running server (a
+    /// manager's HOTLINE_TOKEN), then imports it again: seconds and rows/s
+    /// of both.
+    Import {
+        #[arg(long, default_value_t = 100_000)]
+        customers: u64,
+        #[arg(long, default_value_t = 1_000_000)]
+        assets: u64,
+        /// Seeds the generator and the run's id in every name: the same
+        /// seed makes the same file. Random when not given.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Also writes the CSV here, for `hotline import installed-base`.
+        #[arg(long)]
+        save: Option<std::path::PathBuf>,
+    },
     /// Runs `hotline serve --target sla` itself (no other `sla` may run in
     /// the namespace), arms ARMED clocks, kills it with SIGKILL for DOWN,
     /// starts it again: time until every overdue clock has fired.
@@ -145,6 +164,15 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             duration,
         } => phone::cti(concurrency, duration).await,
+        Scenario::Import {
+            customers,
+            assets,
+            seed,
+            save,
+        } => {
+            let seed = seed.unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0);
+            import::import(customers, assets, seed, save).await
+        }
         Scenario::Restart {
             hotline,
             armed,

@@ -1,8 +1,9 @@
 //! The command line: `serve`, `migrate`, `token issue`, and the desk's
 //! commands — `tickets`, `sla`, `oncall`, `pages` ([`paging`]), the
 //! installed base and its coverage ([`contracts`]: `customers`, `branches`,
-//! `contacts`, `projects`, `assets`, `contracts`, `entitlement`) and
-//! `deadletters` ([`deadletters`]) — which talk gRPC to the server at
+//! `contacts`, `projects`, `assets`, `contracts`, `entitlement`; [`import`]:
+//! `import installed-base`) and `deadletters` ([`deadletters`]) — which
+//! talk gRPC to the server at
 //! `HOTLINE_SERVER` with the token in `HOTLINE_TOKEN`. With `--json` a command prints JSON
 //! only — on failure too, argument errors included (`{"error": ...,
 //! "code": ...}`) — and exits non-zero when it failed. Human output shows
@@ -10,6 +11,7 @@
 
 mod contracts;
 mod deadletters;
+mod import;
 mod paging;
 mod text;
 mod tickets;
@@ -87,6 +89,9 @@ enum Command {
     Deadletters(deadletters::DeadLettersCommand),
     #[command(flatten)]
     Contracts(contracts::Command),
+    /// Bulk imports (managers): the installed base from a CSV file.
+    #[command(subcommand)]
+    Import(import::ImportCommand),
 }
 
 #[derive(Subcommand)]
@@ -113,6 +118,9 @@ enum TokenCommand {
 pub struct Failure {
     message: String,
     code: tonic::Code,
+    /// More to tell than one message: fields added to the JSON error, and
+    /// lines printed after the message (outside text, escaped when shown).
+    details: Option<(serde_json::Map<String, serde_json::Value>, Vec<String>)>,
 }
 
 impl Failure {
@@ -120,7 +128,18 @@ impl Failure {
         Self {
             message: message.to_string(),
             code,
+            details: None,
         }
+    }
+
+    /// With `fields` in the JSON error and `lines` after the message.
+    fn with_details(
+        mut self,
+        fields: serde_json::Map<String, serde_json::Value>,
+        lines: Vec<String>,
+    ) -> Self {
+        self.details = Some((fields, lines));
+        self
     }
 
     /// An argument, setting or configuration that cannot be used.
@@ -168,12 +187,20 @@ impl Output {
     }
 
     fn fail(&self, failure: Failure) -> ExitCode {
+        let (fields, lines) = failure.details.unwrap_or_default();
         if self.json {
             let code = format!("{:?}", failure.code);
-            println!("{}", json!({ "error": failure.message, "code": code }));
+            let mut error = json!({ "error": failure.message, "code": code });
+            if let Some(error) = error.as_object_mut() {
+                error.extend(fields);
+            }
+            println!("{error}");
         } else {
             // Server messages may quote what a customer wrote.
             eprintln!("error: {}", text::line(&failure.message));
+            for line in lines {
+                eprintln!("{}", text::line(&line));
+            }
         }
         ExitCode::FAILURE
     }
@@ -231,6 +258,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Pages(command) => paging::pages(command, &output).await,
         Command::Deadletters(command) => deadletters::run(command, &output).await,
         Command::Contracts(command) => contracts::run(command, &output).await,
+        Command::Import(command) => import::run(command, &output).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -299,6 +327,13 @@ async fn shutdown_signal() {
 
 /// A gRPC channel to `HOTLINE_SERVER` carrying `HOTLINE_TOKEN`.
 fn connect() -> Result<InterceptedService<Channel, BearerToken>, Failure> {
+    connect_waiting(grpc::CLIENT_TIMEOUT)
+}
+
+/// [`connect`] for a call that may take up to `timeout`.
+fn connect_waiting(
+    timeout: std::time::Duration,
+) -> Result<InterceptedService<Channel, BearerToken>, Failure> {
     let server = server_url(std::env::var("HOTLINE_SERVER").ok().as_deref());
     let token = std::env::var("HOTLINE_TOKEN")
         .ok()
@@ -309,7 +344,7 @@ fn connect() -> Result<InterceptedService<Channel, BearerToken>, Failure> {
                 "HOTLINE_TOKEN is not set: get one with `hotline token issue --role agent --subject <you>`",
             )
         })?;
-    let channel = grpc::channel(&server)
+    let channel = grpc::channel_waiting(&server, timeout)
         .context("HOTLINE_SERVER should be http://host:port or host:port")
         .map_err(Failure::invalid)?;
     let token = BearerToken::new(&token)
