@@ -546,52 +546,97 @@ impl ContractsApi {
     /// fault.
     async fn import(
         &self,
-        mut pieces: tonic::Streaming<pb::ImportChunk>,
+        pieces: tonic::Streaming<pb::ImportChunk>,
     ) -> Result<pb::ImportSummary, Status> {
-        let started = std::time::Instant::now();
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(|e| status(StoreError::Database(e)))?;
-        store::import::prepare(&mut tx).await.map_err(status)?;
-        let mut file = Import::new(&self.country_code);
-        let mut copy = store::import::assets_copy(&mut tx).await.map_err(status)?;
-        let mut encoded = Vec::with_capacity(2 * COPY_PIECE);
-        let mut bytes = 0;
-        loop {
-            let piece = match tokio::time::timeout(IMPORT_PAUSE, pieces.message()).await {
-                Err(_) => {
-                    return Err(Status::deadline_exceeded(format!(
-                        "the upload paused for more than {}s: nothing was written; send the file again",
-                        IMPORT_PAUSE.as_secs()
-                    )));
-                }
-                Ok(next) => match next? {
-                    Some(piece) => piece,
-                    None => break,
-                },
-            };
-            bytes += piece.data.len() as u64;
-            if bytes > MAX_IMPORT_BYTES {
-                return Err(Status::invalid_argument(format!(
-                    "the file is larger than {} MiB: import it in several files",
-                    MAX_IMPORT_BYTES >> 20
-                )));
-            }
-            file.feed(&piece.data)?;
-            store::import::encode_assets(&file.take_staged(), &mut encoded);
-            if encoded.len() >= COPY_PIECE {
-                copy.send(std::mem::take(&mut encoded))
+        let outcome = self.import_in(&mut tx, pieces).await;
+        // Ended before answering, either way: a refused file's lock is
+        // released by then, so the caller's next import is not refused as
+        // running (a dropped transaction rolls back only later).
+        match outcome {
+            Ok((summary, true)) => {
+                tx.commit()
                     .await
                     .map_err(|e| status(StoreError::Database(e)))?;
+                Ok(summary)
+            }
+            Ok((summary, false)) => {
+                tx.rollback()
+                    .await
+                    .map_err(|e| status(StoreError::Database(e)))?;
+                Ok(summary)
+            }
+            Err(refused) => {
+                if let Err(error) = tx.rollback().await {
+                    tracing::warn!(%error, "cannot roll back a refused import");
+                }
+                Err(refused)
             }
         }
-        file.finish()?;
-        store::import::encode_assets(&file.take_staged(), &mut encoded);
-        copy.send(encoded)
-            .await
-            .map_err(|e| status(StoreError::Database(e)))?;
+    }
+
+    /// [`Self::import`] in `tx`: the summary, and whether to commit.
+    async fn import_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        mut pieces: tonic::Streaming<pb::ImportChunk>,
+    ) -> Result<(pb::ImportSummary, bool), Status> {
+        let started = std::time::Instant::now();
+        let tx = &mut **tx;
+        store::import::prepare(tx).await.map_err(status)?;
+        let mut file = Import::new(&self.country_code);
+        let mut copy = store::import::assets_copy(tx).await.map_err(status)?;
+        let mut encoded = Vec::with_capacity(2 * COPY_PIECE);
+        let mut bytes = 0;
+        // Sent until the file ends or is refused; a refused file's COPY is
+        // aborted, so the transaction can roll back on a clean connection.
+        let staged: Result<(), Status> = async {
+            loop {
+                let piece = match tokio::time::timeout(IMPORT_PAUSE, pieces.message()).await {
+                    Err(_) => {
+                        return Err(Status::deadline_exceeded(format!(
+                            "the upload paused for more than {}s: nothing was written; send the file again",
+                            IMPORT_PAUSE.as_secs()
+                        )));
+                    }
+                    Ok(next) => match next? {
+                        Some(piece) => piece,
+                        None => break,
+                    },
+                };
+                bytes += piece.data.len() as u64;
+                if bytes > MAX_IMPORT_BYTES {
+                    return Err(Status::invalid_argument(format!(
+                        "the file is larger than {} MiB: import it in several files",
+                        MAX_IMPORT_BYTES >> 20
+                    )));
+                }
+                file.feed(&piece.data)?;
+                store::import::encode_assets(&file.take_staged(), &mut encoded);
+                if encoded.len() >= COPY_PIECE {
+                    copy.send(std::mem::take(&mut encoded))
+                        .await
+                        .map_err(|e| status(StoreError::Database(e)))?;
+                }
+            }
+            file.finish()?;
+            store::import::encode_assets(&file.take_staged(), &mut encoded);
+            copy.send(encoded)
+                .await
+                .map_err(|e| status(StoreError::Database(e)))?;
+            Ok(())
+        }
+        .await;
+        if let Err(refused) = staged {
+            if let Err(error) = copy.abort("the file was refused").await {
+                tracing::warn!(%error, "cannot abort a refused import's COPY");
+            }
+            return Err(refused);
+        }
         copy.finish()
             .await
             .map_err(|e| status(StoreError::Database(e)))?;
@@ -599,14 +644,11 @@ impl ContractsApi {
         // How long the upload, the checks and the staging took, before the merge.
         let read_s = started.elapsed().as_secs_f64();
         let (base, mut faults) = file.into_parts();
-        let written = store::import::merge(&mut tx, &base, &mut faults)
+        let written = store::import::merge(tx, &base, &mut faults)
             .await
             .map_err(status)?;
         match written {
             Some(written) if faults.is_empty() => {
-                tx.commit()
-                    .await
-                    .map_err(|e| status(StoreError::Database(e)))?;
                 tracing::info!(
                     rows,
                     bytes,
@@ -616,12 +658,9 @@ impl ContractsApi {
                     assets_updated = written.assets.updated,
                     "installed base imported"
                 );
-                Ok(summary(rows, written, faults))
+                Ok((summary(rows, written, faults), true))
             }
             _ => {
-                tx.rollback()
-                    .await
-                    .map_err(|e| status(StoreError::Database(e)))?;
                 tracing::info!(
                     rows,
                     bytes,
@@ -630,7 +669,10 @@ impl ContractsApi {
                     faults = faults.count(),
                     "installed base refused"
                 );
-                Ok(summary(rows, store::import::Written::default(), faults))
+                Ok((
+                    summary(rows, store::import::Written::default(), faults),
+                    false,
+                ))
             }
         }
     }

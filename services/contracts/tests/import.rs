@@ -487,7 +487,7 @@ async fn a_file_that_is_no_installed_base_is_refused_whole() {
         (b"\xFF\xFEc\0u\0".to_vec(), "UTF-16"),
     ] {
         let status = refused(file).await;
-        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.code(), Code::InvalidArgument, "{want}: {status:?}");
         assert!(status.message().contains(want), "{want}: {status:?}");
     }
     assert_eq!(desk.stored().await, [0; 6]);
