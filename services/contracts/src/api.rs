@@ -41,8 +41,10 @@ const MAX_ADDRESS_CHARS: usize = 500;
 pub(crate) const MAX_SHORT_CHARS: usize = 100;
 pub(crate) const MAX_EMAIL_CHARS: usize = 254;
 pub(crate) const MAX_PHONE_CHARS: usize = 40;
-/// Dates (`YYYY-MM-DD`), amounts and coordinates, with room for spaces.
+/// Amounts and coordinates, with room for spaces.
 pub(crate) const MAX_NUMBER_CHARS: usize = 30;
+/// Dates, `YYYY-MM-DD`, with room for spaces.
+pub(crate) const MAX_DATE_CHARS: usize = 20;
 /// Why a contact needs an email or a phone.
 pub(crate) const UNREACHABLE_CONTACT: &str =
     "give the contact an email or a phone: that is how a caller is recognised";
@@ -162,7 +164,7 @@ pub(crate) fn email(value: &str, name: &str) -> Result<Option<String>, Status> {
 }
 
 pub(crate) fn date(value: &str, name: &str) -> Result<NaiveDate, Status> {
-    let value = required(value, name, 20)?;
+    let value = required(value, name, MAX_DATE_CHARS)?;
     domain::date(&value, name).map_err(invalid)
 }
 
@@ -212,7 +214,7 @@ pub(crate) fn family(value: &str, name: &str) -> Result<Option<String>, Status> 
 
 /// The asked day, when there is one.
 fn on(value: &str) -> Result<Option<NaiveDate>, Status> {
-    line(value, "on", 20)?
+    line(value, "on", MAX_DATE_CHARS)?
         .map(|d| domain::date(&d, "on").map_err(invalid))
         .transpose()
 }

@@ -17,7 +17,8 @@ use tonic::Status;
 
 use crate::{
     api::{
-        self, MAX_EMAIL_CHARS, MAX_NAME_CHARS, MAX_NUMBER_CHARS, MAX_PHONE_CHARS, MAX_SHORT_CHARS,
+        self, MAX_DATE_CHARS, MAX_EMAIL_CHARS, MAX_NAME_CHARS, MAX_NUMBER_CHARS, MAX_PHONE_CHARS,
+        MAX_SHORT_CHARS,
     },
     csv::{self, Record},
     domain::{self, Amount},
@@ -51,7 +52,7 @@ const COLUMNS: [Column; 18] = [
     column("contact_email", MAX_EMAIL_CHARS),
     column("contact_phone", MAX_PHONE_CHARS),
     column("project", MAX_NAME_CHARS),
-    column("accepted_on", MAX_NUMBER_CHARS),
+    column("accepted_on", MAX_DATE_CHARS),
     column("lat", MAX_NUMBER_CHARS),
     column("lng", MAX_NUMBER_CHARS),
     column("model", MAX_SHORT_CHARS),
