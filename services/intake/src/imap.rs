@@ -16,7 +16,10 @@
 use std::{collections::HashSet, fmt, future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use async_imap::{Client, Session, types::Fetch};
+use async_imap::{
+    Client, Session,
+    types::{Fetch, UnsolicitedResponse},
+};
 use futures_util::TryStreamExt;
 use hotline_kit::{bus::outbox::OutboxSignal, telemetry};
 use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
@@ -269,6 +272,19 @@ impl Poller {
         loop {
             self.take(&mut session, mailbox, validity, moves, &mut skipped)
                 .await?;
+            // Mail that arrived while this round ran was announced (EXISTS)
+            // in its responses, not to the IDLE to come: look again now
+            // rather than wait out the poll.
+            let mut arrived = false;
+            while let Ok(response) = session.unsolicited_responses.try_recv() {
+                arrived |= matches!(
+                    response,
+                    UnsolicitedResponse::Exists(_) | UnsolicitedResponse::Recent(_)
+                );
+            }
+            if arrived {
+                continue;
+            }
             if idle {
                 let mut handle = session.idle();
                 within("starting IDLE", handle.init()).await?;
