@@ -428,19 +428,14 @@ impl ContractsApi {
                     holders.iter().filter(|h| rank(h) == best).collect();
                 let mut branches: Vec<Uuid> = chosen.iter().filter_map(|h| h.branch_id).collect();
                 branches.dedup();
-                let customer = store::customer_by_id(&self.pool, *one)
-                    .await
-                    .map_err(status)?;
-                let contact = match chosen.first().and_then(|h| h.contact_id) {
-                    Some(id) => store::contact_by_id(&self.pool, id).await.map_err(status)?,
-                    None => None,
-                };
                 let branch = match branches.as_slice() {
-                    [only] => store::branch_by_id(&self.pool, *only)
-                        .await
-                        .map_err(status)?,
+                    [only] => Some(*only),
                     _ => None,
                 };
+                let contact = chosen.first().and_then(|h| h.contact_id);
+                let (customer, branch, contact) = store::parties(&self.pool, *one, branch, contact)
+                    .await
+                    .map_err(status)?;
                 let (assets, whose) = match &branch {
                     Some(b) => (
                         store::assets_of_branch(&self.pool, b.id)
@@ -455,8 +450,7 @@ impl ContractsApi {
                         customer.name.clone(),
                     ),
                 };
-                self.answer(customer, branch, contact, &assets, on, &whose)
-                    .await
+                Ok(found(customer, branch, contact, &assets, on, &whose))
             }
             several => Ok(pb::EntitlementResponse {
                 r#match: pb::Match::Ambiguous as i32,
@@ -481,36 +475,37 @@ impl ContractsApi {
             }),
         }
     }
+}
 
-    async fn answer(
-        &self,
-        customer: store::Customer,
-        branch: Option<store::Branch>,
-        contact: Option<store::Contact>,
-        assets: &[store::Asset],
-        on: Option<NaiveDate>,
-        whose: &str,
-    ) -> Result<pb::EntitlementResponse, Status> {
-        let mut projects: Vec<Uuid> = assets.iter().map(|a| a.project_id).collect();
-        projects.sort_unstable();
-        projects.dedup();
-        let project = match projects.as_slice() {
-            [one] => Some(store::project_of(&self.pool, *one).await.map_err(status)?),
-            _ => None,
-        };
-        let (assets, coverage, covered_until, reason) = entitlement(assets, on, whose);
-        Ok(pb::EntitlementResponse {
-            r#match: pb::Match::Found as i32,
-            customer: Some(self::customer(&customer)),
-            branch: branch.as_ref().map(self::branch),
-            project: project.as_ref().map(self::project),
-            assets,
-            coverage: pb_coverage(coverage) as i32,
-            covered_until,
-            reason,
-            candidates: Vec::new(),
-            contact: contact.as_ref().map(self::contact),
-        })
+/// The answer for one customer found: its assets' coverage, and the
+/// project when they are all in one.
+fn found(
+    customer: store::Customer,
+    branch: Option<store::Branch>,
+    contact: Option<store::Contact>,
+    assets: &[store::Asset],
+    on: Option<NaiveDate>,
+    whose: &str,
+) -> pb::EntitlementResponse {
+    let mut projects: Vec<Uuid> = assets.iter().map(|a| a.project_id).collect();
+    projects.sort_unstable();
+    projects.dedup();
+    let project = match projects.as_slice() {
+        [_] => assets.first().map(store::Asset::project),
+        _ => None,
+    };
+    let (assets, coverage, covered_until, reason) = entitlement(assets, on, whose);
+    pb::EntitlementResponse {
+        r#match: pb::Match::Found as i32,
+        customer: Some(self::customer(&customer)),
+        branch: branch.as_ref().map(self::branch),
+        project: project.as_ref().map(self::project),
+        assets,
+        coverage: pb_coverage(coverage) as i32,
+        covered_until,
+        reason,
+        candidates: Vec::new(),
+        contact: contact.as_ref().map(self::contact),
     }
 }
 
@@ -564,6 +559,22 @@ impl ContractsApi {
                 tx.commit()
                     .await
                     .map_err(|e| status(StoreError::Database(e)))?;
+                let written = [
+                    &summary.customers,
+                    &summary.branches,
+                    &summary.contacts,
+                    &summary.projects,
+                    &summary.assets,
+                ]
+                .iter()
+                .any(|c| c.is_some_and(|c| c.created + c.updated > 0));
+                if written {
+                    // The file is in; statistics that still describe the
+                    // tables before it would only slow the lookups.
+                    if let Err(error) = store::import::analyze(&self.pool).await {
+                        tracing::warn!(%error, "cannot analyze the imported tables");
+                    }
+                }
                 Ok(summary)
             }
             Ok((summary, false)) => {
@@ -977,15 +988,16 @@ impl ContractsService for ContractsApi {
                         ..Default::default()
                     },
                     Some(found) => {
-                        let customer = store::customer_by_id(&self.pool, found.customer_id)
-                            .await
-                            .map_err(status)?;
-                        let branch = store::branch_by_id(&self.pool, found.branch_id)
-                            .await
-                            .map_err(status)?;
+                        let (customer, branch, _) = store::parties(
+                            &self.pool,
+                            found.customer_id,
+                            Some(found.branch_id),
+                            None,
+                        )
+                        .await
+                        .map_err(status)?;
                         let whose = format!("serial {}", found.serial);
-                        self.answer(customer, branch, None, &[found], on, &whose)
-                            .await?
+                        self::found(customer, branch, None, &[found], on, &whose)
                     }
                 }
             }

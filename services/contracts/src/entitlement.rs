@@ -560,6 +560,8 @@ mod tests {
             accepted_on: domain::date(accepted_on, "accepted").unwrap(),
             warranty_months: 12,
             time_zone: "Europe/Berlin".into(),
+            lat: None,
+            lng: None,
             terms: Vec::new(),
         }
     }

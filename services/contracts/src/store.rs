@@ -7,7 +7,7 @@ use chrono::NaiveDate;
 use hotline_kit::bus::outbox;
 use hotline_kit::db;
 use hotline_proto::events::v1::EventEnvelope;
-use sqlx::{PgConnection, PgPool, postgres::PgDatabaseError};
+use sqlx::{FromRow, PgConnection, PgPool, Row, postgres::PgDatabaseError};
 use uuid::Uuid;
 
 use crate::{
@@ -143,6 +143,9 @@ pub struct Asset {
     pub accepted_on: NaiveDate,
     pub warranty_months: i32,
     pub time_zone: String,
+    /// Its project's site.
+    pub lat: Option<f64>,
+    pub lng: Option<f64>,
     #[sqlx(skip)]
     /// Every contract term covering it, oldest first.
     pub terms: Vec<Term<Uuid>>,
@@ -179,7 +182,7 @@ const ASSET: &str = "SELECT a.id, a.serial, m.name AS model, m.family, a.project
         p.name AS project, p.customer_id, c.name AS customer, p.branch_id,
         b.name AS branch, b.region,
         (a.price * 100)::bigint AS price_cents, a.currency, a.firmware,
-        p.accepted_on, p.warranty_months, p.time_zone,
+        p.accepted_on, p.warranty_months, p.time_zone, p.lat, p.lng,
         t.term_contracts, t.term_starts, t.term_ends
     FROM assets a
     JOIN models m ON m.id = a.model_id
@@ -1120,28 +1123,75 @@ pub async fn customer_assets(conn: &mut PgConnection, customer: Uuid) -> Result<
     assets(conn, "p.customer_id = $1", customer, true).await
 }
 
-pub async fn customer_by_id(pool: &PgPool, id: Uuid) -> Result<Customer> {
-    let mut conn = pool.acquire().await?;
-    customer(&mut conn, &id.to_string()).await
+/// A customer with one of its branches and one of its contacts, when
+/// named: what an entitlement answers with, in one query.
+pub async fn parties(
+    pool: &PgPool,
+    customer: Uuid,
+    branch: Option<Uuid>,
+    contact: Option<Uuid>,
+) -> Result<(Customer, Option<Branch>, Option<Contact>)> {
+    let row = sqlx::query(
+        "SELECT c.id, c.name, c.email, c.phone,
+                b.id AS b_id, b.name AS b_name, b.address AS b_address,
+                b.time_zone AS b_time_zone, b.region AS b_region,
+                b.notice_email AS b_notice_email,
+                k.id AS k_id, k.branch_id AS k_branch_id, k.name AS k_name,
+                k.email AS k_email, k.phone AS k_phone
+           FROM customers c
+           LEFT JOIN branches b ON b.id = $2 AND b.customer_id = c.id
+           LEFT JOIN contacts k ON k.id = $3 AND k.customer_id = c.id
+          WHERE c.id = $1",
+    )
+    .bind(customer)
+    .bind(branch)
+    .bind(contact)
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| StoreError::NotFound(format!("no customer {customer}")))?;
+    let customer = Customer::from_row(&row)?;
+    let branch = match row.try_get::<Option<Uuid>, _>("b_id")? {
+        Some(id) => Some(Branch {
+            id,
+            customer_id: customer.id,
+            name: row.try_get("b_name")?,
+            address: row.try_get("b_address")?,
+            time_zone: row.try_get("b_time_zone")?,
+            region: row.try_get("b_region")?,
+            notice_email: row.try_get("b_notice_email")?,
+        }),
+        None => None,
+    };
+    let contact = match row.try_get::<Option<Uuid>, _>("k_id")? {
+        Some(id) => Some(Contact {
+            id,
+            customer_id: customer.id,
+            branch_id: row.try_get("k_branch_id")?,
+            name: row.try_get("k_name")?,
+            email: row.try_get("k_email")?,
+            phone: row.try_get("k_phone")?,
+        }),
+        None => None,
+    };
+    Ok((customer, branch, contact))
 }
 
-pub async fn branch_by_id(pool: &PgPool, id: Uuid) -> Result<Option<Branch>> {
-    Ok(sqlx::query_as(&format!("{BRANCH} WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?)
-}
-
-pub async fn contact_by_id(pool: &PgPool, id: Uuid) -> Result<Option<Contact>> {
-    Ok(sqlx::query_as(&format!("{CONTACT} WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?)
-}
-
-pub async fn project_of(pool: &PgPool, id: Uuid) -> Result<Project> {
-    let mut conn = pool.acquire().await?;
-    project_by_id(&mut conn, id).await
+impl Asset {
+    /// The project it is in, as the asset's row carries it.
+    pub fn project(&self) -> Project {
+        Project {
+            id: self.project_id,
+            customer_id: self.customer_id,
+            customer: self.customer.clone(),
+            branch_id: self.branch_id,
+            name: self.project.clone(),
+            lat: self.lat,
+            lng: self.lng,
+            time_zone: self.time_zone.clone(),
+            accepted_on: self.accepted_on,
+            warranty_months: self.warranty_months,
+        }
+    }
 }
 
 /// Takes the notice scan for this transaction: another process scanning

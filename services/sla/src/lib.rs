@@ -34,7 +34,22 @@ use tokio_util::sync::CancellationToken;
 use crate::{domain::Ladder, index::DueIndex, scheduler::Scheduler};
 
 pub const SCHEMA: &str = "sla";
-const CONSUMES: &[&str] = &["ticket.*", "page.acknowledged"];
+/// The ticket events that move a clock, by name: `ticket.entitled`, which
+/// comes with every new ticket and changes nothing a clock reads, is not
+/// even delivered.
+const CONSUMES: &[&str] = &[
+    "ticket.created",
+    "ticket.article_added",
+    "ticket.awaiting_response",
+    "ticket.responded",
+    "ticket.assigned",
+    "ticket.status_changed",
+    "ticket.resolved",
+    "ticket.closed",
+    "ticket.reopened",
+    "ticket.priority_changed",
+    "page.acknowledged",
+];
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

@@ -273,20 +273,33 @@ pub async fn waiting(pool: &PgPool) -> sqlx::Result<(i64, i64)> {
     .await
 }
 
-/// The response target of `priority`: its policy, else `warranty`.
-pub async fn target(
-    conn: &mut PgConnection,
-    priority: i32,
+/// The response target of each priority: its policy, else the warranty's.
+pub struct Targets {
+    policies: Vec<(i32, Duration)>,
     warranty: Duration,
-) -> sqlx::Result<Duration> {
-    let policy: Option<i64> =
-        sqlx::query_scalar("SELECT target_ms FROM policies WHERE priority = $1")
-            .bind(priority)
-            .fetch_optional(conn)
+}
+
+impl Targets {
+    /// Every policy, in one query (there are a handful).
+    pub async fn read(conn: &mut PgConnection, warranty: Duration) -> sqlx::Result<Self> {
+        let rows: Vec<(i32, i64)> = sqlx::query_as("SELECT priority, target_ms FROM policies")
+            .fetch_all(conn)
             .await?;
-    Ok(policy
-        .and_then(|ms| u64::try_from(ms).ok())
-        .map_or(warranty, Duration::from_millis))
+        let policies = rows
+            .into_iter()
+            .filter_map(|(priority, ms)| {
+                Some((priority, Duration::from_millis(u64::try_from(ms).ok()?)))
+            })
+            .collect();
+        Ok(Self { policies, warranty })
+    }
+
+    pub fn of(&self, priority: i32) -> Duration {
+        self.policies
+            .iter()
+            .find(|(p, _)| *p == priority)
+            .map_or(self.warranty, |(_, target)| *target)
+    }
 }
 
 /// Policies set, by priority.

@@ -47,9 +47,6 @@ const PIECE_BYTES: usize = 1 << 20;
 /// The CSV of `customers` customers holding `assets` assets in all.
 pub fn generate(customers: u64, assets: u64, run: &str, seed: u64) -> Vec<u8> {
     let mut rng = StdRng::seed_from_u64(seed);
-    // Phones are unique across contacts: +49, three digits of the run, the
-    // customer and the contact.
-    let area = 100 + u64::from_str_radix(&run[..4], 16).unwrap_or(0) % 900;
     let mut csv = String::with_capacity((assets as usize + 1) * 200);
     csv.push_str(HEADER);
     csv.push('\n');
@@ -97,7 +94,10 @@ pub fn generate(customers: u64, assets: u64, run: &str, seed: u64) -> Vec<u8> {
             let cents = rng.random_range(10_000..900_000u64);
             serial += 1;
             csv.push_str(&format!(
-                "{customer},Branch {b},b{b}.c{c}.{run}@customers.example,{zone},{region},Contact {k},k{k}.c{c}.{run}@customers.example,+49{area}{c:07}{k},{project},{accepted},{lat:.5},{lng:.5},{model},{family},SN-{run}-{serial:08},{}.{:02},{currency},{}\n",
+                "{customer},Branch {b},b{b}.c{c}.{run}@customers.example,{zone},{region},Contact {k},{},{},{project},{accepted},{lat:.5},{lng:.5},{model},{family},{},{}.{:02},{currency},{}\n",
+                contact_email(run, c, k),
+                contact_phone(run, c, k),
+                serial_number(run, serial),
                 cents / 100,
                 cents % 100,
                 FIRMWARE[(serial % 3) as usize],
@@ -106,6 +106,28 @@ pub fn generate(customers: u64, assets: u64, run: &str, seed: u64) -> Vec<u8> {
         }
     }
     csv.into_bytes()
+}
+
+/// The run's id in every name of a file generated from `seed`.
+pub fn run_of(seed: u64) -> String {
+    format!("{:08x}", StdRng::seed_from_u64(seed).random::<u32>())
+}
+
+/// Contact `k`'s email at customer `c` (every customer has contact 0).
+pub fn contact_email(run: &str, c: u64, k: u64) -> String {
+    format!("k{k}.c{c}.{run}@customers.example")
+}
+
+/// Contact `k`'s phone at customer `c`: unique across contacts, +49, three
+/// digits of the run, the customer and the contact.
+pub fn contact_phone(run: &str, c: u64, k: u64) -> String {
+    let area = 100 + u64::from_str_radix(&run[..4], 16).unwrap_or(0) % 900;
+    format!("+49{area}{c:07}{k}")
+}
+
+/// The `n`th asset's serial, from 1.
+pub fn serial_number(run: &str, n: u64) -> String {
+    format!("SN-{run}-{n:08}")
 }
 
 /// A customer boundary's jitter in [-0.4, 0.4), the same for both
@@ -166,7 +188,7 @@ pub async fn import(
     let server =
         std::env::var("HOTLINE_SERVER").unwrap_or_else(|_| "http://127.0.0.1:50051".into());
     let token = std::env::var("HOTLINE_TOKEN").context("HOTLINE_TOKEN is not set (a manager's)")?;
-    let run = format!("{:08x}", StdRng::seed_from_u64(seed).random::<u32>());
+    let run = run_of(seed);
     let started = Instant::now();
     let file = generate(customers, assets, &run, seed);
     let generated = started.elapsed().as_secs_f64();

@@ -5,17 +5,21 @@
 //! from C concurrent callers for D. A ticket counts when its
 //! `ticket.created` event has been published and confirmed by RabbitMQ —
 //! seen on a queue bound to the fleet's events exchange. Latency runs from
-//! the request to that event.
+//! the request to that event. A fleet that takes tickets faster than its
+//! consumers apply them only piles work up: the run then waits until every
+//! module's queue is empty, and `sustained_per_s` counts that time too.
 //!
 //! `clocks`, `burst` and `restart` load the response clocks (see
 //! [`clocks`]). `import` imports a generated installed base, then the same
-//! file again (see [`import`]).
+//! file again (see [`import`]). `entitlement` looks callers up in that
+//! base (see [`entitlement`]).
 //!
 //! The fleet is found like the CLI finds it (`HOTLINE_SERVER`,
 //! `HOTLINE_TOKEN`); the broker and namespace come from the fleet's own
 //! configuration variables (`HOTLINE_AMQP_URL`, `HOTLINE_NAMESPACE`).
 
 mod clocks;
+mod entitlement;
 mod import;
 mod mail;
 mod phone;
@@ -32,6 +36,7 @@ use std::{
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hotline_kit::{
+    bus::Bus,
     config::{Config, parse_duration},
     grpc::{self, BearerToken},
     testing::EventTap,
@@ -116,6 +121,27 @@ enum Scenario {
         #[arg(long)]
         save: Option<std::path::PathBuf>,
     },
+    /// C callers look up entitlements by phone, email and serial (a random
+    /// mix) for D, in the base `import` wrote with the same SEED,
+    /// CUSTOMERS and ASSETS (any HOTLINE_TOKEN: agents read).
+    Entitlement {
+        #[arg(long)]
+        seed: u64,
+        #[arg(long, default_value_t = 100_000)]
+        customers: u64,
+        #[arg(long, default_value_t = 1_000_000)]
+        assets: u64,
+        /// The share of lookups for keys nobody has (0 to 1).
+        #[arg(long, default_value_t = 0.0)]
+        unknown: f64,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Lookups a second the callers share; 0: as fast as they can.
+        #[arg(long, default_value_t = 0)]
+        rate: u32,
+    },
     /// Runs `hotline serve --target sla` itself (no other `sla` may run in
     /// the namespace), arms ARMED clocks, kills it with SIGKILL for DOWN,
     /// starts it again: time until every overdue clock has fired.
@@ -172,6 +198,26 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let seed = seed.unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0);
             import::import(customers, assets, seed, save).await
+        }
+        Scenario::Entitlement {
+            seed,
+            customers,
+            assets,
+            unknown,
+            concurrency,
+            duration,
+            rate,
+        } => {
+            entitlement::entitlement(
+                seed,
+                customers,
+                assets,
+                unknown,
+                concurrency,
+                duration,
+                rate,
+            )
+            .await
         }
         Scenario::Restart {
             hotline,
@@ -288,6 +334,7 @@ async fn create_tickets(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tap.abort();
+    let (backlog, drained) = drain(&config).await?;
     let unconfirmed = progress
         .lock()
         .unwrap()
@@ -307,6 +354,9 @@ async fn create_tickets(
         "unconfirmed": unconfirmed,
         "errors": errors.load(Ordering::Relaxed),
         "throughput_per_s": round(confirmed as f64 / sending.as_secs_f64()),
+        "backlog_at_end": backlog,
+        "drained_s": round(drained.as_secs_f64()),
+        "sustained_per_s": round(confirmed as f64 / (sending + drained).as_secs_f64()),
         "p50_ms": percentile(&mut latencies, 50.0),
         "p90_ms": percentile(&mut latencies, 90.0),
         "p99_ms": percentile(&mut latencies, 99.0),
@@ -316,6 +366,49 @@ async fn create_tickets(
     });
     println!("{report}");
     Ok(())
+}
+
+/// Waits until the queues of every module of the fleet that consumes
+/// events are empty (or 300 s): the messages waiting when it started, and
+/// how long emptying them took.
+async fn drain(config: &Config) -> anyhow::Result<(u64, Duration)> {
+    let bus = Bus::new(config.amqp_url.clone(), config.namespace.clone(), "loadgen");
+    let connection =
+        lapin::Connection::connect(config.amqp_url.expose(), Default::default()).await?;
+    let queues: Vec<String> = hotline::fleet::modules()
+        .iter()
+        .filter(|m| !m.consumes.is_empty())
+        .map(|m| bus.queue(m.name))
+        .collect();
+    let started = Instant::now();
+    let mut first = None;
+    loop {
+        let mut waiting = 0u64;
+        for queue in &queues {
+            // A passive declare fails (and closes its channel) for a queue
+            // nobody declared: a module the fleet does not run.
+            let channel = connection.create_channel().await?;
+            let declared = channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    Default::default(),
+                )
+                .await;
+            if let Ok(declared) = declared {
+                waiting += u64::from(declared.message_count());
+                let _ = channel.close(200, "".into()).await;
+            }
+        }
+        let backlog = *first.get_or_insert(waiting);
+        if waiting == 0 || started.elapsed() > Duration::from_secs(300) {
+            return Ok((backlog, started.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Consumes `ticket.created` from a private queue and matches each event to

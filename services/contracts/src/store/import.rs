@@ -20,7 +20,7 @@
 use std::{collections::HashMap, fmt::Write};
 
 use chrono::NaiveDate;
-use sqlx::{Executor, PgConnection, Row, postgres::PgCopyIn, postgres::PgRow};
+use sqlx::{Executor, PgConnection, PgPool, Row, postgres::PgCopyIn, postgres::PgRow};
 use uuid::Uuid;
 
 use super::{Result, StoreError};
@@ -46,6 +46,17 @@ pub struct Written {
     pub projects: Counts,
     pub models: Counts,
     pub assets: Counts,
+}
+
+/// Refreshes the planner's statistics of the tables an import writes, once
+/// it is committed. A first import multiplies their rows: until autovacuum
+/// (if it runs at all) catches up, plans made for the empty tables scan a
+/// million assets to answer one caller.
+pub async fn analyze(pool: &PgPool) -> Result<()> {
+    sqlx::query("ANALYZE customers, branches, contacts, projects, models, assets")
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// Starts an import in `tx`: refused while another runs (two imports of
