@@ -174,7 +174,7 @@ pub struct Filter {
 pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Vec<Person>> {
     let rows: Vec<PersonRow> = sqlx::query_as(&format!(
         "{PERSON}
-         WHERE ($1::text IS NULL OR $1 = ANY (p.roles))
+         WHERE ($1::text IS NULL OR p.roles @> ARRAY[$1::text])
            AND ($2::text IS NULL OR p.presence = $2)
            AND ($3 OR p.active)
          ORDER BY lower(p.name), p.id
