@@ -532,6 +532,30 @@ async fn hostile_and_wrong_input_is_refused_saying_what_to_change() {
             Code::InvalidArgument,
             "regions contains a control character",
         ),
+        (
+            pb::AddPersonRequest {
+                skills: vec!["nvr\0:3".into()],
+                ..base()
+            },
+            Code::InvalidArgument,
+            "skills contains a NUL",
+        ),
+        (
+            pb::AddPersonRequest {
+                regions: vec!["north".into(); 10_001],
+                ..base()
+            },
+            Code::InvalidArgument,
+            "at most 100 regions",
+        ),
+        (
+            pb::AddPersonRequest {
+                email: format!("{}@desk.example", "e".repeat(10_000)),
+                ..base()
+            },
+            Code::InvalidArgument,
+            "email is longer than 254",
+        ),
     ];
     for (request, code, says) in cases {
         let refused = manager.add_person(request).await.unwrap_err();
@@ -813,5 +837,44 @@ async fn a_deactivated_person_has_no_presence() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition);
+    desk.stop().await;
+}
+
+#[tokio::test]
+async fn odd_unicode_is_kept_as_typed_and_one_email_is_one_person_even_racing() {
+    let desk = Desk::start("90s").await;
+    let mut manager = desk.manager();
+    let name = "Zoë \u{202e}Ørsted 👩\u{200d}🔧 李";
+    let zoe = manager
+        .add_person(agent(name, "zoe@desk.example"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(zoe.name, name, "no control characters: stored as typed");
+    let racing = ["Kim@Desk.example", "kim@desk.EXAMPLE", " KIM@desk.example"].map(|email| {
+        let mut client = manager.clone();
+        tokio::spawn(async move { client.add_person(agent("Kim", email)).await })
+    });
+    let mut added = 0;
+    for adding in racing {
+        match adding.await.unwrap() {
+            Ok(_) => added += 1,
+            Err(refused) => assert_eq!(refused.code(), Code::AlreadyExists, "{refused:?}"),
+        }
+    }
+    assert_eq!(added, 1, "one email, one person");
+    for person in ["", "  ", "\0", "kim@desk\n.example"] {
+        let refused = manager
+            .get_person(pb::GetPersonRequest {
+                person: person.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Code::InvalidArgument,
+            "{person:?}: {refused:?}"
+        );
+    }
     desk.stop().await;
 }
