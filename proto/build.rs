@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "hotline/pager/v1/pager.proto",
     "hotline/admin/v1/admin.proto",
     "hotline/contracts/v1/contracts.proto",
+    "hotline/dispatch/v1/dispatch.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

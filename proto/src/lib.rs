@@ -42,3 +42,9 @@ pub mod contracts {
         tonic::include_proto!("hotline.contracts.v1");
     }
 }
+
+pub mod dispatch {
+    pub mod v1 {
+        tonic::include_proto!("hotline.dispatch.v1");
+    }
+}

@@ -10,6 +10,7 @@ pub fn modules() -> Vec<Module> {
         hotline_pager::module(),
         hotline_intake::module(),
         hotline_contracts::module(),
+        hotline_dispatch::module(),
     ]
 }
 

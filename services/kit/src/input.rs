@@ -1,6 +1,7 @@
 //! Free-text fields of requests, refused with a message that names the
 //! field and what to change, before they reach PostgreSQL (whose text
-//! cannot hold NUL) or a screen (where control characters hide text).
+//! cannot hold NUL) or a screen (where control characters hide text);
+//! and email addresses, one rule for every directory that keeps them.
 
 use tonic::Status;
 
@@ -42,6 +43,24 @@ pub fn refuse_nul(value: &str, name: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// An address, lower-cased: one `@`, something on each side, no spaces.
+pub fn email(text: &str) -> Result<String, String> {
+    let address = text.trim().to_lowercase();
+    let valid = address.len() <= 254
+        && address.split('@').count() == 2
+        && address
+            .split_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
+        && !address.chars().any(|c| c.is_whitespace() || c.is_control());
+    if valid {
+        Ok(address)
+    } else {
+        Err(format!(
+            "{text:?} is not an email address: write it like name@example.com"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +72,20 @@ mod tests {
             Some("Acme")
         );
         assert_eq!(field("   ", "name", 10).unwrap(), None);
+    }
+
+    #[test]
+    fn addresses_are_lower_cased_and_checked() {
+        assert_eq!(email(" Ops@Acme.Example ").unwrap(), "ops@acme.example");
+        for bad in [
+            "ops",
+            "a@b@c.d",
+            "@acme.example",
+            "ops@localhost",
+            "o ps@acme.example",
+        ] {
+            assert!(email(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! commands — `tickets`, `sla`, `oncall`, `pages` ([`paging`]), the
 //! installed base and its coverage ([`contracts`]: `customers`, `branches`,
 //! `contacts`, `projects`, `assets`, `contracts`, `entitlement`; [`import`]:
-//! `import installed-base`) and `deadletters` ([`deadletters`]) — which
+//! `import installed-base`), the people of the desk and their presence
+//! ([`people`]: `people`, `presence`) and `deadletters` ([`deadletters`]) — which
 //! talk gRPC to the server at
 //! `HOTLINE_SERVER` with the token in `HOTLINE_TOKEN`. With `--json` a command prints JSON
 //! only — on failure too, argument errors included (`{"error": ...,
@@ -13,6 +14,7 @@ mod contracts;
 mod deadletters;
 mod import;
 mod paging;
+mod people;
 mod text;
 mod tickets;
 
@@ -59,13 +61,13 @@ pub struct Cli {
 enum Command {
     /// Run services: all of them, or those named by --target.
     Serve {
-        /// all, or a comma list of modules: tickets, sla, pager, intake.
+        /// all, or a comma list of modules: tickets, sla, pager, intake, contracts, dispatch.
         #[arg(long, default_value = "all")]
         target: String,
     },
     /// Apply every service's database migrations and exit.
     Migrate {
-        /// all, or a comma list of modules: tickets, sla, pager, intake.
+        /// all, or a comma list of modules: tickets, sla, pager, intake, contracts, dispatch.
         #[arg(long, default_value = "all")]
         target: String,
     },
@@ -92,6 +94,12 @@ enum Command {
     /// Bulk imports (managers): the installed base from a CSV file.
     #[command(subcommand)]
     Import(import::ImportCommand),
+    /// The directory of people who work the desk.
+    #[command(subcommand)]
+    People(people::PeopleCommand),
+    /// Your presence: online, away or offline, kept by heartbeats.
+    #[command(subcommand)]
+    Presence(people::PresenceCommand),
 }
 
 #[derive(Subcommand)]
@@ -259,6 +267,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Deadletters(command) => deadletters::run(command, &output).await,
         Command::Contracts(command) => contracts::run(command, &output).await,
         Command::Import(command) => import::run(command, &output).await,
+        Command::People(command) => people::people(command, &output).await,
+        Command::Presence(command) => people::presence(command, &output).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
