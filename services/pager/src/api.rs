@@ -2,11 +2,12 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use hotline_kit::{
     auth::{Role, authorize},
     bus::outbox::OutboxSignal,
     grpc::ServiceToken,
+    input::line,
     time::{from_timestamp, timestamp},
 };
 use hotline_proto::pager::v1::{
@@ -34,8 +35,25 @@ const DESK: &[Role] = &[
     Role::Manager,
     Role::Technician,
 ];
-/// Who may change who gets woken.
-const PLANNERS: &[Role] = &[Role::Dispatcher, Role::Manager];
+/// Who may decide who gets woken: the people paged, the rotations and each
+/// level's targets are the desk's standing arrangements, a manager's to make.
+const MANAGERS: &[Role] = &[Role::Manager];
+/// Who may swap a shift (an override): dispatchers too, who run the night
+/// and find the stand-in when someone falls ill.
+const SHIFT_PLANNERS: &[Role] = &[Role::Dispatcher, Role::Manager];
+
+/// Names of people and schedules (they are typed on the command line).
+const MAX_NAME_CHARS: usize = 100;
+const MAX_EMAIL_CHARS: usize = 254;
+const MAX_URL_CHARS: usize = 2000;
+const MAX_TIME_ZONE_CHARS: usize = 64;
+/// Participants of one rotation.
+const MAX_PARTICIPANTS: usize = 100;
+/// Targets of one level.
+const MAX_TARGETS: usize = 20;
+/// The highest level with targets of its own (the ladder's later levels use
+/// the nearest level below them).
+const MAX_LEVEL: i32 = 100;
 
 /// The tickets service, called as the pager.
 pub type Tickets = TicketServiceClient<InterceptedService<Channel, ServiceToken>>;
@@ -103,6 +121,19 @@ fn required(value: &str, what: &str) -> Result<String, Status> {
     Ok(value.to_owned())
 }
 
+/// The name of a person or a schedule: one line, and no comma, which
+/// separates names in the command line's lists.
+fn name(value: &str, what: &str) -> Result<String, Status> {
+    let name = line(value, what, MAX_NAME_CHARS)?
+        .ok_or_else(|| Status::invalid_argument(format!("{what} is required")))?;
+    if name.contains(',') {
+        return Err(Status::invalid_argument(format!(
+            "{what} {name:?} contains a comma, which separates names in lists: leave it out"
+        )));
+    }
+    Ok(name)
+}
+
 fn check_url(url: &str) -> Result<(), Status> {
     if url.is_empty() || url.starts_with("https://") || url.starts_with("http://") {
         Ok(())
@@ -110,6 +141,59 @@ fn check_url(url: &str) -> Result<(), Status> {
         Err(Status::invalid_argument(format!(
             "webhook_url {url:?} must be an http(s) URL"
         )))
+    }
+}
+
+/// Refuses names of people who are not in the pager's people.
+async fn known_people(pool: &PgPool, names: &[String]) -> Result<(), Status> {
+    let unknown = store::unknown_people(pool, names).await.map_err(internal)?;
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(Status::not_found(format!(
+        "no person {}: add them to the pager's people first (PutPerson), or correct the name",
+        quoted(&unknown)
+    )))
+}
+
+/// Refuses names of schedules that do not exist.
+async fn known_schedules(pool: &PgPool, names: &[String]) -> Result<(), Status> {
+    let unknown = store::unknown_schedules(pool, names)
+        .await
+        .map_err(internal)?;
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(Status::not_found(format!(
+        "no schedule {}: add it first, or correct the name",
+        quoted(&unknown)
+    )))
+}
+
+/// `"ana"`, `"ana", "bo"`.
+fn quoted(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("{n:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn target_message(target: Target) -> pb::Target {
+    pb::Target {
+        target: Some(match target {
+            Target::Schedule(name) => target::Target::Schedule(name),
+            Target::Person(name) => target::Target::Person(name),
+        }),
+    }
+}
+
+fn override_message(schedule: &str, taken: &Override) -> pb::Override {
+    pb::Override {
+        schedule: schedule.to_owned(),
+        person: taken.person.clone(),
+        starts_at: Some(timestamp(taken.starts_at)),
+        ends_at: Some(timestamp(taken.ends_at)),
     }
 }
 
@@ -229,19 +313,21 @@ impl PagerService for PagerApi {
         &self,
         request: Request<pb::Person>,
     ) -> Result<Response<pb::Person>, Status> {
-        authorize(&request, PLANNERS)?;
+        authorize(&request, MANAGERS)?;
         let person = request.into_inner();
-        let name = required(&person.name, "name")?;
+        let name = name(&person.name, "name")?;
         if name == "pagerduty" || name == "webhook" {
             return Err(Status::invalid_argument(format!(
                 "{name:?} names the configured {name} target; choose another name"
             )));
         }
-        check_url(person.webhook_url.trim())?;
+        let webhook_url =
+            line(&person.webhook_url, "webhook_url", MAX_URL_CHARS)?.unwrap_or_default();
+        check_url(&webhook_url)?;
         let stored = store::Person {
             name,
-            email: person.email.trim().to_owned(),
-            webhook_url: person.webhook_url.trim().to_owned(),
+            email: line(&person.email, "email", MAX_EMAIL_CHARS)?.unwrap_or_default(),
+            webhook_url,
         };
         store::put_person(&self.pool, &stored)
             .await
@@ -276,30 +362,52 @@ impl PagerService for PagerApi {
         &self,
         request: Request<pb::Schedule>,
     ) -> Result<Response<pb::Schedule>, Status> {
-        authorize(&request, PLANNERS)?;
+        authorize(&request, MANAGERS)?;
         let schedule = request.into_inner();
-        let name = required(&schedule.name, "name")?;
+        let name = name(&schedule.name, "name")?;
+        let time_zone =
+            line(&schedule.time_zone, "time_zone", MAX_TIME_ZONE_CHARS)?.ok_or_else(|| {
+                Status::invalid_argument("time_zone is required, an IANA zone like Europe/Berlin")
+            })?;
         let shift = schedule
             .shift_length
             .and_then(|d| Duration::try_from(d).ok())
             .filter(|d| (Duration::from_secs(60)..=Duration::from_secs(366 * 86_400)).contains(d))
             .ok_or_else(|| {
-                Status::invalid_argument("shift_length must be between a minute and a year")
+                Status::invalid_argument(
+                    "shift_length must be between a minute and a year, e.g. 1d or 7d",
+                )
             })?;
-        if schedule.participants.iter().any(|p| p.trim().is_empty()) {
-            return Err(Status::invalid_argument("a participant needs a name"));
+        if schedule.participants.is_empty() {
+            return Err(Status::invalid_argument(
+                "a schedule needs at least one participant to take the shifts",
+            ));
         }
-        let rotation = store::rotation(
-            schedule.time_zone.trim(),
-            schedule.participants.clone(),
-            shift,
-            schedule.starts.trim(),
-        )
-        .map_err(Status::invalid_argument)?;
+        if schedule.participants.len() > MAX_PARTICIPANTS {
+            return Err(Status::invalid_argument(format!(
+                "a schedule takes at most {MAX_PARTICIPANTS} participants"
+            )));
+        }
+        let participants = schedule
+            .participants
+            .iter()
+            .map(|p| self::name(p, "a participant's name"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let starts = line(&schedule.starts, "starts", MAX_TIME_ZONE_CHARS)?.unwrap_or_default();
+        let rotation = store::rotation(&time_zone, participants, shift, &starts)
+            .map_err(Status::invalid_argument)?;
+        known_people(&self.pool, &rotation.participants).await?;
         store::put_schedule(&self.pool, &name, &rotation)
             .await
             .map_err(internal)?;
-        Ok(Response::new(pb::Schedule { name, ..schedule }))
+        Ok(Response::new(pb::Schedule {
+            name,
+            time_zone: rotation.time_zone.name().to_owned(),
+            participants: rotation.participants,
+            shift_length: prost_types::Duration::try_from(rotation.shift).ok(),
+            starts: rotation.starts.format("%Y-%m-%dT%H:%M").to_string(),
+            overrides: Vec::new(),
+        }))
     }
 
     async fn list_schedules(
@@ -307,12 +415,19 @@ impl PagerService for PagerApi {
         request: Request<ListSchedulesRequest>,
     ) -> Result<Response<ListSchedulesResponse>, Status> {
         authorize(&request, DESK)?;
+        let now = Utc::now();
         let mut conn = self.pool.acquire().await.map_err(internal)?;
         let schedules = store::schedules(&mut conn)
             .await
             .map_err(internal)?
             .into_iter()
             .map(|s| pb::Schedule {
+                overrides: s
+                    .overrides
+                    .iter()
+                    .filter(|o| o.ends_at > now)
+                    .map(|o| override_message(&s.name, o))
+                    .collect(),
                 name: s.name,
                 time_zone: s.rotation.time_zone.name().to_owned(),
                 participants: s.rotation.participants,
@@ -327,68 +442,99 @@ impl PagerService for PagerApi {
         &self,
         request: Request<pb::Override>,
     ) -> Result<Response<pb::Override>, Status> {
-        authorize(&request, PLANNERS)?;
+        authorize(&request, SHIFT_PLANNERS)?;
         let taken = request.into_inner();
+        let schedule = name(&taken.schedule, "schedule")?;
+        let person = name(&taken.person, "person")?;
+        // To the microsecond PostgreSQL keeps, so the answer is what is stored.
+        let moment = |at: Option<&prost_types::Timestamp>| {
+            at.and_then(from_timestamp).map(|at| at.trunc_subsecs(6))
+        };
         let (Some(starts_at), Some(ends_at)) = (
-            taken.starts_at.as_ref().and_then(from_timestamp),
-            taken.ends_at.as_ref().and_then(from_timestamp),
+            moment(taken.starts_at.as_ref()),
+            moment(taken.ends_at.as_ref()),
         ) else {
             return Err(Status::invalid_argument(
                 "starts_at and ends_at are required",
             ));
         };
         if ends_at <= starts_at {
-            return Err(Status::invalid_argument(
-                "an override must end after it starts",
-            ));
+            return Err(Status::invalid_argument(format!(
+                "an override must end after it starts: it ends at {} and starts at {}",
+                ends_at.to_rfc3339(),
+                starts_at.to_rfc3339()
+            )));
         }
-        let person = required(&taken.person, "person")?;
-        let schedule = required(&taken.schedule, "schedule")?;
-        let added = store::add_override(
-            &self.pool,
-            &schedule,
-            &Override {
-                person,
-                starts_at,
-                ends_at,
-            },
-        )
-        .await
-        .map_err(internal)?;
-        if !added {
+        if ends_at <= Utc::now() {
+            return Err(Status::invalid_argument(format!(
+                "the override would be over already (it ends at {}): give a time to come",
+                ends_at.to_rfc3339()
+            )));
+        }
+        known_schedules(&self.pool, std::slice::from_ref(&schedule)).await?;
+        known_people(&self.pool, std::slice::from_ref(&person)).await?;
+        let taken = Override {
+            person,
+            starts_at,
+            ends_at,
+        };
+        if !store::add_override(&self.pool, &schedule, &taken)
+            .await
+            .map_err(internal)?
+        {
             return Err(Status::not_found(format!("no schedule {schedule:?}")));
         }
-        Ok(Response::new(taken))
+        Ok(Response::new(override_message(&schedule, &taken)))
     }
 
     async fn set_level_targets(
         &self,
         request: Request<pb::LevelTargets>,
     ) -> Result<Response<pb::LevelTargets>, Status> {
-        authorize(&request, PLANNERS)?;
+        authorize(&request, MANAGERS)?;
         let levels = request.into_inner();
-        if levels.level < 1 {
-            return Err(Status::invalid_argument("levels start at 1"));
+        if !(1..=MAX_LEVEL).contains(&levels.level) {
+            return Err(Status::invalid_argument(format!(
+                "level {} is not one of the ladder's: levels go from 1 to {MAX_LEVEL}",
+                levels.level
+            )));
+        }
+        if levels.targets.len() > MAX_TARGETS {
+            return Err(Status::invalid_argument(format!(
+                "a level takes at most {MAX_TARGETS} targets"
+            )));
         }
         let targets = levels
             .targets
             .iter()
             .map(|t| match &t.target {
-                Some(target::Target::Schedule(name)) => {
-                    required(name, "a schedule target's name").map(Target::Schedule)
+                Some(target::Target::Schedule(schedule)) => {
+                    name(schedule, "a schedule target's name").map(Target::Schedule)
                 }
-                Some(target::Target::Person(name)) => {
-                    required(name, "a person target's name").map(Target::Person)
+                Some(target::Target::Person(person)) => {
+                    name(person, "a person target's name").map(Target::Person)
                 }
                 None => Err(Status::invalid_argument(
                     "a target is a schedule or a person",
                 )),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let (mut schedules, mut people) = (Vec::new(), Vec::new());
+        for target in &targets {
+            match target {
+                Target::Schedule(name) => schedules.push(name.clone()),
+                Target::Person(name) => people.push(name.clone()),
+            }
+        }
+        known_schedules(&self.pool, &schedules).await?;
+        known_people(&self.pool, &people).await?;
         store::set_level_targets(&self.pool, levels.level, &targets)
             .await
             .map_err(internal)?;
-        Ok(Response::new(levels))
+        Ok(Response::new(pb::LevelTargets {
+            level: levels.level,
+            targets: targets.into_iter().map(target_message).collect(),
+        }))
     }
 
     async fn list_level_targets(
@@ -400,12 +546,7 @@ impl PagerService for PagerApi {
         let rows = store::level_targets(&mut conn).await.map_err(internal)?;
         let mut levels: Vec<pb::LevelTargets> = Vec::new();
         for (level, target) in rows {
-            let target = pb::Target {
-                target: Some(match target {
-                    Target::Schedule(name) => target::Target::Schedule(name),
-                    Target::Person(name) => target::Target::Person(name),
-                }),
-            };
+            let target = target_message(target);
             match levels.last_mut() {
                 Some(last) if last.level == level => last.targets.push(target),
                 _ => levels.push(pb::LevelTargets {

@@ -42,9 +42,28 @@ pub fn parse_local(text: &str) -> Result<NaiveDateTime, String> {
         .map_err(|_| format!("{text:?} is not a local date and time like 2026-11-02T09:00"))
 }
 
-/// The UTC moment of a local time; in a daylight-saving gap, the first
-/// moment after it.
-fn to_utc(zone: Tz, local: NaiveDateTime) -> DateTime<Utc> {
+/// A moment as people give one for an override: RFC 3339
+/// (`2026-11-03T18:00:00Z`, `2026-11-03T19:00:00+01:00`), or a local date and
+/// time in the schedule's `zone` (`2026-11-03T19:00`, read as [`to_utc`]
+/// reads it).
+pub fn parse_moment(text: &str, zone: Tz) -> Result<DateTime<Utc>, String> {
+    let text = text.trim();
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    parse_local(text)
+        .map(|local| to_utc(zone, local))
+        .map_err(|_| {
+            format!(
+                "{text:?} is neither a local date and time like 2026-11-02T09:00 (in the \
+                 schedule's time zone) nor an RFC 3339 time like 2026-11-02T08:00:00Z"
+            )
+        })
+}
+
+/// The UTC moment of a local time: the earlier one when the clocks go back
+/// and it happens twice; in a daylight-saving gap, the first moment after it.
+pub fn to_utc(zone: Tz, local: NaiveDateTime) -> DateTime<Utc> {
     let mut local = local;
     for _ in 0..4 {
         if let Some(at) = zone.from_local_datetime(&local).earliest() {
@@ -148,6 +167,27 @@ mod tests {
         assert_eq!(
             at("2026-11-04T06:00:00Z").map(|o| o.person).as_deref(),
             Some("cy")
+        );
+    }
+
+    #[test]
+    fn an_override_time_is_rfc_3339_or_local_to_the_schedule() {
+        let berlin = chrono_tz::Europe::Berlin;
+        let at = |text| parse_moment(text, berlin);
+        assert_eq!(at("2026-11-03T19:00"), Ok(utc("2026-11-03T18:00:00Z")));
+        assert_eq!(
+            at("2026-11-03T19:00:00+01:00"),
+            Ok(utc("2026-11-03T18:00:00Z"))
+        );
+        assert_eq!(at("2026-11-03T18:00:00Z"), Ok(utc("2026-11-03T18:00:00Z")));
+        // 02:30 on 29 March does not exist in Berlin: the clocks jump to 03:00.
+        assert_eq!(at("2026-03-29T02:30"), Ok(utc("2026-03-29T01:00:00Z")));
+        // 02:30 on 25 October happens twice: the first one.
+        assert_eq!(at("2026-10-25T02:30"), Ok(utc("2026-10-25T00:30:00Z")));
+        let wrong = at("tomorrow 9am").unwrap_err();
+        assert!(
+            wrong.contains("2026-11-02T09:00") && wrong.contains("RFC 3339"),
+            "{wrong}"
         );
     }
 

@@ -460,6 +460,28 @@ pub async fn people(conn: &mut PgConnection) -> sqlx::Result<Vec<Person>> {
         .await
 }
 
+/// Those of `names` that name no person, in the order given.
+pub async fn unknown_people(pool: &PgPool, names: &[String]) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT n FROM unnest($1::text[]) WITH ORDINALITY AS given (n, i)
+         WHERE NOT EXISTS (SELECT 1 FROM people WHERE name = n) ORDER BY i",
+    )
+    .bind(names)
+    .fetch_all(pool)
+    .await
+}
+
+/// Those of `names` that name no schedule, in the order given.
+pub async fn unknown_schedules(pool: &PgPool, names: &[String]) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT n FROM unnest($1::text[]) WITH ORDINALITY AS given (n, i)
+         WHERE NOT EXISTS (SELECT 1 FROM schedules WHERE name = n) ORDER BY i",
+    )
+    .bind(names)
+    .fetch_all(pool)
+    .await
+}
+
 /// A schedule as stored: its name, and the rotation.
 pub struct Schedule {
     pub name: String,

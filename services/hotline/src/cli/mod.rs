@@ -80,7 +80,7 @@ enum Command {
     /// Response clocks: at risk, breached, one ticket's; the policies.
     #[command(subcommand)]
     Sla(paging::SlaCommand),
-    /// Who is on call.
+    /// Who is on call: now, the schedules, overrides and each level's targets.
     #[command(subcommand)]
     Oncall(paging::OncallCommand),
     /// Pages sent for breaches, and acknowledging them.

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use clap::Subcommand;
-use hotline_kit::config::parse_duration;
+use hotline_kit::{config::parse_duration, time::timestamp};
+use hotline_pager::schedule::parse_moment;
 use hotline_proto::{
     pager::v1::{self as pager, pager_service_client::PagerServiceClient},
     sla::v1::{self as sla, sla_service_client::SlaServiceClient},
@@ -69,6 +70,92 @@ pub enum PolicyCommand {
 pub enum OncallCommand {
     /// Who is on call on each schedule now.
     Now,
+    /// On-call rotations: add one, list them.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
+    /// Someone else on call for a while, in place of the rotation.
+    #[command(subcommand)]
+    Override(OverrideCommand),
+    /// Whom each escalation level pages.
+    #[command(subcommand)]
+    Levels(LevelsCommand),
+}
+
+#[derive(Subcommand)]
+pub enum ScheduleCommand {
+    /// Add a rotation, or replace the rotation of the schedule with this
+    /// name, its overrides kept (managers).
+    Add {
+        /// The schedule's name, e.g. network-oncall.
+        #[arg(long)]
+        name: String,
+        /// IANA time zone of the handoffs, e.g. Europe/Berlin.
+        #[arg(long)]
+        timezone: String,
+        /// Who takes the shifts, in turn: names of the pager's people, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        people: Vec<String>,
+        /// Length of one shift, e.g. 1d, 7d, 12h.
+        #[arg(long, value_parser = parse_duration)]
+        shift: Duration,
+        /// Local date and time of the first handoff, e.g. 2026-11-02T09:00.
+        #[arg(long)]
+        starts: String,
+    },
+    /// Every schedule: its rotation and the overrides not over yet.
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum OverrideCommand {
+    /// Put a person on call on a schedule for a while (dispatchers, managers).
+    Add {
+        /// The schedule's name.
+        #[arg(long)]
+        schedule: String,
+        /// Who is on call instead: a name of the pager's people.
+        #[arg(long)]
+        person: String,
+        /// When it starts: local to the schedule (2026-11-03T19:00) or RFC 3339
+        /// (2026-11-03T18:00:00Z).
+        #[arg(long)]
+        from: String,
+        /// When it ends, written as --from.
+        #[arg(long)]
+        to: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum LevelsCommand {
+    /// Set whom a level pages, replacing its targets (managers).
+    Set {
+        /// The escalation level, from 1.
+        #[arg(long)]
+        level: i32,
+        /// schedule:NAME (whoever is on call) or person:NAME, comma-separated.
+        #[arg(long, value_delimiter = ',', value_parser = parse_target, required = true)]
+        targets: Vec<pager::Target>,
+    },
+    /// Each level's targets.
+    List,
+}
+
+/// `schedule:NAME` or `person:NAME`.
+fn parse_target(text: &str) -> Result<pager::Target, String> {
+    use pager::target::Target;
+    let target = match text.trim().split_once(':') {
+        Some(("schedule", name)) if !name.trim().is_empty() => Target::Schedule(name.into()),
+        Some(("person", name)) if !name.trim().is_empty() => Target::Person(name.into()),
+        _ => {
+            return Err(format!(
+                "{text:?} is not a target: write schedule:NAME or person:NAME"
+            ));
+        }
+    };
+    Ok(pager::Target {
+        target: Some(target),
+    })
 }
 
 #[derive(Subcommand)]
@@ -262,9 +349,251 @@ fn span(seconds: Option<i64>) -> String {
     if text.is_empty() { "0s".into() } else { text }
 }
 
+/// A shift as people write it: `7d`, `12h`, `1d12h`.
+fn shift_text(seconds: Option<i64>) -> String {
+    match seconds {
+        Some(seconds) if seconds >= 86_400 => {
+            let rest = seconds % 86_400;
+            let days = format!("{}d", seconds / 86_400);
+            if rest == 0 {
+                days
+            } else {
+                days + &span(Some(rest))
+            }
+        }
+        other => span(other),
+    }
+}
+
+fn override_json(taken: &pager::Override) -> Value {
+    json!({
+        "schedule": taken.schedule,
+        "person": taken.person,
+        "from": time(taken.starts_at.as_ref()),
+        "to": time(taken.ends_at.as_ref()),
+    })
+}
+
+fn override_line(taken: &pager::Override) -> String {
+    let at =
+        |t: Option<&prost_types::Timestamp>| time(t).map(|t| t.to_rfc3339()).unwrap_or_default();
+    format!(
+        "{} on call on {} from {} to {}",
+        line(&taken.person),
+        line(&taken.schedule),
+        at(taken.starts_at.as_ref()),
+        at(taken.ends_at.as_ref())
+    )
+}
+
+fn schedule_json(schedule: &pager::Schedule) -> Value {
+    let shift = seconds(schedule.shift_length.as_ref());
+    json!({
+        "name": schedule.name,
+        "timezone": schedule.time_zone,
+        "people": schedule.participants,
+        "shift_seconds": shift,
+        "shift": shift_text(shift),
+        "starts": schedule.starts,
+        "overrides": schedule.overrides.iter().map(override_json).collect::<Vec<_>>(),
+    })
+}
+
+fn schedule_text(schedule: &pager::Schedule) -> String {
+    let people: Vec<String> = schedule
+        .participants
+        .iter()
+        .map(|p| line(p).into_owned())
+        .collect();
+    let mut text = format!(
+        "{}\t{} shifts from {} {}\t{}",
+        line(&schedule.name),
+        shift_text(seconds(schedule.shift_length.as_ref())),
+        line(&schedule.starts),
+        line(&schedule.time_zone),
+        people.join(", ")
+    );
+    for taken in &schedule.overrides {
+        text += &format!("\n  override: {}", override_line(taken));
+    }
+    text
+}
+
+fn target_json(target: &pager::Target) -> Value {
+    match &target.target {
+        Some(pager::target::Target::Schedule(name)) => json!({"kind": "schedule", "name": name}),
+        Some(pager::target::Target::Person(name)) => json!({"kind": "person", "name": name}),
+        None => json!({"kind": "unknown", "name": null}),
+    }
+}
+
+fn level_json(level: &pager::LevelTargets) -> Value {
+    json!({
+        "level": level.level,
+        "targets": level.targets.iter().map(target_json).collect::<Vec<_>>(),
+    })
+}
+
+fn level_text(level: &pager::LevelTargets) -> String {
+    let targets: Vec<String> = level
+        .targets
+        .iter()
+        .map(|t| match &t.target {
+            Some(pager::target::Target::Schedule(name)) => format!("schedule {}", line(name)),
+            Some(pager::target::Target::Person(name)) => format!("person {}", line(name)),
+            None => "unknown".into(),
+        })
+        .collect();
+    let targets = if targets.is_empty() {
+        "the targets of the level below".into()
+    } else {
+        targets.join(", ")
+    };
+    format!("level {}\t{targets}", level.level)
+}
+
+/// An override's `--from` or `--to` as the server takes it: RFC 3339 as
+/// given, a local time read in the schedule's zone.
+fn moment(
+    flag: &str,
+    text: &str,
+    zone: Option<chrono_tz::Tz>,
+) -> Result<prost_types::Timestamp, Failure> {
+    let zone = zone.unwrap_or(chrono_tz::UTC);
+    parse_moment(text, zone)
+        .map(timestamp)
+        .map_err(|e| Failure::new(tonic::Code::InvalidArgument, format!("{flag}: {e}")))
+}
+
+type Pager = PagerServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        hotline_kit::grpc::BearerToken,
+    >,
+>;
+
+/// The time zone of `schedule`, for local times; `None` when both times
+/// are RFC 3339 and it is not needed.
+async fn zone_for(
+    client: &mut Pager,
+    schedule: &str,
+    times: [&str; 2],
+) -> Result<Option<chrono_tz::Tz>, Failure> {
+    if times
+        .iter()
+        .all(|t| chrono::DateTime::parse_from_rfc3339(t.trim()).is_ok())
+    {
+        return Ok(None);
+    }
+    let schedules = client
+        .list_schedules(pager::ListSchedulesRequest {})
+        .await?
+        .into_inner()
+        .schedules;
+    let found = schedules
+        .iter()
+        .find(|s| s.name == schedule.trim())
+        .ok_or_else(|| {
+            Failure::new(
+                tonic::Code::NotFound,
+                format!(
+                    "no schedule {:?}: add it first, or correct the name (`hotline oncall schedule list`)",
+                    schedule.trim()
+                ),
+            )
+        })?;
+    found.time_zone.parse().map(Some).map_err(|_| {
+        Failure::new(
+            tonic::Code::Internal,
+            format!("schedule {:?} has an unknown time zone", found.name),
+        )
+    })
+}
+
 pub async fn oncall(command: OncallCommand, output: &Output) -> Result<(), Failure> {
     let mut client = PagerServiceClient::new(connect()?);
     match command {
+        OncallCommand::Schedule(ScheduleCommand::Add {
+            name,
+            timezone,
+            people,
+            shift,
+            starts,
+        }) => {
+            let schedule = client
+                .put_schedule(pager::Schedule {
+                    name,
+                    time_zone: timezone,
+                    participants: people,
+                    shift_length: prost_types::Duration::try_from(shift).ok(),
+                    starts,
+                    overrides: Vec::new(),
+                })
+                .await?
+                .into_inner();
+            output.print(schedule_json(&schedule), || schedule_text(&schedule));
+        }
+        OncallCommand::Schedule(ScheduleCommand::List) => {
+            let schedules = client
+                .list_schedules(pager::ListSchedulesRequest {})
+                .await?
+                .into_inner()
+                .schedules;
+            output.print(
+                json!(schedules.iter().map(schedule_json).collect::<Vec<_>>()),
+                || {
+                    if schedules.is_empty() {
+                        return "no schedules".into();
+                    }
+                    schedules
+                        .iter()
+                        .map(schedule_text)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+            );
+        }
+        OncallCommand::Override(OverrideCommand::Add {
+            schedule,
+            person,
+            from,
+            to,
+        }) => {
+            let zone = zone_for(&mut client, &schedule, [&from, &to]).await?;
+            let taken = client
+                .add_override(pager::Override {
+                    schedule,
+                    person,
+                    starts_at: Some(moment("--from", &from, zone)?),
+                    ends_at: Some(moment("--to", &to, zone)?),
+                })
+                .await?
+                .into_inner();
+            output.print(override_json(&taken), || override_line(&taken));
+        }
+        OncallCommand::Levels(LevelsCommand::Set { level, targets }) => {
+            let set = client
+                .set_level_targets(pager::LevelTargets { level, targets })
+                .await?
+                .into_inner();
+            output.print(level_json(&set), || level_text(&set));
+        }
+        OncallCommand::Levels(LevelsCommand::List) => {
+            let levels = client
+                .list_level_targets(pager::ListLevelTargetsRequest {})
+                .await?
+                .into_inner()
+                .levels;
+            output.print(
+                json!(levels.iter().map(level_json).collect::<Vec<_>>()),
+                || {
+                    if levels.is_empty() {
+                        return "no level has targets".into();
+                    }
+                    levels.iter().map(level_text).collect::<Vec<_>>().join("\n")
+                },
+            );
+        }
         OncallCommand::Now => {
             let response = client
                 .who_is_on_call(pager::WhoIsOnCallRequest { at: None })
