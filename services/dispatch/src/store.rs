@@ -729,7 +729,8 @@ pub async fn decide(
         "INSERT INTO decisions AS k (ticket_id, number, decided_at, assignee, reason, skills,
              region, moved_from, overflow)
          SELECT id, number, $3, assignee, reason,
-                string_to_array(NULLIF(skills, ''), ','), region, moved_from, overflow
+                COALESCE(string_to_array(NULLIF(skills, ''), ','), '{}'), region, moved_from,
+                overflow
          FROM unnest($1::uuid[], $2::text[], $4::text[], $5::text[], $6::text[], $7::text[],
                      $8::text[], $9::bool[])
               AS d (id, number, assignee, reason, skills, region, moved_from, overflow)
