@@ -345,6 +345,8 @@ impl DispatchService for DispatchApi {
             .map_err(status)?;
         if changed {
             self.relay.committed();
+            // Their grace starts: the router's next deadline may be theirs.
+            self.router.wake();
             // Offline whatever Redis says: a deactivated person reads
             // offline anyway, so a failure here only leaves a key to expire.
             if let Err(error) = self.liveness.end(person.id).await {

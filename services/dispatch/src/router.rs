@@ -293,7 +293,7 @@ impl Router {
                 });
                 continue;
             }
-            let decided = self.decide(&ticket, &mut candidates, now);
+            let (decided, awaiting_entitlement) = self.decide(&ticket, &mut candidates, now);
             match &decided.assignee {
                 Some(to) => calls.push(Call {
                     ticket: ticket.id,
@@ -303,8 +303,12 @@ impl Router {
                 }),
                 None => waiting += 1,
             }
-            // A reason only repeated is not written again.
-            if decided.assignee.is_some() || ticket.reason.as_deref() != Some(&decided.reason) {
+            // A reason only repeated is not written again, nor the wait for
+            // an entitlement (a few milliseconds, usually: the queue shows it
+            // from the missing entitlement).
+            if decided.assignee.is_some()
+                || (!awaiting_entitlement && ticket.reason.as_deref() != Some(&decided.reason))
+            {
                 decisions.push(decided);
             }
         }
@@ -338,7 +342,13 @@ impl Router {
     }
 
     /// Whom `ticket` goes to, or why nobody; the one picked is counted.
-    fn decide(&self, ticket: &Work, candidates: &mut [Candidate], now: DateTime<Utc>) -> Decision {
+    /// With `true` when the ticket waits for its entitlement.
+    fn decide(
+        &self,
+        ticket: &Work,
+        candidates: &mut [Candidate],
+        now: DateTime<Utc>,
+    ) -> (Decision, bool) {
         let settings = &self.settings;
         let needs = Needs::of(
             ticket.family.as_deref(),
@@ -359,7 +369,7 @@ impl Router {
         let waited = (now - queued).to_std().unwrap_or_default();
         if !ticket.entitled && ticket.assignee.is_none() && waited < ENTITLEMENT_WAIT {
             decision.reason = routing::awaiting_entitlement(ENTITLEMENT_WAIT);
-            return decision;
+            return (decision, true);
         }
         let overflow = settings
             .overflow_team
@@ -386,7 +396,7 @@ impl Router {
                 };
             }
         }
-        decision
+        (decision, false)
     }
 
     /// Sends one decision to tickets; whether it holds. Refused (someone

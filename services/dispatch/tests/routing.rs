@@ -679,3 +679,115 @@ async fn two_dispatch_processes_assign_each_ticket_once() {
     second.stop().await.unwrap();
     desk.stop().await;
 }
+
+#[tokio::test]
+async fn a_late_copy_of_an_old_event_never_routes_an_answered_ticket_again() {
+    let desk = Desk::start(&[]).await;
+    desk.agent("ana@desk.example", &[], &[], 10).await;
+    let opened = desk.open("Answered", tk::Priority::Normal).await;
+    desk.entitle(&opened, "", "").await;
+    assert_eq!(
+        desk.assignee(&opened, Duration::from_secs(3)).await,
+        "ana@desk.example"
+    );
+    desk.respond(&opened).await;
+    desk.tickets()
+        .assign_ticket(tk::AssignTicketRequest {
+            ticket: opened.id.clone(),
+            assignee: String::new(),
+            expected_assignee: None,
+        })
+        .await
+        .unwrap();
+    // The ticket as it was opened (awaiting, nobody's), delivered again
+    // under a new event id, as a redelivery from another path would be.
+    let id: Uuid = opened.id.parse().unwrap();
+    let stale = envelope(
+        "ticket.awaiting_response",
+        Some((id, opened.version)),
+        Utc::now(),
+        Payload::TicketAwaitingResponse(ev::AwaitingResponse {
+            ticket: Some(opened.clone()),
+            awaiting_since: opened.awaiting_since,
+        }),
+    );
+    let pool = desk.env.pool("dispatch").unwrap();
+    outbox::enqueue(&mut pool.acquire().await.unwrap(), &[stale])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    desk.router().sweep(Utc::now()).await.unwrap();
+    let now = desk.ticket(&opened).await;
+    assert!(!now.awaiting_response);
+    assert_eq!(
+        now.assignee, "",
+        "answered, unassigned by hand, and left so"
+    );
+    assert!(desk.queue().await.is_empty());
+    assert_eq!(desk.assigned("ana@desk.example").await, 0);
+    desk.stop().await;
+}
+
+#[tokio::test]
+async fn the_queue_and_explain_refuse_bad_input_saying_what_to_change() {
+    let desk = Desk::start(&[]).await;
+    let manager = desk.manager();
+    for (bad, says) in [
+        ("", "give the ticket"),
+        ("HL-1\0", "ticket"),
+        ("HL-1\u{1b}[2J", "ticket"),
+    ] {
+        let refused = manager
+            .clone()
+            .explain_ticket(pb::ExplainTicketRequest { ticket: bad.into() })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{bad:?}");
+        assert!(
+            refused.message().contains(says),
+            "{bad:?}: {}",
+            refused.message()
+        );
+    }
+    let huge = manager
+        .clone()
+        .explain_ticket(pb::ExplainTicketRequest {
+            ticket: "9".repeat(100_000),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(huge.code(), tonic::Code::InvalidArgument);
+    for unknown in [
+        "HL-99999",
+        "99999",
+        "Ünïcode ☃",
+        &Uuid::now_v7().to_string(),
+    ] {
+        let missing = manager
+            .clone()
+            .explain_ticket(pb::ExplainTicketRequest {
+                ticket: unknown.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(missing.code(), tonic::Code::NotFound, "{unknown}");
+        assert!(
+            missing.message().contains("hotline dispatch queue"),
+            "{}",
+            missing.message()
+        );
+    }
+    let too_many = manager
+        .clone()
+        .list_queue(pb::ListQueueRequest { limit: 10_001 })
+        .await
+        .unwrap_err();
+    assert_eq!(too_many.code(), tonic::Code::InvalidArgument);
+    assert!(too_many.message().contains("at most 10000"));
+    let anonymous = DispatchServiceClient::new(desk.app.channel("not-a-token"))
+        .list_queue(pb::ListQueueRequest { limit: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), tonic::Code::Unauthenticated);
+    desk.stop().await;
+}
