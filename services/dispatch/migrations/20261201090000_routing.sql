@@ -13,6 +13,9 @@ CREATE TABLE tickets (
     awaiting_since timestamptz,
     -- Lower-case (a person's email, as routing assigns); null: nobody.
     assignee       text,
+    -- When routing saw it given to the assignee: a person who left after
+    -- it has it moved; one given it while away keeps it (by hand, on purpose).
+    assigned_at    timestamptz,
     -- When it last became waiting (awaiting, nobody's): overflow counts from it.
     queued_at      timestamptz,
     -- Routing's decision sent to tickets, until ticket.assigned shows an

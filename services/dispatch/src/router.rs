@@ -374,7 +374,7 @@ impl Router {
         let overflow = settings
             .overflow_team
             .as_deref()
-            .filter(|_| waited >= settings.overflow_after);
+            .filter(|_| ticket.assignee.is_none() && waited >= settings.overflow_after);
         match routing::pick(candidates, &needs, ticket.assignee.as_deref(), overflow) {
             Ok(picked) => {
                 let chosen = &mut candidates[picked.index];

@@ -426,14 +426,16 @@ pub async fn apply_ticket(
     }
     sqlx::query(
         "INSERT INTO tickets AS t (id, number, priority, created_at, awaiting_since, assignee,
-             queued_at)
-         VALUES ($1, $2, $3, $4, $5, $6,
+             assigned_at, queued_at)
+         VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $6::text IS NOT NULL THEN $7::timestamptz END,
              CASE WHEN $5::timestamptz IS NOT NULL AND $6::text IS NULL THEN $7::timestamptz END)
          ON CONFLICT (id) DO UPDATE SET
              number = EXCLUDED.number,
              priority = EXCLUDED.priority,
              awaiting_since = EXCLUDED.awaiting_since,
              assignee = EXCLUDED.assignee,
+             assigned_at = CASE WHEN EXCLUDED.assignee IS DISTINCT FROM t.assignee
+                 THEN EXCLUDED.assigned_at ELSE t.assigned_at END,
              queued_at = CASE
                  WHEN EXCLUDED.queued_at IS NULL THEN NULL
                  ELSE COALESCE(t.queued_at, EXCLUDED.queued_at) END,
@@ -575,11 +577,15 @@ pub struct Work {
     pub family: Option<String>,
 }
 
-/// People away, offline, deactivated or lapsed for `grace` at `now`: their
-/// awaiting tickets move.
-const GONE: &str = "SELECT lower(email) FROM people
-    WHERE CASE WHEN NOT active OR presence <> 'online' THEN presence_at ELSE lapsed_at END
-          <= $5::timestamptz - make_interval(secs => $6::float8)";
+/// Whether ticket `t`'s assignee left it: away, offline, deactivated or
+/// lapsed since after it was given to them, for `grace` ($6) at `now`
+/// ($5). A ticket given by hand to someone already away stays theirs.
+const GONE: &str = "EXISTS (SELECT 1 FROM people p
+    CROSS JOIN LATERAL (SELECT CASE WHEN NOT p.active OR p.presence <> 'online'
+        THEN p.presence_at ELSE p.lapsed_at END AS since) gone
+    WHERE lower(p.email) = t.assignee
+      AND gone.since <= $5::timestamptz - make_interval(secs => $6::float8)
+      AND gone.since > COALESCE(t.assigned_at, '-infinity'))";
 
 /// The work of one round, locked (rows another transaction holds are
 /// left to the round its commit wakes): tickets waiting for someone,
@@ -602,7 +608,7 @@ pub async fn work(
          FROM tickets t LEFT JOIN entitlements e ON e.ticket_id = t.id
          WHERE t.awaiting_since IS NOT NULL AND (
              (t.assigning_to IS NULL AND (t.assigning_at IS NULL OR t.assigning_at <= $7)
-              AND (t.assignee IS NULL OR t.assignee IN ({GONE})))
+              AND (t.assignee IS NULL OR {GONE}))
              OR (t.assigning_to IS NOT NULL AND t.assigning_at <= $7))
          ORDER BY {DUE}, t.priority DESC, t.created_at, t.id
          LIMIT $8
@@ -869,7 +875,7 @@ pub async fn queue(
     let waiting = format!(
         "FROM tickets t LEFT JOIN entitlements e ON e.ticket_id = t.id
          WHERE t.awaiting_since IS NOT NULL
-           AND (t.assignee IS NULL OR (t.assigning_to IS NULL AND t.assignee IN ({GONE})))"
+           AND (t.assignee IS NULL OR (t.assigning_to IS NULL AND {GONE}))"
     );
     let rows: Vec<Queued> = sqlx::query_as(&format!(
         "SELECT t.id, t.number, t.priority, t.created_at, t.awaiting_since, t.queued_at,
