@@ -151,6 +151,15 @@ impl Router {
             } else {
                 self.route(now).await
             };
+            if let Ok(round) = &done
+                && round.assigned + round.waiting > 0
+            {
+                tracing::debug!(
+                    assigned = round.assigned,
+                    waiting = round.waiting,
+                    "routing round"
+                );
+            }
             let until = match done {
                 Ok(round) if round.full => tokio::time::Instant::now(),
                 Ok(round) => round

@@ -578,14 +578,19 @@ pub struct Work {
 }
 
 /// Whether ticket `t`'s assignee left it: away, offline, deactivated or
-/// lapsed since after it was given to them, for `grace` ($6) at `now`
-/// ($5). A ticket given by hand to someone already away stays theirs.
-const GONE: &str = "EXISTS (SELECT 1 FROM people p
-    CROSS JOIN LATERAL (SELECT CASE WHEN NOT p.active OR p.presence <> 'online'
-        THEN p.presence_at ELSE p.lapsed_at END AS since) gone
-    WHERE lower(p.email) = t.assignee
-      AND gone.since <= $5::timestamptz - make_interval(secs => $6::float8)
-      AND gone.since > COALESCE(t.assigned_at, '-infinity'))";
+/// lapsed since after it was given to them, for the grace (seconds, bound
+/// at `grace`) at the instant bound at `now`. A ticket given by hand to
+/// someone already away stays theirs.
+fn gone(now: &str, grace: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM people p
+         CROSS JOIN LATERAL (SELECT CASE WHEN NOT p.active OR p.presence <> 'online'
+             THEN p.presence_at ELSE p.lapsed_at END AS since) gone
+         WHERE lower(p.email) = t.assignee
+           AND gone.since <= {now}::timestamptz - make_interval(secs => {grace}::float8)
+           AND gone.since > COALESCE(t.assigned_at, '-infinity'))"
+    )
+}
 
 /// The work of one round, locked (rows another transaction holds are
 /// left to the round its commit wakes): tickets waiting for someone,
@@ -608,11 +613,12 @@ pub async fn work(
          FROM tickets t LEFT JOIN entitlements e ON e.ticket_id = t.id
          WHERE t.awaiting_since IS NOT NULL AND (
              (t.assigning_to IS NULL AND (t.assigning_at IS NULL OR t.assigning_at <= $7)
-              AND (t.assignee IS NULL OR {GONE}))
+              AND (t.assignee IS NULL OR {gone}))
              OR (t.assigning_to IS NOT NULL AND t.assigning_at <= $7))
          ORDER BY {DUE}, t.priority DESC, t.created_at, t.id
          LIMIT $8
-         FOR UPDATE OF t SKIP LOCKED"
+         FOR UPDATE OF t SKIP LOCKED",
+        gone = gone("$5", "$6")
     ))
     .bind(low)
     .bind(normal)
@@ -872,18 +878,22 @@ pub async fn queue(
     limit: i64,
 ) -> Result<(Vec<Queued>, u64)> {
     let [low, normal, high, urgent] = target_seconds(targets);
-    let waiting = format!(
-        "FROM tickets t LEFT JOIN entitlements e ON e.ticket_id = t.id
-         WHERE t.awaiting_since IS NOT NULL
-           AND (t.assignee IS NULL OR (t.assigning_to IS NULL AND {GONE}))"
-    );
+    let waiting = |now: &str, grace: &str| {
+        format!(
+            "FROM tickets t LEFT JOIN entitlements e ON e.ticket_id = t.id
+             WHERE t.awaiting_since IS NOT NULL
+               AND (t.assignee IS NULL OR (t.assigning_to IS NULL AND {}))",
+            gone(now, grace)
+        )
+    };
     let rows: Vec<Queued> = sqlx::query_as(&format!(
         "SELECT t.id, t.number, t.priority, t.created_at, t.awaiting_since, t.queued_at,
                 t.assignee, t.assigning_to, t.reason, e.ticket_id IS NOT NULL AS entitled,
                 e.region, e.family
-         {waiting}
+         {}
          ORDER BY {DUE}, t.priority DESC, t.created_at, t.id
-         LIMIT $7"
+         LIMIT $7",
+        waiting("$5", "$6")
     ))
     .bind(low)
     .bind(normal)
@@ -894,18 +904,11 @@ pub async fn queue(
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    let total: i64 = sqlx::query_scalar(&format!(
-        "SELECT count(*) {waiting} AND $1::float8 IS NOT NULL AND $2::float8 IS NOT NULL
-           AND $3::float8 IS NOT NULL AND $4::float8 IS NOT NULL"
-    ))
-    .bind(low)
-    .bind(normal)
-    .bind(high)
-    .bind(urgent)
-    .bind(now)
-    .bind(grace.as_secs_f64())
-    .fetch_one(pool)
-    .await?;
+    let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) {}", waiting("$1", "$2")))
+        .bind(now)
+        .bind(grace.as_secs_f64())
+        .fetch_one(pool)
+        .await?;
     Ok((rows, u64::try_from(total).unwrap_or(0)))
 }
 
