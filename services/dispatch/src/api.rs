@@ -1,8 +1,12 @@
 //! `hotline.dispatch.v1.DispatchService`: checks each caller's role and
 //! each field, asks the store, and answers people with their presence as
-//! it is now (stated, and alive in Redis).
+//! it is now (stated, and alive in Redis) and the awaiting tickets they
+//! have; shows routing's queue and its last decision on a ticket.
 
 use std::sync::Arc;
+
+use chrono::Utc;
+use hotline_kit::time::timestamp;
 
 use hotline_kit::{
     auth::{Caller, Role, authorize},
@@ -18,6 +22,8 @@ use crate::{
     domain::{self, Change, Presence, Profile},
     events,
     presence::Liveness,
+    router::Router,
+    routing::{self, Needs, Priority},
     store::{self, Filter, Person, StoreError},
 };
 
@@ -37,6 +43,8 @@ const MAX_PHONE_CHARS: usize = 40;
 const MAX_SHORT_CHARS: usize = 100;
 const DEFAULT_LIMIT: u32 = 1000;
 const MAX_LIMIT: u32 = 10_000;
+/// Tickets `ListQueue` shows unless asked for more.
+const DEFAULT_QUEUE: u32 = 100;
 
 pub struct DispatchApi {
     pool: PgPool,
@@ -45,6 +53,9 @@ pub struct DispatchApi {
     country_code: String,
     /// Woken after each write: its events are in the outbox.
     relay: OutboxSignal,
+    /// Woken when someone states a presence or beats; its settings and
+    /// targets order the queue shown.
+    router: Arc<Router>,
 }
 
 impl DispatchApi {
@@ -53,19 +64,37 @@ impl DispatchApi {
         liveness: Arc<Liveness>,
         country_code: String,
         relay: OutboxSignal,
+        router: Arc<Router>,
     ) -> Self {
         Self {
             pool,
             liveness,
             country_code,
             relay,
+            router,
         }
     }
 
-    /// `person` with their presence as it is now.
-    async fn shown(&self, person: &Person) -> pb::Person {
+    /// `person` with their presence and awaiting tickets as they are now.
+    async fn shown(&self, person: &Person) -> Result<pb::Person, Status> {
         let alive = self.liveness.alive_or_offline(&[person.id]).await;
-        events::person(person, alive.first().copied().unwrap_or(false))
+        let assigned = self.assigned(std::slice::from_ref(person)).await?;
+        Ok(events::shown(
+            person,
+            alive.first().copied().unwrap_or(false),
+            assigned.first().copied().unwrap_or(0),
+        ))
+    }
+
+    /// The awaiting tickets each of `people` has, in one query.
+    async fn assigned(&self, people: &[Person]) -> Result<Vec<u32>, Status> {
+        let emails: Vec<String> = people
+            .iter()
+            .map(|p| p.profile.email.to_lowercase())
+            .collect();
+        store::assigned_to(&self.pool, &emails)
+            .await
+            .map_err(status)
     }
 
     async fn person(&self, reference: &str) -> Result<Person, Status> {
@@ -300,7 +329,9 @@ impl DispatchService for DispatchApi {
         .await
         .map_err(status)?;
         self.relay.committed();
-        Ok(Response::new(self.shown(&person).await))
+        // A new capacity, skill or region may let someone take a ticket.
+        self.router.wake();
+        Ok(Response::new(self.shown(&person).await?))
     }
 
     async fn deactivate_person(
@@ -314,6 +345,8 @@ impl DispatchService for DispatchApi {
             .map_err(status)?;
         if changed {
             self.relay.committed();
+            // Their grace starts: the router's next deadline may be theirs.
+            self.router.wake();
             // Offline whatever Redis says: a deactivated person reads
             // offline anyway, so a failure here only leaves a key to expire.
             if let Err(error) = self.liveness.end(person.id).await {
@@ -329,7 +362,7 @@ impl DispatchService for DispatchApi {
     ) -> Result<Response<pb::Person>, Status> {
         authorize(&request, READERS)?;
         let person = self.person(&reference(&request.get_ref().person)?).await?;
-        Ok(Response::new(self.shown(&person).await))
+        Ok(Response::new(self.shown(&person).await?))
     }
 
     async fn list_people(
@@ -361,10 +394,12 @@ impl DispatchService for DispatchApi {
         let people = store::list(&self.pool, &filter).await.map_err(status)?;
         let ids: Vec<_> = people.iter().map(|p| p.id).collect();
         let alive = self.liveness.alive_or_offline(&ids).await;
+        let assigned = self.assigned(&people).await?;
         let people = people
             .iter()
             .zip(alive)
-            .map(|(person, alive)| events::person(person, alive))
+            .zip(assigned)
+            .map(|((person, alive), assigned)| events::shown(person, alive, assigned))
             .filter(|p| !asked.online || p.presence == pb::Presence::Online as i32)
             .take(limit as usize)
             .collect();
@@ -413,7 +448,10 @@ impl DispatchService for DispatchApi {
         if previous != presence {
             self.relay.committed();
         }
-        Ok(Response::new(events::person(&person, true)))
+        // Online: they may take tickets now. Away or offline: their grace
+        // starts, and the router's next deadline is theirs.
+        self.router.wake();
+        Ok(Response::new(self.shown(&person).await?))
     }
 
     async fn heartbeat(
@@ -429,6 +467,99 @@ impl DispatchService for DispatchApi {
             )));
         }
         self.liveness.beat(person.id).await.map_err(unkept)?;
+        // Back before their tickets moved: the lapse is forgotten.
+        if store::back(&self.pool, person.id).await.map_err(status)? {
+            tracing::info!(person = %person.profile.email, "heartbeat back after a lapse");
+        }
+        if person.presence == Presence::Online {
+            self.router.wake();
+        }
         Ok(Response::new(events::person(&person, true)))
+    }
+
+    async fn list_queue(
+        &self,
+        request: Request<pb::ListQueueRequest>,
+    ) -> Result<Response<pb::ListQueueResponse>, Status> {
+        authorize(&request, READERS)?;
+        let limit = match request.get_ref().limit {
+            0 => DEFAULT_QUEUE,
+            n if n <= MAX_LIMIT => n,
+            n => {
+                return Err(invalid(format!(
+                    "limit {n} is too high: at most {MAX_LIMIT}"
+                )));
+            }
+        };
+        let targets = self.router.targets();
+        let settings = &self.router.settings;
+        let (queued, total) = store::queue(
+            &self.pool,
+            &targets,
+            Utc::now(),
+            settings.grace,
+            i64::from(limit),
+        )
+        .await
+        .map_err(status)?;
+        let tickets = queued
+            .into_iter()
+            .map(|q| {
+                let priority: Priority = q.priority.parse().unwrap_or(Priority::Normal);
+                let needs = Needs::of(
+                    q.family.as_deref(),
+                    q.region.as_deref(),
+                    &settings.family_skills,
+                );
+                let reason = match (&q.assigning_to, &q.reason) {
+                    (Some(to), _) => format!("being assigned to {to}"),
+                    (None, Some(why)) => why.clone(),
+                    (None, None) if !q.entitled => {
+                        routing::awaiting_entitlement(crate::router::ENTITLEMENT_WAIT)
+                    }
+                    (None, None) => "not routed yet".to_owned(),
+                };
+                pb::QueuedTicket {
+                    ticket_id: q.id.to_string(),
+                    number: q.number,
+                    priority: priority.as_str().to_owned(),
+                    awaiting_since: Some(timestamp(q.awaiting_since)),
+                    due: Some(timestamp(targets.due(priority, q.awaiting_since))),
+                    skills: needs.skills,
+                    region: needs.region.unwrap_or_default(),
+                    reason,
+                    moving_from: q.assignee.unwrap_or_default(),
+                    queued_at: q.queued_at.map(timestamp),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListQueueResponse { tickets, total }))
+    }
+
+    async fn explain_ticket(
+        &self,
+        request: Request<pb::ExplainTicketRequest>,
+    ) -> Result<Response<pb::Decision>, Status> {
+        authorize(&request, READERS)?;
+        let reference = required(
+            &request.get_ref().ticket,
+            "ticket (an id or a number like HL-10001)",
+            MAX_SHORT_CHARS,
+        )?;
+        let (decision, decided_at, waiting) = store::decision(&self.pool, &reference)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::Decision {
+            ticket_id: decision.ticket_id.to_string(),
+            number: decision.number,
+            decided_at: Some(timestamp(decided_at)),
+            assignee: decision.assignee.unwrap_or_default(),
+            reason: decision.reason,
+            skills: decision.skills,
+            region: decision.region.unwrap_or_default(),
+            moved_from: decision.moved_from.unwrap_or_default(),
+            overflow: decision.overflow,
+            waiting,
+        }))
     }
 }

@@ -365,8 +365,17 @@ impl TicketService for TicketApi {
     ) -> Result<Response<pb::TicketResponse>, Status> {
         authorize(&request, WORKERS)?;
         let assignee = field(&request.get_ref().assignee, "assignee", MAX_FIELD_CHARS)?;
-        self.run(&request.get_ref().ticket, Command::Assign(assignee))
-            .await
+        let expected = request
+            .get_ref()
+            .expected_assignee
+            .as_deref()
+            .map(|e| field(e, "expected_assignee", MAX_FIELD_CHARS))
+            .transpose()?;
+        self.run(
+            &request.get_ref().ticket,
+            Command::Assign { assignee, expected },
+        )
+        .await
     }
 
     async fn set_priority(

@@ -283,14 +283,38 @@ pub fn check_body(kind: ArticleKind, body: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
-pub fn assign(state: &TicketState, assignee: Option<String>) -> Result<Change, Refusal> {
+/// Assigns the ticket to `assignee` (`None` unassigns). With `expected`,
+/// only if its assignee is still that one (`Some(None)`: unassigned): a
+/// router's decision never overrides an assignment made meanwhile.
+pub fn assign(
+    state: &TicketState,
+    assignee: Option<String>,
+    expected: Option<&Option<String>>,
+) -> Result<Change, Refusal> {
     refuse_closed(state, "assign it")?;
+    if let Some(expected) = expected
+        && !same_assignee(expected.as_deref(), state.assignee.as_deref())
+    {
+        return Err(Refusal::Transition(match &state.assignee {
+            Some(now) => format!("the ticket is now assigned to {now}"),
+            None => "the ticket is now unassigned".into(),
+        }));
+    }
     let mut after = state.clone();
     if assignee.is_some() && state.status == Status::New {
         after.status = Status::Open;
     }
     after.assignee = assignee;
     Ok(Change::new(state, after))
+}
+
+/// Assignees are people's emails (or names): the same whatever the case.
+fn same_assignee(a: Option<&str>, b: Option<&str>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 pub fn set_priority(state: &TicketState) -> Result<Change, Refusal> {
@@ -627,7 +651,7 @@ mod tests {
             ));
         }
         assert!(matches!(
-            assign(&closed, Some("ada".into())),
+            assign(&closed, Some("ada".into()), None),
             Err(Refusal::Transition(_))
         ));
         assert!(matches!(set_priority(&closed), Err(Refusal::Transition(_))));
@@ -652,7 +676,7 @@ mod tests {
 
     #[test]
     fn assigning_a_new_ticket_opens_it() {
-        let change = assign(&awaiting(), Some("ada".into())).unwrap();
+        let change = assign(&awaiting(), Some("ada".into()), None).unwrap();
         assert_eq!(change.after.status, Status::Open);
         assert_eq!(change.after.assignee.as_deref(), Some("ada"));
         assert_eq!(
@@ -660,6 +684,20 @@ mod tests {
             Some(t0()),
             "assignment is no response"
         );
+    }
+
+    #[test]
+    fn an_assignment_made_meanwhile_wins_over_a_routers() {
+        let unassigned = Some(None);
+        assert!(assign(&awaiting(), Some("ana".into()), unassigned.as_ref()).is_ok());
+        let taken = assign(&awaiting(), Some("bo".into()), None).unwrap().after;
+        let refused = assign(&taken, Some("ana".into()), unassigned.as_ref()).unwrap_err();
+        assert!(
+            refused.to_string().contains("now assigned to bo"),
+            "{refused}"
+        );
+        let moved = assign(&taken, Some("ana".into()), Some(&Some("BO".into()))).unwrap();
+        assert_eq!(moved.after.assignee.as_deref(), Some("ana"));
     }
 
     #[test]

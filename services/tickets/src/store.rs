@@ -110,7 +110,11 @@ pub enum Command {
         article: NewArticle,
         pending_customer: bool,
     },
-    Assign(Option<String>),
+    /// The new assignee, and (when set) the one the ticket must still have.
+    Assign {
+        assignee: Option<String>,
+        expected: Option<Option<String>>,
+    },
     SetPriority(Priority),
     Resolve,
     Close,
@@ -589,7 +593,9 @@ impl Store {
                 new_article = Some(article);
                 change
             }
-            Command::Assign(assignee) => domain::assign(&state, assignee)?,
+            Command::Assign { assignee, expected } => {
+                domain::assign(&state, assignee, expected.as_ref())?
+            }
             Command::SetPriority(wanted) => {
                 priority = wanted;
                 domain::set_priority(&state)?

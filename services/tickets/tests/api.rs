@@ -615,6 +615,7 @@ async fn the_state_machine_refuses_invalid_transitions_with_a_reason() {
         .assign_ticket(pb::AssignTicketRequest {
             ticket: ticket.number.clone(),
             assignee: "bob".into(),
+            expected_assignee: None,
         })
         .await
         .unwrap_err();
@@ -743,6 +744,7 @@ async fn lists_filter_and_page_without_gaps_or_overlaps() {
         .assign_ticket(pb::AssignTicketRequest {
             ticket: "HL-10002".into(),
             assignee: "bob".into(),
+            expected_assignee: None,
         })
         .await
         .unwrap();
@@ -897,6 +899,7 @@ async fn callers_need_a_valid_token_and_the_right_role() {
         .assign_ticket(pb::AssignTicketRequest {
             ticket: ticket.number.clone(),
             assignee: "x".into(),
+            expected_assignee: None,
         })
         .await
         .unwrap_err();

@@ -3,7 +3,8 @@
 //! installed base and its coverage ([`contracts`]: `customers`, `branches`,
 //! `contacts`, `projects`, `assets`, `contracts`, `entitlement`; [`import`]:
 //! `import installed-base`), the people of the desk and their presence
-//! ([`people`]: `people`, `presence`) and `deadletters` ([`deadletters`]) — which
+//! ([`people`]: `people`, `presence`), routing ([`dispatch`]: `dispatch
+//! queue|explain`) and `deadletters` ([`deadletters`]) — which
 //! talk gRPC to the server at
 //! `HOTLINE_SERVER` with the token in `HOTLINE_TOKEN`. With `--json` a command prints JSON
 //! only — on failure too, argument errors included (`{"error": ...,
@@ -12,6 +13,7 @@
 
 mod contracts;
 mod deadletters;
+mod dispatch;
 mod import;
 mod paging;
 mod people;
@@ -100,6 +102,10 @@ enum Command {
     /// Your presence: online, away or offline, kept by heartbeats.
     #[command(subcommand)]
     Presence(people::PresenceCommand),
+    /// Routing: the queue of tickets waiting for someone, and why a ticket
+    /// went to whom.
+    #[command(subcommand)]
+    Dispatch(dispatch::DispatchCommand),
 }
 
 #[derive(Subcommand)]
@@ -269,6 +275,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Import(command) => import::run(command, &output).await,
         Command::People(command) => people::people(command, &output).await,
         Command::Presence(command) => people::presence(command, &output).await,
+        Command::Dispatch(command) => dispatch::run(command, &output).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

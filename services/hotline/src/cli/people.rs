@@ -142,7 +142,7 @@ fn presence_value(name: &str) -> pb::Presence {
     }
 }
 
-/// A person as JSON. `assigned` (awaiting tickets now) comes with routing.
+/// A person as JSON; `assigned`: the tickets they have awaiting a response.
 fn person_json(person: &pb::Person) -> Value {
     let skills: Map<String, Value> = person
         .skills
@@ -163,6 +163,7 @@ fn person_json(person: &pb::Person) -> Value {
         "skills": skills,
         "regions": person.regions,
         "capacity": person.capacity,
+        "assigned": person.assigned,
         "presence": presence_name(person.presence),
         "stated_presence": presence_name(person.stated_presence),
         "active": person.active,
@@ -228,6 +229,7 @@ fn person_text(person: &pb::Person) -> String {
         format!("skills\t{}", or_dash(&skills_text(person))),
         format!("regions\t{}", or_dash(&person.regions.join(", "))),
         format!("capacity\t{}", person.capacity),
+        format!("assigned\t{} awaiting a response", person.assigned),
         format!("presence\t{presence}"),
         format!("home\t{home}"),
         format!("timezone\t{}", or_dash(&person.time_zone)),

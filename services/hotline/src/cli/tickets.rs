@@ -331,6 +331,7 @@ pub async fn run(command: TicketsCommand, output: &Output) -> Result<(), Failure
                 .assign_ticket(pb::AssignTicketRequest {
                     ticket,
                     assignee: to,
+                    expected_assignee: None,
                 })
                 .await?
                 .into_inner();
@@ -347,6 +348,7 @@ pub async fn run(command: TicketsCommand, output: &Output) -> Result<(), Failure
                 .assign_ticket(pb::AssignTicketRequest {
                     ticket,
                     assignee: String::new(),
+                    expected_assignee: None,
                 })
                 .await?;
             changed(output, response.into_inner(), "unassigned");

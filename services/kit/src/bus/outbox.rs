@@ -158,6 +158,13 @@ impl OutboxSignal {
         // Stores a permit when the relay is busy, so no wake-up is lost.
         self.0.notify_one();
     }
+
+    /// Waits for the next commit (or the one stored while nobody waited):
+    /// for a task other than the relay that acts on what consumers commit,
+    /// like dispatch's router.
+    pub async fn notified(&self) {
+        self.0.notified().await;
+    }
 }
 
 /// Publishes one schema's outbox.
