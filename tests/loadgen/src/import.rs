@@ -137,10 +137,14 @@ fn rng_jitter(seed: u64, boundary: u64) -> f64 {
         .random_range(-0.4..0.4)
 }
 
-type Client = ContractsServiceClient<InterceptedService<tonic::transport::Channel, BearerToken>>;
+pub type Client =
+    ContractsServiceClient<InterceptedService<tonic::transport::Channel, BearerToken>>;
 
 /// Streams `file` to the server: the summary and the seconds it took.
-async fn send(client: &mut Client, file: Arc<Vec<u8>>) -> anyhow::Result<(pb::ImportSummary, f64)> {
+pub async fn send(
+    client: &mut Client,
+    file: Arc<Vec<u8>>,
+) -> anyhow::Result<(pb::ImportSummary, f64)> {
     let pieces = file.len().div_ceil(PIECE_BYTES);
     let chunks = stream::iter((0..pieces).map(move |i| pb::ImportChunk {
         data: file[i * PIECE_BYTES..((i + 1) * PIECE_BYTES).min(file.len())].to_vec(),

@@ -12,13 +12,15 @@
 //! `clocks`, `burst` and `restart` load the response clocks (see
 //! [`clocks`]). `import` imports a generated installed base, then the same
 //! file again (see [`import`]). `entitlement` looks callers up in that
-//! base (see [`entitlement`]).
+//! base (see [`entitlement`]). `dispatch` routes tickets to a
+//! thousand people online (see [`dispatch`]).
 //!
 //! The fleet is found like the CLI finds it (`HOTLINE_SERVER`,
 //! `HOTLINE_TOKEN`); the broker and namespace come from the fleet's own
 //! configuration variables (`HOTLINE_AMQP_URL`, `HOTLINE_NAMESPACE`).
 
 mod clocks;
+mod dispatch;
 mod entitlement;
 mod import;
 mod mail;
@@ -142,6 +144,25 @@ enum Scenario {
         #[arg(long, default_value_t = 0)]
         rate: u32,
     },
+    /// Imports a small base, adds PEOPLE agents of mixed skills and
+    /// regions, states them online, opens tickets naming the base's
+    /// serials at RATE a second for D: assignment latency, tickets left
+    /// unassigned (and whether someone could have taken them), spread of
+    /// load. A manager's HOTLINE_TOKEN; the whole fleet running.
+    Dispatch {
+        #[arg(long, default_value_t = 1_000)]
+        people: usize,
+        /// Each person's capacity (awaiting tickets at once).
+        #[arg(long, default_value_t = 20)]
+        capacity: u32,
+        #[arg(long, default_value_t = 500)]
+        rate: u32,
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Seeds the base, the people and the tickets (random when not given).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Runs `hotline serve --target sla` itself (no other `sla` may run in
     /// the namespace), arms ARMED clocks, kills it with SIGKILL for DOWN,
     /// starts it again: time until every overdue clock has fired.
@@ -218,6 +239,16 @@ async fn main() -> anyhow::Result<()> {
                 rate,
             )
             .await
+        }
+        Scenario::Dispatch {
+            people,
+            capacity,
+            rate,
+            duration,
+            seed,
+        } => {
+            let seed = seed.unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0);
+            dispatch::dispatch(people, capacity, rate, duration, seed).await
         }
         Scenario::Restart {
             hotline,
