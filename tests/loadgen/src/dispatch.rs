@@ -316,7 +316,7 @@ pub async fn dispatch(
         .max()
         .unwrap_or(0);
     let mut top_reasons: Vec<(String, u64)> = reasons.into_iter().collect();
-    top_reasons.sort_by(|a, b| b.1.cmp(&a.1));
+    top_reasons.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
     top_reasons.truncate(5);
     println!(
         "{}",
