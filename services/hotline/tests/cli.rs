@@ -802,14 +802,14 @@ async fn an_admin_lists_and_replays_dead_letters_from_the_shell() {
     let admin = shell.env.token("root", hotline_kit::auth::Role::Admin);
     let poison = publish_poison(&shell.env).await;
 
-    // sla and contracts consume it: each gives up on it on its own.
-    let both = shell.await_dead_letters(&admin, &[], 2).await;
-    let mut services: Vec<&str> = both
+    // sla, contracts and dispatch consume it: each gives up on it on its own.
+    let each = shell.await_dead_letters(&admin, &[], 3).await;
+    let mut services: Vec<&str> = each
         .iter()
         .map(|l| l["service"].as_str().unwrap())
         .collect();
     services.sort_unstable();
-    assert_eq!(services, ["contracts", "sla"], "{both:?}");
+    assert_eq!(services, ["contracts", "dispatch", "sla"], "{each:?}");
     let letters = shell
         .await_dead_letters(&admin, &["--service", "sla"], 1)
         .await;
