@@ -1,10 +1,14 @@
 //! `pager`: who gets woken for an escalation, and how (ARCHITECTURE §8).
 //!
 //! - [`events`]: `sla.escalated` queues pages to the level's targets,
-//!   `sla.cleared` resolves them; acknowledgements from any edge.
+//!   `sla.cleared` resolves them; `person.*` keeps the people paged;
+//!   acknowledgements from any edge.
 //! - [`deliver`]: sends the queue (PagerDuty, webhooks, email), with
 //!   retries and every attempt recorded.
 //! - [`messages`]: PagerDuty Events API v2 and generic webhook bodies.
+//! - [`people`]: who a schedule or a level names: the directory's people,
+//!   copied from `person.*` events and named by email, and the legacy
+//!   people from before the directory until they are adopted; pure.
 //! - [`schedule`]: on-call rotations and overrides, pure.
 //! - [`webhook`]: PagerDuty v3 webhooks in (acknowledgements).
 //! - [`store`]: the only SQL.
@@ -14,6 +18,7 @@ pub mod api;
 pub mod deliver;
 pub mod events;
 pub mod messages;
+pub mod people;
 pub mod schedule;
 pub mod store;
 pub mod webhook;
@@ -38,7 +43,13 @@ use hotline_proto::{
 use serde::Deserialize;
 
 pub const SCHEMA: &str = "pager";
-const CONSUMES: &[&str] = &["sla.escalated", "sla.cleared"];
+const CONSUMES: &[&str] = &[
+    "sla.escalated",
+    "sla.cleared",
+    "person.added",
+    "person.updated",
+    "person.deactivated",
+];
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
