@@ -461,10 +461,10 @@ impl PagerService for PagerApi {
             .iter()
             .map(|p| person_reference(p, "a participant"))
             .collect::<Result<Vec<_>, _>>()?;
-        let participants = arranged(&self.pool, &participants).await?;
         let starts = line(&schedule.starts, "starts", MAX_TIME_ZONE_CHARS)?.unwrap_or_default();
-        let rotation = store::rotation(&time_zone, participants, shift, &starts)
+        let mut rotation = store::rotation(&time_zone, participants, shift, &starts)
             .map_err(Status::invalid_argument)?;
+        rotation.participants = arranged(&self.pool, &rotation.participants).await?;
         store::put_schedule(&self.pool, &name, &rotation)
             .await
             .map_err(internal)?;
