@@ -195,6 +195,73 @@ impl Handler {
     }
 }
 
+/// The directory, read over gRPC as the pager.
+pub type Directory = dispatch::dispatch_service_client::DispatchServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        hotline_kit::grpc::ServiceToken,
+    >,
+>;
+
+/// How long the directory is waited for between two tries.
+const SYNC_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads the whole directory once, at start, into the copies (the newest
+/// `updated_at` still wins over events): people added before the pager's
+/// queue was bound to `person.*`, or while it was away, are known without
+/// being typed again. Tries again until it succeeds, then waits for
+/// `cancel`.
+pub async fn sync_directory(
+    pool: PgPool,
+    mut directory: Directory,
+    cancel: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let mut tries = 0u32;
+    loop {
+        match sync_once(&pool, &mut directory).await {
+            Ok(count) => {
+                tracing::info!(count, "the directory's people read");
+                break;
+            }
+            Err(error) => {
+                tries += 1;
+                // Quiet while dispatch starts alongside; loud if it stays away.
+                if tries % 12 == 1 {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        tries,
+                        "cannot read the directory yet; trying again"
+                    );
+                }
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            () = tokio::time::sleep(SYNC_RETRY) => {}
+        }
+    }
+    cancel.cancelled().await;
+    Ok(())
+}
+
+async fn sync_once(pool: &PgPool, directory: &mut Directory) -> anyhow::Result<usize> {
+    let people = directory
+        .list_people(dispatch::ListPeopleRequest {
+            include_inactive: true,
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .people;
+    let mut tx = pool.begin().await?;
+    for person in &people {
+        keep_person(&mut tx, person).await?;
+    }
+    tx.commit().await?;
+    Ok(people.len())
+}
+
 /// Keeps the pager's copy of a directory person. A new email is followed
 /// by whatever named the old one, and legacy people with it are theirs now.
 async fn keep_person(conn: &mut PgConnection, person: &dispatch::Person) -> anyhow::Result<()> {

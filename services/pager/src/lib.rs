@@ -1,8 +1,9 @@
 //! `pager`: who gets woken for an escalation, and how (ARCHITECTURE §8).
 //!
 //! - [`events`]: `sla.escalated` queues pages to the level's targets,
-//!   `sla.cleared` resolves them; `person.*` keeps the people paged;
-//!   acknowledgements from any edge.
+//!   `sla.cleared` resolves them; `person.*` keeps the people paged (and
+//!   the whole directory is read once at start); acknowledgements from
+//!   any edge.
 //! - [`deliver`]: sends the queue (PagerDuty, webhooks, email), with
 //!   retries and every attempt recorded.
 //! - [`messages`]: PagerDuty Events API v2 and generic webhook bodies.
@@ -37,6 +38,7 @@ use hotline_kit::{
     telemetry::counter_from_zero,
 };
 use hotline_proto::{
+    dispatch::v1::dispatch_service_client::DispatchServiceClient,
     pager::v1::pager_service_server::PagerServiceServer,
     tickets::v1::ticket_service_client::TicketServiceClient,
 };
@@ -194,6 +196,17 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
         ServiceToken::new(context.authority.clone(), "pager", &[Role::Bridge]),
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let directory =
+        DispatchServiceClient::new(tonic::service::interceptor::InterceptedService::new(
+            grpc::channel(&context.config.endpoint("dispatch"))?,
+            ServiceToken::new(context.authority.clone(), "pager", &[Role::Bridge]),
+        ))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let cancel = context.cancel.clone();
+    context.spawn(
+        "directory-sync",
+        events::sync_directory(pool.clone(), directory, cancel),
+    );
     context.add_grpc(
         PagerServiceServer::new(api::PagerApi::new(
             pool.clone(),

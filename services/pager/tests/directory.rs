@@ -481,3 +481,38 @@ async fn a_deactivated_person_is_not_paged_and_the_level_pages_its_other_targets
     );
     desk.stop().await;
 }
+
+#[tokio::test]
+async fn people_added_before_the_pager_listened_are_read_from_the_directory_at_start() {
+    let env = TestEnv::new().await.unwrap();
+    // The directory alone: its person.added finds no pager queue.
+    let alone = env.start(&[hotline_dispatch::module()]).await.unwrap();
+    let ana = DispatchServiceClient::new(alone.channel(&env.token("mia", Role::Manager)))
+        .add_person(AddPersonRequest {
+            name: "ana".into(),
+            email: at("ana"),
+            roles: vec!["agent".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    alone.stop().await.unwrap();
+
+    let app = env
+        .start(&[hotline_dispatch::module(), hotline_pager::module()])
+        .await
+        .unwrap();
+    let desk = Desk { env, app };
+    desk.until("the pager reads ana from the directory", |people| {
+        people
+            .iter()
+            .any(|p| p.id == ana.id && p.email == at("ana"))
+    })
+    .await;
+    desk.pager()
+        .put_schedule(night(&[at("ana")]))
+        .await
+        .unwrap();
+    desk.stop().await;
+}
