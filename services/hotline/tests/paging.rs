@@ -21,6 +21,9 @@ use hotline_kit::{
     time::{from_timestamp, timestamp},
 };
 use hotline_proto::{
+    dispatch::v1::{
+        AddPersonRequest, DeactivatePersonRequest, dispatch_service_client::DispatchServiceClient,
+    },
     events::v1::{self as ev, event_envelope::Payload},
     pager::v1::{
         AcknowledgeRequest, ListPagesRequest, PageState, pager_service_client::PagerServiceClient,
@@ -1018,29 +1021,21 @@ async fn without_pagerduty_a_level_pages_the_on_call_person_and_the_lead_and_nam
     let manager = desk.env.token("mia", Role::Manager);
     let mut pager = PagerServiceClient::new(desk.app().channel(&manager));
     use hotline_proto::pager::v1::{LevelTargets, Person, Schedule, Target, target};
-    for person in [
-        Person {
-            name: "bo".into(),
+    people(&desk, &["bo", "cy", "dee"]).await;
+    // bo is paged on his webhook (and by email), cy by email.
+    pager
+        .put_person(Person {
+            email: vendor("bo"),
             webhook_url: format!("{pd_addr}/hook/bo"),
             ..Default::default()
-        },
-        Person {
-            name: "cy".into(),
-            email: "cy@vendor.example".into(),
-            ..Default::default()
-        },
-        Person {
-            name: "dee".into(),
-            ..Default::default()
-        },
-    ] {
-        pager.put_person(person).await.unwrap();
-    }
+        })
+        .await
+        .unwrap();
     pager
         .put_schedule(Schedule {
             name: "night".into(),
             time_zone: "UTC".into(),
-            participants: vec!["bo".into()],
+            participants: vec![vendor("bo")],
             shift_length: Some(prost_types::Duration {
                 seconds: 86_400,
                 nanos: 0,
@@ -1056,12 +1051,32 @@ async fn without_pagerduty_a_level_pages_the_on_call_person_and_the_lead_and_nam
             level: 1,
             targets: vec![
                 target(target::Target::Schedule("night".into())),
-                target(target::Target::Person("cy".into())),
-                target(target::Target::Person("dee".into())),
+                target(target::Target::Person(vendor("cy"))),
+                target(target::Target::Person(vendor("dee"))),
             ],
         })
         .await
         .unwrap();
+    // dee leaves after she was made a target.
+    DispatchServiceClient::new(desk.app().channel(&manager))
+        .deactivate_person(DeactivatePersonRequest {
+            person: vendor("dee"),
+        })
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !pager
+        .list_people(hotline_proto::pager::v1::ListPeopleRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .people
+        .iter()
+        .any(|p| p.email == vendor("dee") && !p.active)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "dee never left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut failures = hotline_kit::testing::EventTap::bound(&desk.env.config, "page.failed")
         .await
         .unwrap();
@@ -1073,11 +1088,10 @@ async fn without_pagerduty_a_level_pages_the_on_call_person_and_the_lead_and_nam
         .expect("page.failed");
     match failed.payload {
         Some(hotline_proto::events::v1::event_envelope::Payload::PageFailed(failed)) => {
-            assert_eq!(failed.target, "person dee");
-            assert!(
-                failed.reason.contains("no working contact method"),
-                "{}",
-                failed.reason
+            assert_eq!(failed.target, "person dee@vendor.example");
+            assert_eq!(
+                failed.reason,
+                "dee@vendor.example is deactivated in the directory"
             );
             assert_eq!(failed.level, 1);
         }
@@ -1099,17 +1113,22 @@ async fn without_pagerduty_a_level_pages_the_on_call_person_and_the_lead_and_nam
     let hook: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(hook["event"], "escalated");
     assert_eq!(hook["ticket"]["ticket"], ticket.number.as_str());
-    // The lead's email, through the relay.
+    // The lead's email, through the relay (bo is emailed too: the
+    // directory gave him an address).
+    let to_cy = || -> Vec<String> {
+        mails
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.contains("To: cy@vendor.example"))
+            .cloned()
+            .collect()
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while mails.lock().unwrap().is_empty() && tokio::time::Instant::now() < deadline {
+    while to_cy().is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mail = mails
-        .lock()
-        .unwrap()
-        .first()
-        .cloned()
-        .expect("an email page");
+    let mail = to_cy().first().cloned().expect("an email page");
     assert!(mail.contains("To: cy@vendor.example"), "{mail}");
     assert!(mail.contains(&format!("[{}]", ticket.number)), "{mail}");
     assert!(
@@ -1120,14 +1139,14 @@ async fn without_pagerduty_a_level_pages_the_on_call_person_and_the_lead_and_nam
     // The answer reaches both.
     desk.respond(&ticket).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while (desk.pd.hooks.lock().unwrap().len() < 2 || mails.lock().unwrap().len() < 2)
+    while (desk.pd.hooks.lock().unwrap().len() < 2 || to_cy().len() < 2)
         && tokio::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cleared: Value = serde_json::from_str(&desk.pd.hooks.lock().unwrap()[1].2).unwrap();
     assert_eq!(cleared["event"], "cleared");
-    assert!(mails.lock().unwrap()[1].contains("answered"));
+    assert!(to_cy()[1].contains("answered"));
     desk.stop().await;
 }
 
@@ -1178,21 +1197,48 @@ async fn fault_a_broker_outage_at_due_breaches_on_time_and_pages_once_when_it_is
     desk.stop().await;
 }
 
-/// The pager's people as a manager adds them (the command line has no
-/// command for them until the dispatch directory is theirs).
+/// `names` in the directory, as `name@vendor.example`, once the pager has
+/// heard of them.
 async fn people(desk: &Desk, names: &[&str]) {
     let manager = desk.env.token("mia", Role::Manager);
-    let mut pager = PagerServiceClient::new(desk.app().channel(&manager));
+    let mut directory = DispatchServiceClient::new(desk.app().channel(&manager));
     for name in names {
-        pager
-            .put_person(hotline_proto::pager::v1::Person {
+        directory
+            .add_person(AddPersonRequest {
                 name: (*name).into(),
-                email: format!("{name}@vendor.example"),
+                email: vendor(name),
+                roles: vec!["agent".into()],
                 ..Default::default()
             })
             .await
             .unwrap();
     }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let known = desk
+            .pager()
+            .list_people(hotline_proto::pager::v1::ListPeopleRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .people;
+        if names
+            .iter()
+            .all(|name| known.iter().any(|p| p.email == vendor(name)))
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pager never heard of {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How the directory names `name`.
+fn vendor(name: &str) -> String {
+    format!("{name}@vendor.example")
 }
 
 #[tokio::test]
@@ -1214,7 +1260,7 @@ async fn on_call_is_arranged_from_the_shell_and_an_override_is_who_is_on_call_no
             "--timezone",
             "Europe/Berlin",
             "--people",
-            "ana,bo",
+            "ana@vendor.example,BO@vendor.example",
             "--shift",
             "7d",
             "--starts",
@@ -1224,7 +1270,7 @@ async fn on_call_is_arranged_from_the_shell_and_an_override_is_who_is_on_call_no
     .await;
     assert!(ok, "{added}");
     let night = json!({
-        "name": "night", "timezone": "Europe/Berlin", "people": ["ana", "bo"],
+        "name": "night", "timezone": "Europe/Berlin", "people": ["ana@vendor.example", "bo@vendor.example"],
         "shift_seconds": 604_800, "shift": "7d", "starts": "2026-01-05T09:00",
         "overrides": [],
     });
@@ -1240,7 +1286,7 @@ async fn on_call_is_arranged_from_the_shell_and_an_override_is_who_is_on_call_no
     assert_eq!(listed, json!([night]));
     let (_, now) = cli(&desk.env, desk.app(), &desk.agent, &["oncall", "now"]).await;
     assert!(
-        ["ana", "bo"].contains(&now[0]["person"].as_str().unwrap()),
+        ["ana@vendor.example", "bo@vendor.example"].contains(&now[0]["person"].as_str().unwrap()),
         "{now}"
     );
     assert_eq!(now[0]["overridden"], false);
@@ -1269,7 +1315,7 @@ async fn on_call_is_arranged_from_the_shell_and_an_override_is_who_is_on_call_no
             "--schedule",
             "night",
             "--person",
-            "dee",
+            "dee@vendor.example",
             "--from",
             &from_local,
             "--to",
@@ -1279,13 +1325,13 @@ async fn on_call_is_arranged_from_the_shell_and_an_override_is_who_is_on_call_no
     .await;
     assert!(ok, "{taken}");
     let taken_json = json!({
-        "schedule": "night", "person": "dee", "from": from_utc, "to": to,
+        "schedule": "night", "person": "dee@vendor.example", "from": from_utc, "to": to,
     });
     assert_eq!(taken, taken_json);
     let (_, now) = cli(&desk.env, desk.app(), &desk.agent, &["oncall", "now"]).await;
     assert_eq!(
         now,
-        json!([{"schedule": "night", "person": "dee", "overridden": true, "until": to}])
+        json!([{"schedule": "night", "person": "dee@vendor.example", "overridden": true, "until": to}])
     );
     let (_, listed) = cli(
         &desk.env,
@@ -1307,13 +1353,13 @@ async fn on_call_is_arranged_from_the_shell_and_an_override_is_who_is_on_call_no
             "--level",
             "1",
             "--targets",
-            "schedule:night,person:cy",
+            "schedule:night,person:cy@vendor.example",
         ],
     )
     .await;
     assert!(ok, "{level}");
     let level_json = json!({"level": 1, "targets": [
-        {"kind": "schedule", "name": "night"}, {"kind": "person", "name": "cy"},
+        {"kind": "schedule", "name": "night"}, {"kind": "person", "name": "cy@vendor.example"},
     ]});
     assert_eq!(level, level_json);
     let (ok, levels) = cli(
@@ -1356,7 +1402,7 @@ async fn on_call_commands_refuse_what_cannot_work_and_say_what_to_change() {
         &desk.env,
         desk.app(),
         &manager,
-        &schedule("night", "UTC", "ana,bo", "1d")
+        &schedule("night", "UTC", "ana@vendor.example,bo@vendor.example", "1d")
             .each_ref()
             .map(String::as_str),
     )
@@ -1389,15 +1435,15 @@ async fn on_call_commands_refuse_what_cannot_work_and_say_what_to_change() {
         ),
         (
             &manager,
-            schedule("day", "UTC", "ana,zed", "1d").to_vec(),
+            schedule("day", "UTC", "ana@vendor.example,zed", "1d").to_vec(),
             "NotFound",
-            "no person \"zed\"",
+            "no one in the directory is \"zed\"",
         ),
         (
             &manager,
             schedule("day", "UTC", "", "1d").to_vec(),
             "InvalidArgument",
-            "participant's name is required",
+            "a participant is required",
         ),
         (
             &manager,
@@ -1432,13 +1478,23 @@ async fn on_call_commands_refuse_what_cannot_work_and_say_what_to_change() {
     let overrides: Vec<(&str, Vec<String>, &str, &str)> = vec![
         (
             &desk.agent,
-            override_args("night", "bo", "2030-01-01T08:00", "2030-01-01T20:00"),
+            override_args(
+                "night",
+                "bo@vendor.example",
+                "2030-01-01T08:00",
+                "2030-01-01T20:00",
+            ),
             "PermissionDenied",
             "dispatcher",
         ),
         (
             &dispatcher,
-            override_args("day", "bo", "2030-01-01T08:00", "2030-01-01T20:00"),
+            override_args(
+                "day",
+                "bo@vendor.example",
+                "2030-01-01T08:00",
+                "2030-01-01T20:00",
+            ),
             "NotFound",
             "no schedule \"day\"",
         ),
@@ -1446,23 +1502,33 @@ async fn on_call_commands_refuse_what_cannot_work_and_say_what_to_change() {
             &dispatcher,
             override_args("night", "zed", "2030-01-01T08:00", "2030-01-01T20:00"),
             "NotFound",
-            "no person \"zed\"",
+            "no one in the directory is \"zed\"",
         ),
         (
             &dispatcher,
-            override_args("night", "bo", "2030-01-01T20:00", "2030-01-01T08:00"),
+            override_args(
+                "night",
+                "bo@vendor.example",
+                "2030-01-01T20:00",
+                "2030-01-01T08:00",
+            ),
             "InvalidArgument",
             "must end after it starts",
         ),
         (
             &dispatcher,
-            override_args("night", "bo", "2020-01-01T08:00", "2020-01-01T20:00"),
+            override_args(
+                "night",
+                "bo@vendor.example",
+                "2020-01-01T08:00",
+                "2020-01-01T20:00",
+            ),
             "InvalidArgument",
             "over already",
         ),
         (
             &dispatcher,
-            override_args("night", "bo", "tonight", "2030-01-01T20:00"),
+            override_args("night", "bo@vendor.example", "tonight", "2030-01-01T20:00"),
             "InvalidArgument",
             "--from: \"tonight\" is neither",
         ),
@@ -1513,9 +1579,9 @@ async fn on_call_commands_refuse_what_cannot_work_and_say_what_to_change() {
         ),
         (
             &manager,
-            levels("person:ana,person:zed", "1"),
+            levels("person:ana@vendor.example,person:zed", "1"),
             "NotFound",
-            "no person \"zed\"",
+            "no one in the directory is \"zed\"",
         ),
         (
             &manager,

@@ -24,6 +24,7 @@ use tonic::{
 
 use crate::{
     events::{AckError, acknowledge},
+    people::{self, Named, Refusal},
     schedule::Override,
     store::{self, Target},
 };
@@ -35,14 +36,15 @@ const DESK: &[Role] = &[
     Role::Manager,
     Role::Technician,
 ];
-/// Who may decide who gets woken: the people paged, the rotations and each
-/// level's targets are the desk's standing arrangements, a manager's to make.
+/// Who may decide who gets woken: the people's webhooks, the rotations and
+/// each level's targets are the desk's standing arrangements, a manager's
+/// to make.
 const MANAGERS: &[Role] = &[Role::Manager];
 /// Who may swap a shift (an override): dispatchers too, who run the night
 /// and find the stand-in when someone falls ill.
 const SHIFT_PLANNERS: &[Role] = &[Role::Dispatcher, Role::Manager];
 
-/// Names of people and schedules (they are typed on the command line).
+/// Names of schedules (they are typed on the command line).
 const MAX_NAME_CHARS: usize = 100;
 const MAX_EMAIL_CHARS: usize = 254;
 const MAX_URL_CHARS: usize = 2000;
@@ -144,16 +146,53 @@ fn check_url(url: &str) -> Result<(), Status> {
     }
 }
 
-/// Refuses names of people who are not in the pager's people.
-async fn known_people(pool: &PgPool, names: &[String]) -> Result<(), Status> {
-    let unknown = store::unknown_people(pool, names).await.map_err(internal)?;
-    if unknown.is_empty() {
-        return Ok(());
+/// The emails a schedule or a level stores for `references`: each must be
+/// an active directory person (a legacy name adopted by one is taken too).
+/// The refusal names every one that cannot be put there, and why.
+async fn arranged(pool: &PgPool, references: &[String]) -> Result<Vec<String>, Status> {
+    let mut conn = pool.acquire().await.map_err(internal)?;
+    let directory = store::directory(&mut conn).await.map_err(internal)?;
+    let (mut emails, mut refusals) = (Vec::new(), Vec::new());
+    for reference in references {
+        match directory.for_arrangement(reference) {
+            Ok(email) => emails.push(email),
+            Err(refusal) => refusals.push(refusal),
+        }
     }
-    Err(Status::not_found(format!(
-        "no person {}: add them to the pager's people first (PutPerson), or correct the name",
-        quoted(&unknown)
-    )))
+    if refusals.is_empty() {
+        return Ok(emails);
+    }
+    let code = if refusals
+        .iter()
+        .all(|r| matches!(r, Refusal::Deactivated(_)))
+    {
+        Code::FailedPrecondition
+    } else {
+        Code::NotFound
+    };
+    let message = refusals
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(Status::new(code, message))
+}
+
+/// A person as a schedule or level names them: one line, required.
+fn person_reference(value: &str, what: &str) -> Result<String, Status> {
+    line(value, what, MAX_EMAIL_CHARS)?
+        .ok_or_else(|| Status::invalid_argument(format!("{what} is required")))
+}
+
+fn person_message(person: &people::Person) -> pb::Person {
+    pb::Person {
+        name: person.name.clone(),
+        email: person.email.clone(),
+        webhook_url: person.webhook_url.clone(),
+        id: person.id.to_string(),
+        active: person.active,
+        legacy: false,
+    }
 }
 
 /// Refuses names of schedules that do not exist.
@@ -294,13 +333,17 @@ impl PagerService for PagerApi {
             .unwrap_or_else(Utc::now);
         let mut conn = self.pool.acquire().await.map_err(internal)?;
         let schedules = store::schedules(&mut conn).await.map_err(internal)?;
+        let directory = store::directory(&mut conn).await.map_err(internal)?;
         let on_call = schedules
             .iter()
             .map(|schedule| {
                 let now = schedule.rotation.on_call(&schedule.overrides, at);
                 pb::OnCall {
                     schedule: schedule.name.clone(),
-                    person: now.as_ref().map(|o| o.person.clone()).unwrap_or_default(),
+                    person: now
+                        .as_ref()
+                        .and_then(|o| directory.on_call(&o.person))
+                        .unwrap_or_default(),
                     overridden: now.as_ref().is_some_and(|o| o.overridden),
                     shift_ends_at: now.map(|o| timestamp(o.until)),
                 }
@@ -315,28 +358,49 @@ impl PagerService for PagerApi {
     ) -> Result<Response<pb::Person>, Status> {
         authorize(&request, MANAGERS)?;
         let person = request.into_inner();
-        let name = name(&person.name, "name")?;
-        if name == "pagerduty" || name == "webhook" {
-            return Err(Status::invalid_argument(format!(
-                "{name:?} names the configured {name} target; choose another name"
-            )));
-        }
         let webhook_url =
             line(&person.webhook_url, "webhook_url", MAX_URL_CHARS)?.unwrap_or_default();
         check_url(&webhook_url)?;
-        let stored = store::Person {
-            name,
-            email: line(&person.email, "email", MAX_EMAIL_CHARS)?.unwrap_or_default(),
-            webhook_url,
+        let reference = [&person.id, &person.email]
+            .into_iter()
+            .map(|r| r.trim())
+            .find(|r| !r.is_empty());
+        let Some(reference) = reference else {
+            return Err(Status::failed_precondition(
+                "people are added in the directory (`hotline people add --name N --email E \
+                 --role agent`); name one by email or id to set their webhook",
+            ));
         };
-        store::put_person(&self.pool, &stored)
+        let reference = person_reference(reference, "the person's email or id")?;
+        let mut conn = self.pool.acquire().await.map_err(internal)?;
+        let directory = store::directory(&mut conn).await.map_err(internal)?;
+        drop(conn);
+        let found = match directory.find(&reference) {
+            Named::Person(found, None) => found,
+            _ => {
+                return Err(Status::failed_precondition(format!(
+                    "no one in the directory is {reference:?}: people are added in the \
+                     directory (`hotline people add --name N --email {reference} --role \
+                     agent`), then given a webhook here"
+                )));
+            }
+        };
+        if !found.active {
+            return Err(Status::failed_precondition(format!(
+                "{} is deactivated in the directory and is never paged",
+                found.email
+            )));
+        }
+        if !store::set_webhook(&self.pool, found.id, &webhook_url)
             .await
-            .map_err(internal)?;
-        Ok(Response::new(pb::Person {
-            name: stored.name,
-            email: stored.email,
-            webhook_url: stored.webhook_url,
-        }))
+            .map_err(internal)?
+        {
+            return Err(internal(format!("person {} vanished", found.id)));
+        }
+        Ok(Response::new(person_message(&people::Person {
+            webhook_url,
+            ..found.clone()
+        })))
     }
 
     async fn list_people(
@@ -345,15 +409,19 @@ impl PagerService for PagerApi {
     ) -> Result<Response<ListPeopleResponse>, Status> {
         authorize(&request, DESK)?;
         let mut conn = self.pool.acquire().await.map_err(internal)?;
-        let people = store::people(&mut conn)
-            .await
-            .map_err(internal)?
-            .into_iter()
-            .map(|p| pb::Person {
-                name: p.name,
-                email: p.email,
-                webhook_url: p.webhook_url,
-            })
+        let directory = store::directory(&mut conn).await.map_err(internal)?;
+        let people = directory
+            .people
+            .iter()
+            .map(person_message)
+            .chain(directory.unadopted().map(|legacy| pb::Person {
+                name: legacy.name.clone(),
+                email: legacy.email.clone(),
+                webhook_url: legacy.webhook_url.clone(),
+                id: String::new(),
+                active: true,
+                legacy: true,
+            }))
             .collect();
         Ok(Response::new(ListPeopleResponse { people }))
     }
@@ -391,12 +459,12 @@ impl PagerService for PagerApi {
         let participants = schedule
             .participants
             .iter()
-            .map(|p| self::name(p, "a participant's name"))
+            .map(|p| person_reference(p, "a participant"))
             .collect::<Result<Vec<_>, _>>()?;
         let starts = line(&schedule.starts, "starts", MAX_TIME_ZONE_CHARS)?.unwrap_or_default();
-        let rotation = store::rotation(&time_zone, participants, shift, &starts)
+        let mut rotation = store::rotation(&time_zone, participants, shift, &starts)
             .map_err(Status::invalid_argument)?;
-        known_people(&self.pool, &rotation.participants).await?;
+        rotation.participants = arranged(&self.pool, &rotation.participants).await?;
         store::put_schedule(&self.pool, &name, &rotation)
             .await
             .map_err(internal)?;
@@ -445,7 +513,7 @@ impl PagerService for PagerApi {
         authorize(&request, SHIFT_PLANNERS)?;
         let taken = request.into_inner();
         let schedule = name(&taken.schedule, "schedule")?;
-        let person = name(&taken.person, "person")?;
+        let person = person_reference(&taken.person, "person")?;
         // To the microsecond PostgreSQL keeps, so the answer is what is stored.
         let moment = |at: Option<&prost_types::Timestamp>| {
             at.and_then(from_timestamp).map(|at| at.trunc_subsecs(6))
@@ -472,7 +540,9 @@ impl PagerService for PagerApi {
             )));
         }
         known_schedules(&self.pool, std::slice::from_ref(&schedule)).await?;
-        known_people(&self.pool, std::slice::from_ref(&person)).await?;
+        let person = arranged(&self.pool, std::slice::from_ref(&person))
+            .await?
+            .remove(0);
         let taken = Override {
             person,
             starts_at,
@@ -512,7 +582,7 @@ impl PagerService for PagerApi {
                     name(schedule, "a schedule target's name").map(Target::Schedule)
                 }
                 Some(target::Target::Person(person)) => {
-                    name(person, "a person target's name").map(Target::Person)
+                    person_reference(person, "a person target").map(Target::Person)
                 }
                 None => Err(Status::invalid_argument(
                     "a target is a schedule or a person",
@@ -527,7 +597,14 @@ impl PagerService for PagerApi {
             }
         }
         known_schedules(&self.pool, &schedules).await?;
-        known_people(&self.pool, &people).await?;
+        let mut emails = arranged(&self.pool, &people).await?.into_iter();
+        let targets: Vec<Target> = targets
+            .into_iter()
+            .map(|target| match target {
+                Target::Person(name) => Target::Person(emails.next().unwrap_or(name)),
+                schedule => schedule,
+            })
+            .collect();
         store::set_level_targets(&self.pool, levels.level, &targets)
             .await
             .map_err(internal)?;

@@ -1,4 +1,5 @@
-//! Escalations in, pages queued; clears in, pages resolved; and the
+//! Escalations in, pages queued; clears in, pages resolved; the
+//! directory's people in, kept as the people paged; and the
 //! acknowledgement, from any edge, out as `page.acknowledged`.
 
 use std::sync::Arc;
@@ -12,12 +13,16 @@ use hotline_kit::{
     },
     time::{from_timestamp, timestamp},
 };
-use hotline_proto::events::v1::{self as ev, EventEnvelope, event_envelope::Payload};
+use hotline_proto::{
+    dispatch::v1 as dispatch,
+    events::v1::{self as ev, EventEnvelope, event_envelope::Payload},
+};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{
     PagerConfig, messages,
+    people::{self, Contact},
     store::{self, Breach, NewDelivery, Target},
 };
 
@@ -27,6 +32,18 @@ pub struct Handler {
 
 impl EventHandler for Handler {
     async fn handle(&self, conn: &mut PgConnection, event: &EventEnvelope) -> anyhow::Result<()> {
+        if let Some(
+            Payload::PersonAdded(ev::PersonAdded { person })
+            | Payload::PersonUpdated(ev::PersonUpdated { person })
+            | Payload::PersonDeactivated(ev::PersonDeactivated { person }),
+        ) = &event.payload
+        {
+            return keep_person(
+                conn,
+                person.as_ref().context("a person event without a person")?,
+            )
+            .await;
+        }
         let ticket_id = Uuid::parse_str(&event.ticket_id).context("event without a ticket id")?;
         match &event.payload {
             Some(Payload::SlaEscalated(escalated)) => {
@@ -120,14 +137,19 @@ impl Handler {
                 let body = messages::webhook("escalated", &row, level, escalated.step);
                 deliveries.push(page(
                     "webhook",
-                    &person.name,
+                    &person.target,
                     &person.webhook_url,
                     body.to_string(),
                 ));
             }
             if email && !person.email.is_empty() {
                 let body = messages::email("escalated", &row, level);
-                deliveries.push(page("email", &person.name, &person.email, body.to_string()));
+                deliveries.push(page(
+                    "email",
+                    &person.target,
+                    &person.email,
+                    body.to_string(),
+                ));
             }
         }
         let mut failures: Vec<(String, String)> = unreachable;
@@ -173,6 +195,102 @@ impl Handler {
     }
 }
 
+/// The directory, read over gRPC as the pager.
+pub type Directory = dispatch::dispatch_service_client::DispatchServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        hotline_kit::grpc::ServiceToken,
+    >,
+>;
+
+/// How long the directory is waited for between two tries.
+const SYNC_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads the whole directory once, at start, into the copies (the newest
+/// `updated_at` still wins over events): people added before the pager's
+/// queue was bound to `person.*`, or while it was away, are known without
+/// being typed again. Tries again until it succeeds, then waits for
+/// `cancel`.
+pub async fn sync_directory(
+    pool: PgPool,
+    mut directory: Directory,
+    cancel: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let mut tries = 0u32;
+    loop {
+        match sync_once(&pool, &mut directory).await {
+            Ok(count) => {
+                tracing::info!(count, "the directory's people read");
+                break;
+            }
+            Err(error) => {
+                tries += 1;
+                // Quiet while dispatch starts alongside; loud if it stays away.
+                if tries % 12 == 1 {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        tries,
+                        "cannot read the directory yet; trying again"
+                    );
+                }
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            () = tokio::time::sleep(SYNC_RETRY) => {}
+        }
+    }
+    cancel.cancelled().await;
+    Ok(())
+}
+
+async fn sync_once(pool: &PgPool, directory: &mut Directory) -> anyhow::Result<usize> {
+    let people = directory
+        .list_people(dispatch::ListPeopleRequest {
+            include_inactive: true,
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .people;
+    let mut tx = pool.begin().await?;
+    for person in &people {
+        keep_person(&mut tx, person).await?;
+    }
+    tx.commit().await?;
+    Ok(people.len())
+}
+
+/// Keeps the pager's copy of a directory person. A new email is followed
+/// by whatever named the old one, and legacy people with it are theirs now.
+async fn keep_person(conn: &mut PgConnection, person: &dispatch::Person) -> anyhow::Result<()> {
+    let copy = people::Person {
+        id: Uuid::parse_str(&person.id).context("a person id is not a UUID")?,
+        name: person.name.clone(),
+        email: person.email.clone(),
+        phone: person.phone.clone(),
+        active: person.active,
+        webhook_url: String::new(),
+    };
+    let updated_at = person
+        .updated_at
+        .as_ref()
+        .and_then(from_timestamp)
+        .context("a person without updated_at")?;
+    let Some(before) = store::keep_person(conn, &copy, updated_at).await? else {
+        return Ok(()); // a newer copy is kept already
+    };
+    if let Some(old) = before.filter(|old| *old != copy.email) {
+        store::rename(conn, &old, &copy.email).await?;
+    }
+    let adopted = store::adopt_legacy(conn, &copy).await?;
+    if !adopted.is_empty() {
+        tracing::info!(email = %copy.email, ?adopted, "legacy pager people adopted by the directory");
+    }
+    Ok(())
+}
+
 /// The same targets the breach's triggers reached, told `action`.
 async fn followups(
     conn: &mut PgConnection,
@@ -215,23 +333,25 @@ async fn followups(
         .collect())
 }
 
-/// The people `level` pages at `at` who have a working contact method (a
-/// webhook, or an email address when `email` pages can be sent), and the
-/// targets that reach nobody, with why.
+/// How the people `level` pages at `at` are reached (those with a working
+/// contact method: a webhook, or an email address when `email` pages can
+/// be sent), and the targets that reach nobody, with why. A schedule whose
+/// turn is a deactivated person's reaches nobody: the level's other
+/// targets are paged, and the failure says who.
 async fn people_for(
     conn: &mut PgConnection,
     level: i32,
     at: DateTime<Utc>,
     email: bool,
-) -> anyhow::Result<(Vec<store::Person>, Vec<(String, String)>)> {
+) -> anyhow::Result<(Vec<Contact>, Vec<(String, String)>)> {
     let map = store::level_targets(conn).await?;
     // A level without its own targets uses the nearest level below it.
     let Some(chosen) = map.iter().map(|(l, _)| *l).filter(|l| *l <= level).max() else {
         return Ok((Vec::new(), Vec::new()));
     };
-    let people = store::people(conn).await?;
+    let directory = store::directory(conn).await?;
     let schedules = store::schedules(conn).await?;
-    let mut reached: Vec<store::Person> = Vec::new();
+    let mut reached: Vec<Contact> = Vec::new();
     let mut unreachable = Vec::new();
     for (_, target) in map.iter().filter(|(l, _)| *l == chosen) {
         let (label, name) = match target {
@@ -249,23 +369,29 @@ async fn people_for(
             unreachable.push((label, "nobody is on call".to_owned()));
             continue;
         };
-        match people.iter().find(|p| p.name == name) {
-            Some(person) if !person.webhook_url.is_empty() || (email && !person.email.is_empty()) => {
-                if !reached.iter().any(|p| p.name == person.name) {
-                    reached.push(person.clone());
+        match directory.contact(&name) {
+            Ok(contact)
+                if !contact.webhook_url.is_empty() || (email && !contact.email.is_empty()) =>
+            {
+                if !reached.iter().any(|p| p.target == contact.target) {
+                    reached.push(contact);
                 }
             }
-            Some(_) => unreachable.push((
+            Ok(contact) => unreachable.push((
                 label,
                 if email {
-                    format!("{name} has no working contact method (neither webhook nor email)")
+                    format!(
+                        "{} has no working contact method (neither webhook nor email)",
+                        contact.target
+                    )
                 } else {
                     format!(
-                        "{name} has no working contact method (a webhook URL, or an email address with pager.smtp_relay set)"
+                        "{} has no working contact method (a webhook URL, or an email address with pager.smtp_relay set)",
+                        contact.target
                     )
                 },
             )),
-            None => unreachable.push((label, format!("{name} is not a known person"))),
+            Err(why) => unreachable.push((label, why)),
         }
     }
     Ok((reached, unreachable))

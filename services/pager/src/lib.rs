@@ -1,10 +1,15 @@
 //! `pager`: who gets woken for an escalation, and how (ARCHITECTURE §8).
 //!
 //! - [`events`]: `sla.escalated` queues pages to the level's targets,
-//!   `sla.cleared` resolves them; acknowledgements from any edge.
+//!   `sla.cleared` resolves them; `person.*` keeps the people paged (and
+//!   the whole directory is read once at start); acknowledgements from
+//!   any edge.
 //! - [`deliver`]: sends the queue (PagerDuty, webhooks, email), with
 //!   retries and every attempt recorded.
 //! - [`messages`]: PagerDuty Events API v2 and generic webhook bodies.
+//! - [`people`]: who a schedule or a level names: the directory's people,
+//!   copied from `person.*` events and named by email, and the legacy
+//!   people from before the directory until they are adopted; pure.
 //! - [`schedule`]: on-call rotations and overrides, pure.
 //! - [`webhook`]: PagerDuty v3 webhooks in (acknowledgements).
 //! - [`store`]: the only SQL.
@@ -14,6 +19,7 @@ pub mod api;
 pub mod deliver;
 pub mod events;
 pub mod messages;
+pub mod people;
 pub mod schedule;
 pub mod store;
 pub mod webhook;
@@ -32,13 +38,20 @@ use hotline_kit::{
     telemetry::counter_from_zero,
 };
 use hotline_proto::{
+    dispatch::v1::dispatch_service_client::DispatchServiceClient,
     pager::v1::pager_service_server::PagerServiceServer,
     tickets::v1::ticket_service_client::TicketServiceClient,
 };
 use serde::Deserialize;
 
 pub const SCHEMA: &str = "pager";
-const CONSUMES: &[&str] = &["sla.escalated", "sla.cleared"];
+const CONSUMES: &[&str] = &[
+    "sla.escalated",
+    "sla.cleared",
+    "person.added",
+    "person.updated",
+    "person.deactivated",
+];
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -183,6 +196,17 @@ fn init(context: &mut ModuleContext) -> anyhow::Result<()> {
         ServiceToken::new(context.authority.clone(), "pager", &[Role::Bridge]),
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let directory =
+        DispatchServiceClient::new(tonic::service::interceptor::InterceptedService::new(
+            grpc::channel(&context.config.endpoint("dispatch"))?,
+            ServiceToken::new(context.authority.clone(), "pager", &[Role::Bridge]),
+        ))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let cancel = context.cancel.clone();
+    context.spawn(
+        "directory-sync",
+        events::sync_directory(pool.clone(), directory, cancel),
+    );
     context.add_grpc(
         PagerServiceServer::new(api::PagerApi::new(
             pool.clone(),

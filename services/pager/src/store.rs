@@ -1,5 +1,6 @@
-//! The only SQL of `pager`: breaches, deliveries and their attempts, people,
-//! schedules and the level map.
+//! The only SQL of `pager`: breaches, deliveries and their attempts, the
+//! directory's people (copies) and the legacy ones, schedules and the level
+//! map.
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use uuid::Uuid;
 
 use crate::{
     deliver,
+    people::{Directory, Person},
     schedule::{Override, Rotation, parse_local},
 };
 
@@ -433,42 +435,105 @@ pub async fn pages(
     Ok((rows, attempts))
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct Person {
-    pub name: String,
-    pub email: String,
-    pub webhook_url: String,
+/// Everyone the pager can name: the directory's people and the legacy ones.
+pub async fn directory(conn: &mut PgConnection) -> sqlx::Result<Directory> {
+    let people = sqlx::query_as(
+        "SELECT id, name, email, phone, active, webhook_url FROM people ORDER BY name, email",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let legacy = sqlx::query_as(
+        "SELECT name, email, webhook_url, adopted_by FROM legacy_people ORDER BY name",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Directory { people, legacy })
 }
 
-pub async fn put_person(pool: &PgPool, person: &Person) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO people (name, email, webhook_url) VALUES ($1, $2, $3)
-         ON CONFLICT (name) DO UPDATE SET email = EXCLUDED.email,
-             webhook_url = EXCLUDED.webhook_url",
+/// Keeps the copy of `person` as of `updated_at`, unless a newer one is
+/// kept already (events of one person may arrive out of order); the
+/// pager's webhook setting stays. Returns the email the copy had before
+/// when this changed it, so what names the old one can follow.
+pub async fn keep_person(
+    conn: &mut PgConnection,
+    person: &Person,
+    updated_at: DateTime<Utc>,
+) -> sqlx::Result<Option<Option<String>>> {
+    sqlx::query_scalar(
+        "WITH before AS (SELECT email FROM people WHERE id = $1)
+         INSERT INTO people (id, name, email, phone, active, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email,
+             phone = EXCLUDED.phone, active = EXCLUDED.active, updated_at = EXCLUDED.updated_at
+         WHERE people.updated_at <= EXCLUDED.updated_at
+         RETURNING (SELECT email FROM before)",
     )
+    .bind(person.id)
     .bind(&person.name)
     .bind(&person.email)
-    .bind(&person.webhook_url)
-    .execute(pool)
+    .bind(&person.phone)
+    .bind(person.active)
+    .bind(updated_at)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Links the legacy people with `person`'s email to them: their webhook
+/// becomes `person`'s unless they have one, and every schedule, override
+/// and level naming them by their old name names them by email.
+pub async fn adopt_legacy(conn: &mut PgConnection, person: &Person) -> sqlx::Result<Vec<String>> {
+    let adopted: Vec<(String, String)> = sqlx::query_as(
+        "UPDATE legacy_people SET adopted_by = $1
+         WHERE lower(trim(email)) = $2 AND adopted_by IS NULL
+         RETURNING name, webhook_url",
+    )
+    .bind(person.id)
+    .bind(&person.email)
+    .fetch_all(&mut *conn)
     .await?;
+    for (name, webhook_url) in &adopted {
+        sqlx::query("UPDATE people SET webhook_url = $2 WHERE id = $1 AND webhook_url = ''")
+            .bind(person.id)
+            .bind(webhook_url)
+            .execute(&mut *conn)
+            .await?;
+        rename(conn, name, &person.email).await?;
+    }
+    Ok(adopted.into_iter().map(|(name, _)| name).collect())
+}
+
+/// Whatever names `old` (a legacy name, an email that changed) names `new`.
+pub async fn rename(conn: &mut PgConnection, old: &str, new: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE schedules SET participants = array_replace(participants, $1, $2)
+         WHERE $1 = ANY(participants)",
+    )
+    .bind(old)
+    .bind(new)
+    .execute(&mut *conn)
+    .await?;
+    for table in ["overrides", "level_targets"] {
+        sqlx::query(&format!("UPDATE {table} SET person = $2 WHERE person = $1"))
+            .bind(old)
+            .bind(new)
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }
 
-pub async fn people(conn: &mut PgConnection) -> sqlx::Result<Vec<Person>> {
-    sqlx::query_as("SELECT name, email, webhook_url FROM people ORDER BY name")
-        .fetch_all(conn)
-        .await
-}
-
-/// Those of `names` that name no person, in the order given.
-pub async fn unknown_people(pool: &PgPool, names: &[String]) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar(
-        "SELECT n FROM unnest($1::text[]) WITH ORDINALITY AS given (n, i)
-         WHERE NOT EXISTS (SELECT 1 FROM people WHERE name = n) ORDER BY i",
+/// Sets where `id`'s webhook pages go; `false` when the pager has no such
+/// person.
+pub async fn set_webhook(pool: &PgPool, id: Uuid, webhook_url: &str) -> sqlx::Result<bool> {
+    Ok(
+        sqlx::query("UPDATE people SET webhook_url = $2 WHERE id = $1")
+            .bind(id)
+            .bind(webhook_url)
+            .execute(pool)
+            .await?
+            .rows_affected()
+            == 1,
     )
-    .bind(names)
-    .fetch_all(pool)
-    .await
 }
 
 /// Those of `names` that name no schedule, in the order given.

@@ -1,6 +1,7 @@
-//! Who gets woken, as the pager's API takes it: who may change the people,
-//! rotations, overrides and level targets, and the refusals that say what
-//! to change.
+//! Who gets woken, as the pager's API takes it: who may change the
+//! webhooks, rotations, overrides and level targets, and the refusals that
+//! say what to change. People come from the directory (`dispatch` runs
+//! alongside), named by email.
 
 use chrono::{Duration, Utc};
 use hotline_kit::{
@@ -8,8 +9,9 @@ use hotline_kit::{
     testing::{TestApp, TestEnv},
     time::timestamp,
 };
-use hotline_proto::pager::v1::{
-    self as pb, pager_service_client::PagerServiceClient, target::Target as Kind,
+use hotline_proto::{
+    dispatch::v1::{AddPersonRequest, dispatch_service_client::DispatchServiceClient},
+    pager::v1::{self as pb, pager_service_client::PagerServiceClient, target::Target as Kind},
 };
 use tonic::{Code, service::interceptor::InterceptedService, transport::Channel};
 
@@ -23,8 +25,47 @@ struct Desk {
 impl Desk {
     async fn start() -> Self {
         let env = TestEnv::new().await.unwrap();
-        let app = env.start(&[hotline_pager::module()]).await.unwrap();
+        let app = env
+            .start(&[hotline_dispatch::module(), hotline_pager::module()])
+            .await
+            .unwrap();
         Self { env, app }
+    }
+
+    /// Adds `name` to the directory as `name@desk.example` and waits until
+    /// the pager has heard of them.
+    async fn hire(&self, name: &str) {
+        self.hire_as(name, &at(name)).await;
+    }
+
+    async fn hire_as(&self, name: &str, email: &str) {
+        DispatchServiceClient::new(self.app.channel(&self.env.token("mia", Role::Manager)))
+            .add_person(AddPersonRequest {
+                name: name.into(),
+                email: email.into(),
+                roles: vec!["agent".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut pager = self.client(Role::Agent);
+        loop {
+            let people = pager
+                .list_people(pb::ListPeopleRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .people;
+            if people.iter().any(|p| p.email == email) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the pager never heard of {name}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     fn client(&self, role: Role) -> Client {
@@ -34,32 +75,33 @@ impl Desk {
     /// ana, bo and cy, and a weekly schedule "night" of ana and bo.
     async fn staffed() -> Self {
         let desk = Self::start().await;
-        let mut manager = desk.client(Role::Manager);
         for name in ["ana", "bo", "cy"] {
-            manager
-                .put_person(pb::Person {
-                    name: name.into(),
-                    email: format!("{name}@vendor.example"),
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
+            desk.hire(name).await;
         }
-        manager.put_schedule(night(&["ana", "bo"])).await.unwrap();
+        desk.client(Role::Manager)
+            .put_schedule(night(&["ana", "bo"]))
+            .await
+            .unwrap();
         desk
     }
 
     async fn stop(self) {
         self.app.stop().await.unwrap();
-        self.env.cleanup_bus(&["pager"]).await.unwrap();
+        self.env.cleanup_bus(&["dispatch", "pager"]).await.unwrap();
     }
 }
 
+/// How the directory and the pager name `name`.
+fn at(name: &str) -> String {
+    format!("{name}@desk.example")
+}
+
+/// A weekly schedule "night" of `people` (directory people, by name).
 fn night(people: &[&str]) -> pb::Schedule {
     pb::Schedule {
         name: "night".into(),
         time_zone: "Europe/Berlin".into(),
-        participants: people.iter().map(|p| (*p).to_owned()).collect(),
+        participants: people.iter().map(|p| at(p)).collect(),
         shift_length: Some(prost_types::Duration {
             seconds: 7 * 86_400,
             nanos: 0,
@@ -69,7 +111,8 @@ fn night(people: &[&str]) -> pb::Schedule {
     }
 }
 
-/// `person` on call on "night" from an hour from now, for `hours`.
+/// `person` (as named in the request) on call on "night" from an hour from
+/// now, for `hours`.
 fn cover(person: &str, hours: i64) -> pb::Override {
     let from = Utc::now() + Duration::hours(1);
     pb::Override {
@@ -124,7 +167,8 @@ async fn managers_arrange_who_is_woken_and_dispatchers_swap_shifts() {
         refused(
             client
                 .put_person(pb::Person {
-                    name: "dee".into(),
+                    email: at("cy"),
+                    webhook_url: "https://hooks.example/cy".into(),
                     ..Default::default()
                 })
                 .await,
@@ -134,20 +178,21 @@ async fn managers_arrange_who_is_woken_and_dispatchers_swap_shifts() {
     }
     for role in [Role::Agent, Role::Technician] {
         refused(
-            desk.client(role).add_override(cover("cy", 8)).await,
+            desk.client(role).add_override(cover(&at("cy"), 8)).await,
             Code::PermissionDenied,
             "dispatcher",
         );
     }
     let taken = desk
         .client(Role::Dispatcher)
-        .add_override(cover("cy", 8))
+        .add_override(cover("CY@desk.example", 8))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(
         (taken.schedule.as_str(), taken.person.as_str()),
-        ("night", "cy")
+        ("night", "cy@desk.example"),
+        "stored as the directory writes the email"
     );
     desk.client(Role::Admin)
         .set_level_targets(targets(&[Kind::Schedule("night".into())]))
@@ -161,7 +206,7 @@ async fn managers_arrange_who_is_woken_and_dispatchers_swap_shifts() {
         .unwrap()
         .into_inner()
         .schedules;
-    assert_eq!(schedules[0].participants, ["ana", "bo"]);
+    assert_eq!(schedules[0].participants, [at("ana"), at("bo")]);
     assert_eq!(
         schedules[0].overrides,
         [taken],
@@ -223,12 +268,20 @@ async fn a_schedule_that_cannot_rotate_is_refused_saying_what_to_change() {
         (
             with(&|s| s.participants.push("zed".into())),
             Code::NotFound,
-            "no person \"zed\"",
+            "no one in the directory is \"zed\"",
         ),
         (
             with(&|s| s.participants.push(" ".into())),
             Code::InvalidArgument,
-            "participant's name is required",
+            "a participant is required",
+        ),
+        (
+            with(&|s| {
+                s.participants
+                    .push(format!("{}@desk.example", "z".repeat(250)))
+            }),
+            Code::InvalidArgument,
+            "longer than 254",
         ),
         (
             with(&|s| s.participants.push("a\0b".into())),
@@ -269,20 +322,17 @@ async fn a_schedule_that_cannot_rotate_is_refused_saying_what_to_change() {
     for (schedule, code, says) in cases {
         refused(manager.put_schedule(schedule).await, code, says);
     }
-    // Names are stored as typed, trimmed; odd Unicode is a name like another.
-    manager
-        .put_person(pb::Person {
-            name: "Zoë 🌙".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    // People are stored by their email as the directory writes it, however
+    // typed; odd Unicode in a name is a name like another.
+    desk.hire_as("Zoë 🌙", "zoe@desk.example").await;
     let stored = manager
-        .put_schedule(with(&|s| s.participants = vec![" Zoë 🌙 ".into()]))
+        .put_schedule(with(&|s| {
+            s.participants = vec![" ZOE@Desk.example ".into()]
+        }))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(stored.participants, ["Zoë 🌙"]);
+    assert_eq!(stored.participants, ["zoe@desk.example"]);
     desk.stop().await;
 }
 
@@ -291,22 +341,26 @@ async fn an_override_names_a_known_schedule_and_person_and_a_time_to_come() {
     let desk = Desk::staffed().await;
     let mut dispatcher = desk.client(Role::Dispatcher);
     let backwards = {
-        let mut taken = cover("cy", 8);
+        let mut taken = cover(&at("cy"), 8);
         std::mem::swap(&mut taken.starts_at, &mut taken.ends_at);
         taken
     };
     let past = {
-        let mut taken = cover("cy", 1);
+        let mut taken = cover(&at("cy"), 1);
         taken.starts_at = Some(timestamp(Utc::now() - Duration::hours(3)));
         taken.ends_at = Some(timestamp(Utc::now() - Duration::hours(2)));
         taken
     };
     let cases: Vec<(pb::Override, Code, &str)> = vec![
-        (cover("zed", 8), Code::NotFound, "no person \"zed\""),
+        (
+            cover("zed@desk.example", 8),
+            Code::NotFound,
+            "no one in the directory is \"zed@desk.example\"",
+        ),
         (
             pb::Override {
                 schedule: "day".into(),
-                ..cover("cy", 8)
+                ..cover(&at("cy"), 8)
             },
             Code::NotFound,
             "no schedule \"day\"",
@@ -316,7 +370,7 @@ async fn an_override_names_a_known_schedule_and_person_and_a_time_to_come() {
         (
             pb::Override {
                 ends_at: None,
-                ..cover("cy", 8)
+                ..cover(&at("cy"), 8)
             },
             Code::InvalidArgument,
             "starts_at and ends_at are required",
@@ -349,12 +403,14 @@ async fn level_targets_name_known_schedules_and_people() {
         manager
             .set_level_targets(targets(&[
                 Kind::Person("zed".into()),
-                Kind::Person("cy".into()),
+                Kind::Person(at("cy")),
                 Kind::Person("yan".into()),
             ]))
             .await,
         Code::NotFound,
-        "no person \"zed\", \"yan\"",
+        "no one in the directory is \"zed\": name people by email or id, and add newcomers \
+         with `hotline people add --name N --email E --role agent`; no one in the directory \
+         is \"yan\"",
     );
     refused(
         manager
@@ -371,7 +427,7 @@ async fn level_targets_name_known_schedules_and_people() {
             manager
                 .set_level_targets(pb::LevelTargets {
                     level,
-                    ..targets(&[Kind::Person("cy".into())])
+                    ..targets(&[Kind::Person(at("cy"))])
                 })
                 .await,
             Code::InvalidArgument,
@@ -388,14 +444,14 @@ async fn level_targets_name_known_schedules_and_people() {
     let set = manager
         .set_level_targets(targets(&[
             Kind::Schedule(" night ".into()),
-            Kind::Person("cy".into()),
+            Kind::Person(" Cy@Desk.example ".into()),
         ]))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(
         set,
-        targets(&[Kind::Schedule("night".into()), Kind::Person("cy".into())]),
+        targets(&[Kind::Schedule("night".into()), Kind::Person(at("cy"))]),
         "stored trimmed, in order"
     );
     let listed = manager

@@ -79,6 +79,26 @@ pub enum OncallCommand {
     /// Whom each escalation level pages.
     #[command(subcommand)]
     Levels(LevelsCommand),
+    /// How the directory's people are paged: their webhooks.
+    #[command(subcommand)]
+    Contact(ContactCommand),
+}
+
+#[derive(Subcommand)]
+pub enum ContactCommand {
+    /// Set where a person's webhook pages go; an empty URL removes it
+    /// (managers). People are added with `hotline people add`.
+    Set {
+        /// The person: their email or directory id.
+        #[arg(long)]
+        person: String,
+        /// An http(s) URL, or "" for none.
+        #[arg(long)]
+        webhook: String,
+    },
+    /// The people the pager can page, with their webhooks; legacy people
+    /// (from before the directory, not adopted yet) last.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -92,7 +112,7 @@ pub enum ScheduleCommand {
         /// IANA time zone of the handoffs, e.g. Europe/Berlin.
         #[arg(long)]
         timezone: String,
-        /// Who takes the shifts, in turn: names of the pager's people, comma-separated.
+        /// Who takes the shifts, in turn: emails (or ids) of directory people, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         people: Vec<String>,
         /// Length of one shift, e.g. 1d, 7d, 12h.
@@ -113,7 +133,7 @@ pub enum OverrideCommand {
         /// The schedule's name.
         #[arg(long)]
         schedule: String,
-        /// Who is on call instead: a name of the pager's people.
+        /// Who is on call instead: the email (or id) of a directory person.
         #[arg(long)]
         person: String,
         /// When it starts: local to the schedule (2026-11-03T19:00) or RFC 3339
@@ -133,7 +153,7 @@ pub enum LevelsCommand {
         /// The escalation level, from 1.
         #[arg(long)]
         level: i32,
-        /// schedule:NAME (whoever is on call) or person:NAME, comma-separated.
+        /// schedule:NAME (whoever is on call) or person:EMAIL, comma-separated.
         #[arg(long, value_delimiter = ',', value_parser = parse_target, required = true)]
         targets: Vec<pager::Target>,
     },
@@ -594,6 +614,43 @@ pub async fn oncall(command: OncallCommand, output: &Output) -> Result<(), Failu
                 },
             );
         }
+        OncallCommand::Contact(ContactCommand::Set { person, webhook }) => {
+            let (id, email) = if person.contains('@') {
+                (String::new(), person)
+            } else {
+                (person, String::new())
+            };
+            let set = client
+                .put_person(pager::Person {
+                    id,
+                    email,
+                    webhook_url: webhook,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            output.print(contact_json(&set), || contact_line(&set));
+        }
+        OncallCommand::Contact(ContactCommand::List) => {
+            let people = client
+                .list_people(pager::ListPeopleRequest {})
+                .await?
+                .into_inner()
+                .people;
+            output.print(
+                json!(people.iter().map(contact_json).collect::<Vec<_>>()),
+                || {
+                    if people.is_empty() {
+                        return "nobody".into();
+                    }
+                    people
+                        .iter()
+                        .map(contact_line)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+            );
+        }
         OncallCommand::Now => {
             let response = client
                 .who_is_on_call(pager::WhoIsOnCallRequest { at: None })
@@ -635,6 +692,35 @@ pub async fn oncall(command: OncallCommand, output: &Output) -> Result<(), Failu
         }
     }
     Ok(())
+}
+
+fn contact_json(person: &pager::Person) -> Value {
+    json!({
+        "id": optional(&person.id),
+        "name": person.name,
+        "email": optional(&person.email),
+        "webhook": optional(&person.webhook_url),
+        "active": person.active,
+        "legacy": person.legacy,
+    })
+}
+
+fn contact_line(person: &pager::Person) -> String {
+    let webhook = if person.webhook_url.is_empty() {
+        "no webhook".into()
+    } else {
+        line(&person.webhook_url)
+    };
+    let note = match (person.legacy, person.active) {
+        (true, _) => "\t(legacy: not in the directory yet; hotline people adopt-pager)",
+        (false, false) => "\t(deactivated: never paged)",
+        (false, true) => "",
+    };
+    format!(
+        "{} <{}>\t{webhook}{note}",
+        line(&person.name),
+        line(&person.email)
+    )
 }
 
 fn page_state(state: i32) -> &'static str {

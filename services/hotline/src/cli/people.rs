@@ -1,10 +1,14 @@
-//! `hotline people add|list|show|update|deactivate` and `hotline presence
-//! set|heartbeat`: the directory of people and their presence, through
-//! `DispatchService`. A person is named by id or email; a token's subject
+//! `hotline people add|list|show|update|deactivate|adopt-pager` and
+//! `hotline presence set|heartbeat`: the directory of people and their
+//! presence, through `DispatchService` (and the pager's legacy people, to
+//! adopt them). A person is named by id or email; a token's subject
 //! is its holder's email, so `presence set` needs no name.
 
 use clap::{Args, Subcommand};
-use hotline_proto::dispatch::v1::{self as pb, dispatch_service_client::DispatchServiceClient};
+use hotline_proto::{
+    dispatch::v1::{self as pb, dispatch_service_client::DispatchServiceClient},
+    pager::v1::{self as pager, pager_service_client::PagerServiceClient},
+};
 use serde_json::{Map, Value, json};
 
 use super::{
@@ -69,6 +73,13 @@ pub enum PeopleCommand {
     Deactivate {
         /// Id or email.
         person: String,
+    },
+    /// Add the pager's people from before the directory to it, each with
+    /// their email, and report who could not be (managers).
+    AdoptPager {
+        /// The roles each is added with; repeatable (default agent).
+        #[arg(long = "role")]
+        roles: Vec<String>,
     },
 }
 
@@ -338,6 +349,17 @@ pub async fn people(command: PeopleCommand, output: &Output) -> Result<(), Failu
                 .into_inner();
             show(output, &person);
         }
+        PeopleCommand::AdoptPager { roles } => {
+            let adopted = adopt_pager(&mut client, roles).await?;
+            output.print(json!(adopted), || {
+                let lines: Vec<String> = adopted.iter().map(adoption_line).collect();
+                if lines.is_empty() {
+                    "the pager has no legacy people left: nothing to adopt".into()
+                } else {
+                    lines.join("\n")
+                }
+            });
+        }
         PeopleCommand::Deactivate { person } => {
             let person = client
                 .deactivate_person(pb::DeactivatePersonRequest { person })
@@ -347,6 +369,120 @@ pub async fn people(command: PeopleCommand, output: &Output) -> Result<(), Failu
         }
     }
     Ok(())
+}
+
+/// What became of one legacy pager person.
+#[derive(serde::Serialize)]
+struct Adoption {
+    name: String,
+    email: Option<String>,
+    /// `added`, `already` (someone in the directory has their email: the
+    /// pager pages that person for them) or `not_added`.
+    outcome: &'static str,
+    /// The directory person who stands for them now.
+    person: Option<String>,
+    /// Why not, or who already has the email.
+    reason: Option<String>,
+}
+
+fn adoption_line(adoption: &Adoption) -> String {
+    let who = format!(
+        "{} <{}>",
+        line(&adoption.name),
+        line(adoption.email.as_deref().unwrap_or("no email"))
+    );
+    let reason = adoption.reason.as_deref().map(line).unwrap_or_default();
+    match adoption.outcome {
+        "added" => format!("added\t{who}"),
+        "already" => format!("already\t{who}\t{reason}"),
+        _ => format!("NOT ADDED\t{who}\t{reason}"),
+    }
+}
+
+/// Adds each legacy person of the pager to the directory, with `roles`;
+/// the pager links them by email when it hears of the addition.
+async fn adopt_pager(
+    client: &mut DispatchServiceClient<
+        tonic::service::interceptor::InterceptedService<
+            tonic::transport::Channel,
+            hotline_kit::grpc::BearerToken,
+        >,
+    >,
+    roles: Vec<String>,
+) -> Result<Vec<Adoption>, Failure> {
+    let roles = if roles.is_empty() {
+        vec!["agent".to_owned()]
+    } else {
+        roles
+    };
+    let legacy = PagerServiceClient::new(connect()?)
+        .list_people(pager::ListPeopleRequest {})
+        .await?
+        .into_inner()
+        .people
+        .into_iter()
+        .filter(|p| p.legacy);
+    let mut adopted = Vec::new();
+    for person in legacy {
+        let email = person.email.trim().to_owned();
+        let mut adoption = Adoption {
+            name: person.name.clone(),
+            email: (!email.is_empty()).then(|| email.clone()),
+            outcome: "not_added",
+            person: None,
+            reason: None,
+        };
+        if email.is_empty() {
+            adoption.reason = Some(
+                "no email: add them with `hotline people add --name N --email E --role agent`, \
+                 then name them by email on schedules and levels"
+                    .into(),
+            );
+            adopted.push(adoption);
+            continue;
+        }
+        let added = client
+            .add_person(pb::AddPersonRequest {
+                name: person.name,
+                email: email.clone(),
+                roles: roles.clone(),
+                ..Default::default()
+            })
+            .await;
+        match added {
+            Ok(added) => {
+                adoption.outcome = "added";
+                adoption.person = Some(added.into_inner().id);
+            }
+            Err(status) if status.code() == tonic::Code::AlreadyExists => {
+                let holder = client
+                    .get_person(pb::GetPersonRequest {
+                        person: email.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                adoption.outcome = "already";
+                adoption.reason = Some(format!(
+                    "{email} is {}'s in the directory{}: the pager pages them for {:?}",
+                    holder.name,
+                    if holder.active { "" } else { " (deactivated)" },
+                    adoption.name
+                ));
+                adoption.person = Some(holder.id);
+            }
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition
+                ) =>
+            {
+                adoption.reason = Some(status.message().to_owned());
+            }
+            Err(status) => return Err(status.into()),
+        }
+        adopted.push(adoption);
+    }
+    Ok(adopted)
 }
 
 pub async fn presence(command: PresenceCommand, output: &Output) -> Result<(), Failure> {
