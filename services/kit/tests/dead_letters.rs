@@ -224,6 +224,23 @@ impl Desk {
             .and_then(|value| value.trim().parse().ok())
     }
 
+    /// The gauge once it reads `value` (a letter's row is committed before
+    /// the gauge is counted again); fails after 10 s.
+    async fn await_gauge(&self, service: &str, value: f64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.gauge(service).await;
+            if now == Some(value) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "hotline_dead_letters{{service={service:?}}} is {now:?}, not {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn stop(self) {
         self.app.stop().await.unwrap();
         self.env
@@ -267,7 +284,7 @@ async fn a_dead_letter_is_listed_counted_and_replayed_once_to_its_service_alone(
     assert_eq!(letter.attempts, 2);
     assert!(letter.dead_lettered_at.is_some() && letter.replayed_at.is_none());
     desk.await_dead_letters("bystander", 1).await;
-    assert_eq!(desk.gauge("recorder").await, Some(1.0));
+    desk.await_gauge("recorder", 1.0).await;
     let (status, _) = desk.app.http_get("/readyz").await.unwrap();
     assert_eq!(
         status, 200,
@@ -309,7 +326,7 @@ async fn replaying_all_puts_back_every_waiting_one_and_skips_what_was_applied_me
     desk.publish(&events).await;
     desk.await_dead_letters("recorder", 3).await;
     desk.await_dead_letters("bystander", 3).await;
-    assert_eq!(desk.gauge("recorder").await, Some(3.0));
+    desk.await_gauge("recorder", 3.0).await;
 
     // Ids are numbered per service: id 1 alone is ambiguous here.
     let ambiguous = desk
@@ -470,7 +487,7 @@ async fn what_the_broker_parked_in_the_dead_letter_queue_becomes_a_dead_letter_t
     assert_eq!(letter.error, "the old handler failed");
     assert_eq!(letter.attempts, 5);
     assert!(desk.list("bystander", true).await.is_empty());
-    assert_eq!(desk.gauge("recorder").await, Some(2.0));
+    desk.await_gauge("recorder", 2.0).await;
 
     desk.cure(&desk.recorder).await;
     let replayed = desk.replay("recorder", Which::All(true)).await;
@@ -502,13 +519,6 @@ async fn dead_letters_left_from_before_a_restart_are_counted_at_start() {
         bystander,
     };
     // A new consumer shows 0 until it has counted the table.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while desk.gauge("recorder").await != Some(1.0) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the waiting dead letter is not counted after the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    desk.await_gauge("recorder", 1.0).await;
     desk.stop().await;
 }
