@@ -291,14 +291,14 @@ impl Router {
             .zip(alive)
             .filter(|(_, alive)| *alive)
             .map(|(person, _)| {
-                let email = person.profile.email.to_lowercase();
+                let email = person.email.to_lowercase();
                 Candidate {
                     assigned: counts.get(&email).copied().unwrap_or(0),
                     email,
-                    skills: person.profile.skills.into_iter().map(|s| s.name).collect(),
-                    regions: person.profile.regions,
-                    team: person.profile.team.map(|t| t.to_lowercase()),
-                    capacity: person.profile.capacity,
+                    skills: person.skills,
+                    regions: person.regions,
+                    team: person.team.map(|t| t.to_lowercase()),
+                    capacity: u32::try_from(person.capacity).unwrap_or(0),
                     last_assigned_at: person.last_assigned_at,
                 }
             })

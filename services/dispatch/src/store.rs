@@ -499,15 +499,33 @@ pub async fn lock_router(conn: &mut PgConnection) -> Result<()> {
     Ok(())
 }
 
+/// A person who said they are online, with what routing weighs.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Online {
+    pub id: Uuid,
+    pub email: String,
+    pub team: Option<String>,
+    pub regions: Vec<String>,
+    pub capacity: i32,
+    pub last_assigned_at: Option<DateTime<Utc>>,
+    /// Skill names (any level counts).
+    pub skills: Vec<String>,
+}
+
 /// People who said they are online, with their skills: the router's
-/// candidates before Redis is asked whether it holds.
-pub async fn stated_online(conn: &mut PgConnection) -> Result<Vec<Person>> {
-    let rows: Vec<PersonRow> = sqlx::query_as(&format!(
-        "{PERSON} WHERE p.active AND p.presence = 'online'"
-    ))
+/// candidates before Redis is asked whether it holds. Only what routing
+/// weighs, skills grouped once (every round reads it).
+pub async fn stated_online(conn: &mut PgConnection) -> Result<Vec<Online>> {
+    Ok(sqlx::query_as(
+        "SELECT p.id, p.email, p.team, p.regions, p.capacity, p.last_assigned_at,
+                COALESCE(s.skills, '{}') AS skills
+         FROM people p
+         LEFT JOIN (SELECT person_id, array_agg(skill) AS skills
+                    FROM person_skills GROUP BY person_id) s ON s.person_id = p.id
+         WHERE p.active AND p.presence = 'online'",
+    )
     .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows.into_iter().map(Person::from).collect())
+    .await?)
 }
 
 /// Awaiting tickets per person (lower-case email), decisions on their way
