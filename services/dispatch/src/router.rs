@@ -48,6 +48,8 @@ const RESEND_AFTER: Duration = Duration::from_secs(5);
 const ROUND_LIMIT: i64 = 1000;
 /// Calls to tickets in flight at once.
 const CALLS: usize = 32;
+/// Rounds whose calls are under way at once: the next round waits.
+const SENDING: usize = 4;
 /// How long decisions (and entitlements of settled tickets) are kept.
 const KEPT: chrono::Duration = chrono::Duration::days(30);
 
@@ -80,6 +82,8 @@ pub struct Router {
     targets: Mutex<Targets>,
     /// Woken by commits that may give the router work.
     wake: OutboxSignal,
+    /// Calls to tickets in flight at once, over every round sending.
+    calls: tokio::sync::Semaphore,
 }
 
 /// What a round did.
@@ -123,6 +127,7 @@ impl Router {
             settings,
             targets: Mutex::new(Targets::warranty(warranty)),
             wake,
+            calls: tokio::sync::Semaphore::new(CALLS),
         }
     }
 
@@ -139,34 +144,55 @@ impl Router {
     }
 
     /// Rounds until `cancel`: when woken, when a deadline comes, at each
-    /// sweep (the first at once).
+    /// sweep (the first at once). A round's calls to tickets go on while
+    /// the next round decides (its decisions are recorded, so no round
+    /// decides a ticket twice); at most [`SENDING`] rounds send at once.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> anyhow::Result<()> {
         let mut next_sweep = tokio::time::Instant::now();
+        let mut sending = tokio::task::JoinSet::new();
         loop {
+            while sending.try_join_next().is_some() {}
+            while sending.len() >= SENDING {
+                sending.join_next().await;
+            }
             let now = Utc::now();
             let sweeping = tokio::time::Instant::now() >= next_sweep;
             let done = if sweeping {
                 next_sweep = tokio::time::Instant::now() + self.settings.sweep;
-                self.sweep(now).await
+                match self.chores(now).await {
+                    Ok(()) => self.plan(now).await,
+                    Err(error) => Err(error),
+                }
             } else {
-                self.route(now).await
+                self.plan(now).await
             };
-            if let Ok(round) = &done
-                && round.assigned + round.waiting > 0
-            {
-                tracing::debug!(
-                    assigned = round.assigned,
-                    waiting = round.waiting,
-                    "routing round"
-                );
-            }
             let until = match done {
-                Ok(round) if round.full => tokio::time::Instant::now(),
-                Ok(round) => round
-                    .next
-                    .and_then(|at| (at - Utc::now()).to_std().ok())
-                    .map(|wait| tokio::time::Instant::now() + wait)
-                    .map_or(next_sweep, |at| at.min(next_sweep)),
+                Ok((round, calls)) => {
+                    if !calls.is_empty() || round.waiting > 0 {
+                        tracing::debug!(
+                            decided = calls.len(),
+                            waiting = round.waiting,
+                            "routing round"
+                        );
+                    }
+                    if !calls.is_empty() {
+                        let router = self.clone();
+                        sending.spawn(async move {
+                            let decided = calls.len();
+                            let assigned = router.send_all(calls, now).await;
+                            tracing::debug!(decided, assigned, "routing round sent");
+                        });
+                    }
+                    if round.full {
+                        tokio::time::Instant::now()
+                    } else {
+                        round
+                            .next
+                            .and_then(|at| (at - Utc::now()).to_std().ok())
+                            .map(|wait| tokio::time::Instant::now() + wait)
+                            .map_or(next_sweep, |at| at.min(next_sweep))
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(
                         error = format!("{error:#}"),
@@ -176,20 +202,29 @@ impl Router {
                 }
             };
             tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
+                _ = cancel.cancelled() => break,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep_until(until) => {}
             }
         }
+        // Calls under way finish (each is bounded by the client's timeout).
+        while sending.join_next().await.is_some() {}
+        Ok(())
     }
 
     /// The periodic work, then a round: `sla`'s targets, heartbeats that
     /// stopped, old decisions forgotten.
     pub async fn sweep(&self, now: DateTime<Utc>) -> anyhow::Result<Round> {
+        self.chores(now).await?;
+        self.route(now).await
+    }
+
+    /// A sweep's work before its round.
+    async fn chores(&self, now: DateTime<Utc>) -> anyhow::Result<()> {
         self.refresh_targets().await;
         self.notice_lapses(now).await?;
         store::forget(&self.pool, now - KEPT).await?;
-        self.route(now).await
+        Ok(())
     }
 
     async fn refresh_targets(&self) {
@@ -256,14 +291,14 @@ impl Router {
             .zip(alive)
             .filter(|(_, alive)| *alive)
             .map(|(person, _)| {
-                let email = person.profile.email.to_lowercase();
+                let email = person.email.to_lowercase();
                 Candidate {
                     assigned: counts.get(&email).copied().unwrap_or(0),
                     email,
-                    skills: person.profile.skills.into_iter().map(|s| s.name).collect(),
-                    regions: person.profile.regions,
-                    team: person.profile.team.map(|t| t.to_lowercase()),
-                    capacity: person.profile.capacity,
+                    skills: person.skills,
+                    regions: person.regions,
+                    team: person.team.map(|t| t.to_lowercase()),
+                    capacity: u32::try_from(person.capacity).unwrap_or(0),
                     last_assigned_at: person.last_assigned_at,
                 }
             })
@@ -272,6 +307,14 @@ impl Router {
 
     /// One round at `now`: decides, records, then calls tickets.
     pub async fn route(&self, now: DateTime<Utc>) -> anyhow::Result<Round> {
+        let (mut round, calls) = self.plan(now).await?;
+        round.assigned = self.send_all(calls, now).await;
+        Ok(round)
+    }
+
+    /// A round's decisions, recorded (committed), with the calls to make:
+    /// `assigned` is left at 0 until they are sent.
+    async fn plan(&self, now: DateTime<Utc>) -> anyhow::Result<(Round, Vec<Call>)> {
         let targets = self.targets();
         let settings = &self.settings;
         let mut tx = self.pool.begin().await?;
@@ -336,18 +379,27 @@ impl Router {
         )
         .await?;
         tx.commit().await?;
-        let assigned = stream::iter(calls)
-            .map(|call| self.send(call, now))
-            .buffer_unordered(CALLS)
-            .filter(|sent| std::future::ready(*sent))
-            .count()
-            .await;
-        Ok(Round {
-            assigned,
+        let round = Round {
+            assigned: 0,
             waiting,
             full,
             next,
-        })
+        };
+        Ok((round, calls))
+    }
+
+    /// Sends a round's decisions; how many hold.
+    async fn send_all(&self, calls: Vec<Call>, now: DateTime<Utc>) -> usize {
+        stream::iter(calls)
+            .map(|call| async move {
+                // Never closed: a permit is always given.
+                let _permit = self.calls.acquire().await.ok();
+                self.send(call, now).await
+            })
+            .buffer_unordered(CALLS)
+            .filter(|sent| std::future::ready(*sent))
+            .count()
+            .await
     }
 
     /// Whom `ticket` goes to, or why nobody; the one picked is counted.

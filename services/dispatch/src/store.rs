@@ -499,15 +499,33 @@ pub async fn lock_router(conn: &mut PgConnection) -> Result<()> {
     Ok(())
 }
 
+/// A person who said they are online, with what routing weighs.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Online {
+    pub id: Uuid,
+    pub email: String,
+    pub team: Option<String>,
+    pub regions: Vec<String>,
+    pub capacity: i32,
+    pub last_assigned_at: Option<DateTime<Utc>>,
+    /// Skill names (any level counts).
+    pub skills: Vec<String>,
+}
+
 /// People who said they are online, with their skills: the router's
-/// candidates before Redis is asked whether it holds.
-pub async fn stated_online(conn: &mut PgConnection) -> Result<Vec<Person>> {
-    let rows: Vec<PersonRow> = sqlx::query_as(&format!(
-        "{PERSON} WHERE p.active AND p.presence = 'online'"
-    ))
+/// candidates before Redis is asked whether it holds. Only what routing
+/// weighs, skills grouped once (every round reads it).
+pub async fn stated_online(conn: &mut PgConnection) -> Result<Vec<Online>> {
+    Ok(sqlx::query_as(
+        "SELECT p.id, p.email, p.team, p.regions, p.capacity, p.last_assigned_at,
+                COALESCE(s.skills, '{}') AS skills
+         FROM people p
+         LEFT JOIN (SELECT person_id, array_agg(skill) AS skills
+                    FROM person_skills GROUP BY person_id) s ON s.person_id = p.id
+         WHERE p.active AND p.presence = 'online'",
+    )
     .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows.into_iter().map(Person::from).collect())
+    .await?)
 }
 
 /// Awaiting tickets per person (lower-case email), decisions on their way
@@ -577,18 +595,22 @@ pub struct Work {
     pub family: Option<String>,
 }
 
-/// Whether ticket `t`'s assignee left it: away, offline, deactivated or
-/// lapsed since after it was given to them, for the grace (seconds, bound
-/// at `grace`) at the instant bound at `now`. A ticket given by hand to
-/// someone already away stays theirs.
-fn gone(now: &str, grace: &str) -> String {
+/// The tickets whose assignee left them, as an SQL array of ids: their
+/// assignee is away, offline, deactivated or lapsed since after it was
+/// given to them, for the grace (seconds, bound at `grace`) at the instant
+/// bound at `now`, and no decision is on its way. A ticket given by hand to
+/// someone already away stays theirs. Found from the people who left (few)
+/// through the assignee index, never by looking at every assigned ticket;
+/// an `ARRAY(...)` is computed once, so the outer query can use its index.
+fn moved(now: &str, grace: &str) -> String {
     format!(
-        "EXISTS (SELECT 1 FROM people p
+        "ARRAY(SELECT m.id FROM people p
          CROSS JOIN LATERAL (SELECT CASE WHEN NOT p.active OR p.presence <> 'online'
              THEN p.presence_at ELSE p.lapsed_at END AS since) gone
-         WHERE lower(p.email) = t.assignee
-           AND gone.since <= {now}::timestamptz - make_interval(secs => {grace}::float8)
-           AND gone.since > COALESCE(t.assigned_at, '-infinity'))"
+         JOIN tickets m ON m.assignee = lower(p.email)
+         WHERE gone.since <= {now}::timestamptz - make_interval(secs => {grace}::float8)
+           AND m.awaiting_since IS NOT NULL AND m.assigning_to IS NULL
+           AND gone.since > COALESCE(m.assigned_at, '-infinity'))"
     )
 }
 
@@ -612,13 +634,14 @@ pub async fn work(
                 e.region, e.family
          FROM tickets t LEFT JOIN entitlements e ON e.ticket_id = t.id
          WHERE t.awaiting_since IS NOT NULL AND (
-             (t.assigning_to IS NULL AND (t.assigning_at IS NULL OR t.assigning_at <= $7)
-              AND (t.assignee IS NULL OR {gone}))
+             (t.assignee IS NULL AND t.assigning_to IS NULL
+              AND (t.assigning_at IS NULL OR t.assigning_at <= $7))
+             OR (t.id = ANY({moved}) AND (t.assigning_at IS NULL OR t.assigning_at <= $7))
              OR (t.assigning_to IS NOT NULL AND t.assigning_at <= $7))
          ORDER BY {DUE}, t.priority DESC, t.created_at, t.id
          LIMIT $8
          FOR UPDATE OF t SKIP LOCKED",
-        gone = gone("$5", "$6")
+        moved = moved("$5", "$6")
     ))
     .bind(low)
     .bind(normal)
@@ -882,8 +905,8 @@ pub async fn queue(
         format!(
             "FROM tickets t LEFT JOIN entitlements e ON e.ticket_id = t.id
              WHERE t.awaiting_since IS NOT NULL
-               AND (t.assignee IS NULL OR (t.assigning_to IS NULL AND {}))",
-            gone(now, grace)
+               AND (t.assignee IS NULL OR t.id = ANY({}))",
+            moved(now, grace)
         )
     };
     let rows: Vec<Queued> = sqlx::query_as(&format!(
