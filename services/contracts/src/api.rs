@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use chrono::{NaiveDate, Utc};
+use hotline_kit::grpc::store_failed;
 use hotline_kit::{
     auth::{Role, authorize},
     bus::outbox::OutboxSignal,
@@ -122,29 +123,8 @@ fn status(error: StoreError) -> Status {
         StoreError::Clash(why) => Status::already_exists(why),
         StoreError::Invalid(why) => Status::invalid_argument(why),
         StoreError::Refused(why) => Status::failed_precondition(why),
-        StoreError::Database(error) => failed(transient(&error), &error),
-        StoreError::Outbox(error) => failed(
-            error.downcast_ref::<sqlx::Error>().is_some_and(transient),
-            &error,
-        ),
-    }
-}
-
-/// Trouble that passes: the caller should retry.
-fn transient(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-    )
-}
-
-/// A store failure as the caller sees it, logged with its whole chain.
-fn failed(transient: bool, error: &dyn std::fmt::Display) -> Status {
-    tracing::error!(error = format!("{error:#}"), "contracts store failed");
-    if transient {
-        Status::unavailable("the contracts store is unavailable; retry shortly")
-    } else {
-        Status::internal("the contracts store failed; nothing was changed")
+        StoreError::Database(error) => store_failed("the contracts store", &error.into()),
+        StoreError::Outbox(error) => store_failed("the contracts store", &error),
     }
 }
 

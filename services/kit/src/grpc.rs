@@ -177,6 +177,26 @@ impl Interceptor for ServiceToken {
     }
 }
 
+/// A store's failure as its caller sees it, logged with its whole chain:
+/// `UNAVAILABLE` (retry shortly) while the database cannot be reached,
+/// else `INTERNAL`. `store` names it for the caller ("the directory").
+pub fn store_failed(store: &str, error: &anyhow::Error) -> tonic::Status {
+    tracing::error!(store, error = format!("{error:#}"), "store failed");
+    let transient = error.chain().any(|cause| {
+        cause.downcast_ref::<sqlx::Error>().is_some_and(|e| {
+            matches!(
+                e,
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+            )
+        })
+    });
+    if transient {
+        tonic::Status::unavailable(format!("{store} is unavailable; retry shortly"))
+    } else {
+        tonic::Status::internal(format!("{store} failed; nothing was changed"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

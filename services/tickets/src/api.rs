@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use chrono::Utc;
+use hotline_kit::grpc::store_failed;
 use hotline_kit::{
     auth::{Caller, Role, authorize},
     input::{field, line, refuse_nul},
@@ -76,20 +77,7 @@ fn status(error: StoreError) -> Status {
         StoreError::NotFound(_) => Status::not_found(error.to_string()),
         StoreError::Refused(Refusal::Transition(why)) => Status::failed_precondition(why),
         StoreError::Refused(Refusal::Invalid(why)) => Status::invalid_argument(why),
-        StoreError::Database(error) => {
-            tracing::error!(error = format!("{error:#}"), "ticket store failed");
-            let transient = error.downcast_ref::<sqlx::Error>().is_some_and(|e| {
-                matches!(
-                    e,
-                    sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-                )
-            });
-            if transient {
-                Status::unavailable("the ticket store is unavailable; retry shortly")
-            } else {
-                Status::internal("the ticket store failed; the change was not made")
-            }
-        }
+        StoreError::Database(error) => store_failed("the ticket store", &error),
     }
 }
 
