@@ -282,16 +282,10 @@ pub struct Targets {
 impl Targets {
     /// Every policy, in one query (there are a handful).
     pub async fn read(conn: &mut PgConnection, warranty: Duration) -> sqlx::Result<Self> {
-        let rows: Vec<(i32, i64)> = sqlx::query_as("SELECT priority, target_ms FROM policies")
-            .fetch_all(conn)
-            .await?;
-        let policies = rows
-            .into_iter()
-            .filter_map(|(priority, ms)| {
-                Some((priority, Duration::from_millis(u64::try_from(ms).ok()?)))
-            })
-            .collect();
-        Ok(Self { policies, warranty })
+        Ok(Self {
+            policies: policies(conn).await?,
+            warranty,
+        })
     }
 
     pub fn of(&self, priority: i32) -> Duration {
@@ -303,10 +297,10 @@ impl Targets {
 }
 
 /// Policies set, by priority.
-pub async fn policies(pool: &PgPool) -> sqlx::Result<Vec<(i32, Duration)>> {
+pub async fn policies<'e>(conn: impl sqlx::PgExecutor<'e>) -> sqlx::Result<Vec<(i32, Duration)>> {
     let rows: Vec<(i32, i64)> =
         sqlx::query_as("SELECT priority, target_ms FROM policies ORDER BY priority")
-            .fetch_all(pool)
+            .fetch_all(conn)
             .await?;
     Ok(rows
         .into_iter()
